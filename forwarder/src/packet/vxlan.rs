@@ -1,0 +1,246 @@
+//! VXLAN (RFC 7348): the tunnel between aggregators and the demux.
+//!
+//! Outer Ethernet, outer IPv4 or IPv6, outer UDP to port 4789, an 8-byte VXLAN header,
+//! then the inner Ethernet frame unchanged.
+
+use std::net::IpAddr;
+
+use super::ethernet::{self, EthernetFrame, EtherType};
+use super::{be32, ip_proto, ipv4, ipv6, set_be16, udp, Error, Ipv4Packet, Ipv6Packet, MacAddr, Result};
+
+mod field {
+    pub const FLAGS: usize = 0;
+    pub const VNI: usize = 4;
+}
+
+/// IANA port for VXLAN.
+pub const PORT: u16 = 4789;
+/// Length of the VXLAN header.
+pub const HEADER_LEN: usize = 8;
+/// Bytes an IPv4 outer adds: Ethernet, IPv4, UDP, VXLAN.
+pub const OUTER_LEN_V4: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN + udp::HEADER_LEN + HEADER_LEN;
+/// Bytes an IPv6 outer adds.
+pub const OUTER_LEN_V6: usize = ethernet::HEADER_LEN + ipv6::HEADER_LEN + udp::HEADER_LEN + HEADER_LEN;
+/// TTL / hop limit of the outer header.
+pub const OUTER_TTL: u8 = 64;
+/// The "valid VNI" flag.
+const FLAG_I: u8 = 0x08;
+
+/// A view over a VXLAN header and the inner frame behind it.
+#[derive(Debug, Clone)]
+pub struct VxlanPacket<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> VxlanPacket<T> {
+    /// Wraps `buffer`, checking the header fits and the I flag is set.
+    pub fn new_checked(buffer: T) -> Result<Self> {
+        let b = buffer.as_ref();
+        if b.len() < HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        if b[field::FLAGS] & FLAG_I == 0 {
+            return Err(Error::Malformed);
+        }
+        Ok(VxlanPacket { buffer })
+    }
+
+    /// The 24-bit VXLAN network identifier.
+    pub fn vni(&self) -> u32 {
+        be32(self.buffer.as_ref(), field::VNI) >> 8
+    }
+
+    /// The inner Ethernet frame.
+    pub fn inner(&self) -> &[u8] {
+        &self.buffer.as_ref()[HEADER_LEN..]
+    }
+}
+
+/// Writes a VXLAN header with the I flag and `vni` into the first 8 bytes of `b`.
+pub fn write_header(b: &mut [u8], vni: u32) {
+    b[..HEADER_LEN].fill(0);
+    b[field::FLAGS] = FLAG_I;
+    b[field::VNI..field::VNI + 4].copy_from_slice(&(vni << 8).to_be_bytes());
+}
+
+/// The outer headers of one tunnel packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outer {
+    /// Next hop towards the tunnel peer.
+    pub dst_mac: MacAddr,
+    /// Our port's MAC.
+    pub src_mac: MacAddr,
+    /// Our tunnel endpoint.
+    pub src: IpAddr,
+    /// The peer's tunnel endpoint.
+    pub dst: IpAddr,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// Outer UDP source port (from [`flow_port`], so the receiver's RSS spreads flows).
+    pub src_port: u16,
+}
+
+impl Outer {
+    /// Bytes this outer adds in front of the inner frame.
+    pub const fn len(&self) -> usize {
+        match self.src {
+            IpAddr::V4(_) => OUTER_LEN_V4,
+            IpAddr::V6(_) => OUTER_LEN_V6,
+        }
+    }
+
+    /// Always false: an outer is never empty (here for clippy's `len` convention).
+    pub const fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// The outer UDP source port for an inner flow hash: in 49152..=65535 as RFC 7348
+/// recommends.
+#[inline]
+pub const fn flow_port(hash: u32) -> u16 {
+    0xc000 | ((hash ^ (hash >> 16)) as u16 & 0x3fff)
+}
+
+/// Writes `outer` into the first `outer.len()` bytes of `b`; the rest of `b` is the inner
+/// frame. Lengths come from `b`'s length. An IPv4 outer UDP checksum is zero (allowed by
+/// RFC 7348); an IPv6 one is computed over the whole datagram (RFC 8200 requires it).
+/// Returns false if `b` is too short or too long for the length fields, or the address
+/// families differ.
+pub fn write_outer(b: &mut [u8], outer: &Outer) -> bool {
+    let hl = outer.len();
+    if b.len() < hl || b.len() > u16::MAX as usize {
+        return false;
+    }
+    let l3 = ethernet::HEADER_LEN;
+    match (outer.src, outer.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let ethertype = EtherType::IPV4;
+            ethernet::write_header(b, outer.dst_mac, outer.src_mac, ethertype);
+            let udp_len = (b.len() - l3 - ipv4::HEADER_LEN) as u16;
+            ipv4::write_header(&mut b[l3..], s, d, ip_proto::UDP, udp_len, OUTER_TTL);
+            let u = l3 + ipv4::HEADER_LEN;
+            write_udp(&mut b[u..], outer.src_port, udp_len);
+            write_header(&mut b[u + udp::HEADER_LEN..], outer.vni);
+            true
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            ethernet::write_header(b, outer.dst_mac, outer.src_mac, EtherType::IPV6);
+            let udp_len = (b.len() - l3 - ipv6::HEADER_LEN) as u16;
+            ipv6::write_header(&mut b[l3..], s, d, ip_proto::UDP, udp_len, OUTER_TTL);
+            let u = l3 + ipv6::HEADER_LEN;
+            write_udp(&mut b[u..], outer.src_port, udp_len);
+            write_header(&mut b[u + udp::HEADER_LEN..], outer.vni);
+            udp::UdpPacket::new_unchecked(&mut b[u..]).fill_checksum(outer.src, outer.dst);
+            true
+        }
+        _ => false,
+    }
+}
+
+fn write_udp(b: &mut [u8], src_port: u16, len: u16) {
+    set_be16(b, 0, src_port);
+    set_be16(b, 2, PORT);
+    set_be16(b, 4, len);
+    set_be16(b, 6, 0);
+}
+
+/// What a received tunnel packet's outer headers say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OuterInfo {
+    /// Outer source (the peer).
+    pub src: IpAddr,
+    /// Outer destination (should be ours).
+    pub dst: IpAddr,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// Offset of the inner Ethernet frame.
+    pub inner_offset: usize,
+}
+
+/// Parses the outer headers of a frame. `Err(Unsupported)` means "not VXLAN" (another
+/// protocol or port), any other error a broken VXLAN packet.
+pub fn parse_outer(b: &[u8]) -> Result<OuterInfo> {
+    let l2 = EthernetFrame::new_checked(b)?.payload_info()?;
+    let l3 = &b[l2.l3_offset..];
+    let (src, dst, l4_off, l4_end) = match l2.ethertype {
+        EtherType::IPV4 => {
+            let ip = Ipv4Packet::new_checked(l3)?;
+            if ip.protocol() != ip_proto::UDP || ip.is_fragment() {
+                return Err(Error::Unsupported);
+            }
+            (IpAddr::V4(ip.src()), IpAddr::V4(ip.dst()), ip.header_len(), ip.total_len() as usize)
+        }
+        EtherType::IPV6 => {
+            let ip = Ipv6Packet::new_checked(l3)?;
+            let ul = ip.upper_layer()?;
+            if ul.protocol != ip_proto::UDP || ul.fragment.is_some() {
+                return Err(Error::Unsupported);
+            }
+            (IpAddr::V6(ip.src()), IpAddr::V6(ip.dst()), ul.offset, ipv6::HEADER_LEN + ip.payload_len() as usize)
+        }
+        _ => return Err(Error::Unsupported),
+    };
+    let u = udp::UdpPacket::new_checked(&l3[l4_off..l4_end])?;
+    if u.dst_port() != PORT {
+        return Err(Error::Unsupported);
+    }
+    let vx = VxlanPacket::new_checked(u.payload())?;
+    let inner_offset = l2.l3_offset + l4_off + udp::HEADER_LEN + HEADER_LEN;
+    // The UDP length decides where the inner frame ends; it must hold an Ethernet header.
+    if vx.inner().len() < ethernet::HEADER_LEN {
+        return Err(Error::Truncated);
+    }
+    Ok(OuterInfo { src, dst, vni: vx.vni(), inner_offset })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encapsulate_then_parse_v4_and_v6() {
+        let inner = [0xaau8; 60];
+        for (src, dst, hl) in [
+            ("192.0.2.1", "192.0.2.2", OUTER_LEN_V4),
+            ("2001:db8:ffff::1", "2001:db8:ffff::2", OUTER_LEN_V6),
+        ] {
+            let outer = Outer {
+                dst_mac: "02:00:00:00:00:02".parse().unwrap(),
+                src_mac: "02:00:00:00:00:01".parse().unwrap(),
+                src: src.parse().unwrap(),
+                dst: dst.parse().unwrap(),
+                vni: 0x123456,
+                src_port: flow_port(0xdead_beef),
+            };
+            let mut b = vec![0u8; hl];
+            b.extend_from_slice(&inner);
+            assert!(write_outer(&mut b, &outer));
+            let info = parse_outer(&b).unwrap();
+            assert_eq!(info.src, outer.src);
+            assert_eq!(info.dst, outer.dst);
+            assert_eq!(info.vni, 0x123456);
+            assert_eq!(info.inner_offset, hl);
+            assert_eq!(&b[hl..], &inner[..]);
+            let u = udp::UdpPacket::new_checked(&b[hl - 16..]).unwrap();
+            assert!(u.src_port() >= 49152);
+            assert!(u.verify_checksum(outer.src, outer.dst));
+        }
+    }
+
+    #[test]
+    fn not_vxlan_is_unsupported() {
+        let mut b = vec![0u8; OUTER_LEN_V4 + 14];
+        let outer = Outer {
+            dst_mac: MacAddr::ZERO,
+            src_mac: MacAddr::ZERO,
+            src: "192.0.2.1".parse().unwrap(),
+            dst: "192.0.2.2".parse().unwrap(),
+            vni: 1,
+            src_port: 50000,
+        };
+        assert!(write_outer(&mut b, &outer));
+        b[14 + 20 + 2..14 + 20 + 4].copy_from_slice(&53u16.to_be_bytes());
+        assert_eq!(parse_outer(&b), Err(Error::Unsupported));
+    }
+}

@@ -1,0 +1,129 @@
+//! Aggregator (POP): capture address -> demux alias, then into the VXLAN tunnel.
+
+use crate::packet::vxlan::{self, Outer};
+use crate::packet::{be32, ipv4};
+use crate::tables::{port_key_v4, Key, PortEntry, Snapshot};
+
+use super::parse::{classify, Ip, L3};
+use super::rewrite::{decrement_ttl, rewrite_v4, rewrite_v6, set_macs};
+use super::{PacketBuf, Verdict, DropReason, MAX_BURST};
+
+#[derive(Clone, Copy, Default)]
+struct Pending {
+    ip: Ip,
+    key: u128,
+    hash: u64,
+}
+
+/// Runs the aggregator over at most [`MAX_BURST`] packets received on `port`.
+pub(super) fn run<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkts: &mut [B], out: &mut [Verdict]) {
+    let mut pending = [Pending::default(); MAX_BURST];
+    let mut todo = [false; MAX_BURST];
+    // Pass 1: parse, hash the destination, prefetch its slot.
+    for (i, pkt) in pkts.iter().enumerate() {
+        let b = pkt.data();
+        out[i] = match classify(b, Some(port.mac)) {
+            Err(reason) => Verdict::Drop(reason),
+            Ok(L3::Arp) => Verdict::SlowPath,
+            Ok(L3::Ip(ip)) if ip.is_nd(b) => Verdict::SlowPath,
+            Ok(L3::Ip(ip)) => {
+                let off = ip.dst_off();
+                let (key, hash) = if ip.v6 {
+                    let k = u128::from_be_bytes(b[off..off + 16].try_into().unwrap_or([0; 16]));
+                    let h = k.hash64();
+                    snap.v6.aggregator.prefetch(h);
+                    (k, h)
+                } else {
+                    let k = be32(b, off);
+                    let h = k.hash64();
+                    snap.v4.aggregator.prefetch(h);
+                    (k as u128, h)
+                };
+                pending[i] = Pending { ip, key, hash };
+                todo[i] = true;
+                continue;
+            }
+        };
+    }
+    // Pass 2: look up, rewrite, encapsulate.
+    for (i, pkt) in pkts.iter_mut().enumerate() {
+        if todo[i] {
+            out[i] = one(snap, port, pkt, &pending[i]);
+        }
+    }
+}
+
+#[inline]
+fn one<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkt: &mut B, p: &Pending) -> Verdict {
+    let ip = &p.ip;
+    let b = pkt.data_mut();
+    let tunnel = if ip.v6 {
+        let Some(e) = snap.v6.aggregator.get_hashed(&p.key, p.hash) else {
+            return miss(port.is_local_v6(p.key));
+        };
+        if !decrement_ttl(b, ip) {
+            return Verdict::Drop(DropReason::TtlExpired);
+        }
+        rewrite_v6(b, ip, ip.dst_off(), e.alias, e.delta);
+        e.tunnel
+    } else {
+        let key = p.key as u32;
+        let Some(e) = snap.v4.aggregator.get_hashed(&key, p.hash) else {
+            return miss(port.is_local_v4(key));
+        };
+        if !decrement_ttl(b, ip) {
+            return Verdict::Drop(DropReason::TtlExpired);
+        }
+        rewrite_v4(b, ip, ip.l3 + ipv4::DST_OFFSET, e.alias, e.delta);
+        e.tunnel
+    };
+    let t = &snap.tunnels[tunnel as usize];
+    let nh = &snap.next_hops[t.next_hop as usize];
+    let Some(nh_mac) = nh.mac() else {
+        return Verdict::Drop(DropReason::NoNeighbour);
+    };
+    let out_mac = snap.ports[nh.port as usize].mac;
+    set_macs(b, t.inner_dst_mac, out_mac);
+    let outer = Outer {
+        dst_mac: nh_mac,
+        src_mac: out_mac,
+        src: t.local,
+        dst: t.remote,
+        vni: t.vni,
+        src_port: vxlan::flow_port(flow_hash(b, ip)),
+    };
+    if !pkt.prepend(outer.len()) {
+        return Verdict::Drop(DropReason::NoHeadroom);
+    }
+    if !vxlan::write_outer(pkt.data_mut(), &outer) {
+        return Verdict::Drop(DropReason::Malformed);
+    }
+    Verdict::Forward(nh.port)
+}
+
+/// No circuit: traffic to the port's own address is the slow path's, the rest is dropped.
+#[inline]
+fn miss(local: bool) -> Verdict {
+    if local {
+        Verdict::SlowPath
+    } else {
+        Verdict::Drop(DropReason::NoCircuit)
+    }
+}
+
+/// A hash of the inner flow (addresses, protocol, ports) for the outer source port.
+#[inline]
+fn flow_hash(b: &[u8], ip: &Ip) -> u32 {
+    let (s, d) = (ip.src_off(), ip.dst_off());
+    let mut h = if ip.v6 {
+        let a = u128::from_be_bytes(b[s..s + 16].try_into().unwrap_or([0; 16]));
+        let z = u128::from_be_bytes(b[d..d + 16].try_into().unwrap_or([0; 16]));
+        (a ^ z).hash64()
+    } else {
+        ((be32(b, s) as u64) << 32 | be32(b, d) as u64).hash64()
+    };
+    if ip.has_ports() {
+        h ^= port_key_v4(be32(b, ip.l4), ip.proto, 0).hash64();
+    }
+    (h ^ (h >> 32)) as u32
+}

@@ -1,0 +1,123 @@
+//! The one parse every pipeline starts with: where the IP and L4 headers are.
+
+use crate::packet::ethernet::{EtherType, EthernetFrame};
+use crate::packet::icmp::v6_type;
+use crate::packet::{be16, ip_proto, ipv4, ipv6, tcp, udp, Ipv4Packet, Ipv6Packet, MacAddr};
+
+use super::DropReason;
+
+/// Offsets of an IP packet inside a frame, checked so that the rewrites that follow can
+/// index without failing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Ip {
+    /// IPv6 (else IPv4).
+    pub v6: bool,
+    /// Offset of the IP header.
+    pub l3: usize,
+    /// Offset of the upper-layer header.
+    pub l4: usize,
+    /// Upper-layer protocol.
+    pub proto: u8,
+    /// A non-first fragment: no upper-layer header in this packet.
+    pub later_frag: bool,
+}
+
+impl Ip {
+    /// True if the packet carries TCP or UDP ports.
+    #[inline]
+    pub fn has_ports(&self) -> bool {
+        !self.later_frag && (self.proto == ip_proto::TCP || self.proto == ip_proto::UDP)
+    }
+
+    /// Source port (call only when [`Ip::has_ports`]).
+    #[inline]
+    pub fn src_port(&self, b: &[u8]) -> u16 {
+        be16(b, self.l4)
+    }
+
+    /// Destination port (call only when [`Ip::has_ports`]).
+    #[inline]
+    pub fn dst_port(&self, b: &[u8]) -> u16 {
+        be16(b, self.l4 + 2)
+    }
+
+    /// Source address bytes offset.
+    #[inline]
+    pub fn src_off(&self) -> usize {
+        self.l3 + if self.v6 { ipv6::SRC_OFFSET } else { ipv4::SRC_OFFSET }
+    }
+
+    /// Destination address bytes offset.
+    #[inline]
+    pub fn dst_off(&self) -> usize {
+        self.l3 + if self.v6 { ipv6::DST_OFFSET } else { ipv4::DST_OFFSET }
+    }
+
+    /// True for ICMPv6 neighbour discovery (slow path).
+    #[inline]
+    pub fn is_nd(&self, b: &[u8]) -> bool {
+        self.v6 && self.proto == ip_proto::ICMPV6 && !self.later_frag && v6_type::is_nd(b[self.l4])
+    }
+}
+
+/// What a frame holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum L3 {
+    /// An IPv4 or IPv6 packet.
+    Ip(Ip),
+    /// ARP (slow path).
+    Arp,
+}
+
+/// Parses a frame received on a port with MAC `own_mac` (`None`: skip the destination
+/// MAC check, as for a tunnel's inner frame).
+#[inline]
+pub(crate) fn classify(b: &[u8], own_mac: Option<MacAddr>) -> Result<L3, DropReason> {
+    let eth = EthernetFrame::new_checked(b).map_err(|_| DropReason::Malformed)?;
+    if let Some(own) = own_mac {
+        let dst = eth.dst();
+        if dst != own && !dst.is_multicast() {
+            return Err(DropReason::OtherHost);
+        }
+    }
+    let l2 = eth.payload_info().map_err(|_| DropReason::Malformed)?;
+    let l3 = l2.l3_offset;
+    let ip = match l2.ethertype {
+        EtherType::IPV4 => {
+            let p = Ipv4Packet::new_checked(&b[l3..]).map_err(|_| DropReason::Malformed)?;
+            let later_frag = p.frag_offset() != 0;
+            Ip { v6: false, l3, l4: l3 + p.header_len(), proto: p.protocol(), later_frag }
+        }
+        EtherType::IPV6 => {
+            let p = Ipv6Packet::new_checked(&b[l3..]).map_err(|_| DropReason::Malformed)?;
+            let ul = p.upper_layer().map_err(|_| DropReason::Malformed)?;
+            Ip { v6: true, l3, l4: l3 + ul.offset, proto: ul.protocol, later_frag: ul.is_later_fragment() }
+        }
+        EtherType::ARP => return Ok(L3::Arp),
+        _ => return Err(DropReason::Unsupported),
+    };
+    // The upper-layer header must be whole for the fields a rewrite touches.
+    let end = ip_end(b, &ip);
+    if !ip.later_frag {
+        let need = match ip.proto {
+            ip_proto::TCP => tcp::HEADER_LEN,
+            ip_proto::UDP => udp::HEADER_LEN,
+            ip_proto::ICMP | ip_proto::ICMPV6 => 4,
+            _ => 0,
+        };
+        if ip.l4 + need > end {
+            return Err(DropReason::Malformed);
+        }
+    }
+    Ok(L3::Ip(ip))
+}
+
+/// End of the IP packet (its stated length), which the checked views bounded by `b`.
+#[inline]
+pub(crate) fn ip_end(b: &[u8], ip: &Ip) -> usize {
+    if ip.v6 {
+        ip.l3 + ipv6::HEADER_LEN + be16(b, ip.l3 + 4) as usize
+    } else {
+        ip.l3 + be16(b, ip.l3 + 2) as usize
+    }
+}

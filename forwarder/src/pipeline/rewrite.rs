@@ -1,0 +1,76 @@
+//! In-place rewrites with incremental checksum updates.
+
+use crate::packet::checksum::{self, Delta};
+use crate::packet::{be16, ip_proto, set_be16, tcp, udp, MacAddr};
+
+use super::parse::Ip;
+
+/// Folds an address change into the upper-layer checksum (TCP, UDP, ICMPv6 all cover the
+/// pseudo-header; ICMPv4 does not). A non-first fragment carries no upper-layer header.
+#[inline]
+fn fix_l4(b: &mut [u8], ip: &Ip, delta: Delta) {
+    if ip.later_frag {
+        return;
+    }
+    match ip.proto {
+        ip_proto::TCP => {
+            let at = ip.l4 + tcp::CHECKSUM_OFFSET;
+            set_be16(b, at, checksum::update(be16(b, at), delta));
+        }
+        ip_proto::UDP => {
+            let at = ip.l4 + udp::CHECKSUM_OFFSET;
+            set_be16(b, at, checksum::update_udp(be16(b, at), delta));
+        }
+        ip_proto::ICMPV6 => {
+            let at = ip.l4 + 2;
+            set_be16(b, at, checksum::update(be16(b, at), delta));
+        }
+        _ => {}
+    }
+}
+
+/// Writes IPv4 address `new` at `off` (source or destination) and fixes the checksums.
+#[inline]
+pub(crate) fn rewrite_v4(b: &mut [u8], ip: &Ip, off: usize, new: u32, delta: Delta) {
+    b[off..off + 4].copy_from_slice(&new.to_be_bytes());
+    let at = ip.l3 + 10;
+    set_be16(b, at, checksum::update(be16(b, at), delta));
+    fix_l4(b, ip, delta);
+}
+
+/// Writes IPv6 address `new` at `off` and fixes the upper-layer checksum.
+#[inline]
+pub(crate) fn rewrite_v6(b: &mut [u8], ip: &Ip, off: usize, new: u128, delta: Delta) {
+    b[off..off + 16].copy_from_slice(&new.to_be_bytes());
+    fix_l4(b, ip, delta);
+}
+
+/// Decrements the TTL or hop limit; false (packet untouched) if it would reach zero.
+#[inline]
+pub(crate) fn decrement_ttl(b: &mut [u8], ip: &Ip) -> bool {
+    if ip.v6 {
+        let at = ip.l3 + 7;
+        if b[at] <= 1 {
+            return false;
+        }
+        b[at] -= 1;
+    } else {
+        let at = ip.l3 + 8;
+        if b[at] <= 1 {
+            return false;
+        }
+        // TTL is the high byte of the word at offset 8: the word drops by 0x0100.
+        let old = be16(b, at);
+        b[at] -= 1;
+        let c = ip.l3 + 10;
+        set_be16(b, c, checksum::update(be16(b, c), Delta::of_word(old, old - 0x0100)));
+    }
+    true
+}
+
+/// Rewrites the frame's MAC addresses for the next hop.
+#[inline]
+pub(crate) fn set_macs(b: &mut [u8], dst: MacAddr, src: MacAddr) {
+    b[0..6].copy_from_slice(&dst.0);
+    b[6..12].copy_from_slice(&src.0);
+}

@@ -1,0 +1,83 @@
+//! What a pipeline decides for each packet.
+
+use crate::tables::PortId;
+
+/// Why a packet was dropped. Every reason has its own counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum DropReason {
+    /// Headers that do not parse (short, bad version, bad lengths).
+    Malformed = 0,
+    /// No circuit matches the packet.
+    NoCircuit,
+    /// TTL or hop limit would reach zero.
+    TtlExpired,
+    /// Tunnel traffic from an outer source that is not a configured peer.
+    NotTunnelPeer,
+    /// No route to the (new) destination.
+    NoRoute,
+    /// The next hop's MAC address is not resolved yet.
+    NoNeighbour,
+    /// A non-first IP fragment where ports are needed to decide.
+    Fragment,
+    /// Not IPv4, IPv6, ARP or a tunnel packet this port handles.
+    Unsupported,
+    /// Not enough headroom to encapsulate.
+    NoHeadroom,
+    /// The slow-path ring was full.
+    SlowPathFull,
+    /// The output port's TX queue was full.
+    TxFull,
+    /// A unicast frame for another host on the link (seen in promiscuous mode).
+    OtherHost,
+}
+
+impl DropReason {
+    /// Number of reasons (size of a counter array indexed by `reason as usize`).
+    pub const COUNT: usize = 12;
+
+    /// Every reason, in counter-index order.
+    pub const ALL: [DropReason; Self::COUNT] = [
+        DropReason::Malformed,
+        DropReason::NoCircuit,
+        DropReason::TtlExpired,
+        DropReason::NotTunnelPeer,
+        DropReason::NoRoute,
+        DropReason::NoNeighbour,
+        DropReason::Fragment,
+        DropReason::Unsupported,
+        DropReason::NoHeadroom,
+        DropReason::SlowPathFull,
+        DropReason::TxFull,
+        DropReason::OtherHost,
+    ];
+
+    /// A short snake_case name (metrics label).
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::NoCircuit => "no_circuit",
+            DropReason::TtlExpired => "ttl_expired",
+            DropReason::NotTunnelPeer => "not_tunnel_peer",
+            DropReason::NoRoute => "no_route",
+            DropReason::NoNeighbour => "no_neighbour",
+            DropReason::Fragment => "fragment",
+            DropReason::Unsupported => "unsupported",
+            DropReason::NoHeadroom => "no_headroom",
+            DropReason::SlowPathFull => "slow_path_full",
+            DropReason::TxFull => "tx_full",
+            DropReason::OtherHost => "other_host",
+        }
+    }
+}
+
+/// The decision for one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send on this port; the Ethernet header is already rewritten for the next hop.
+    Forward(PortId),
+    /// Free the packet and count the reason.
+    Drop(DropReason),
+    /// Hand to the control thread (ARP, neighbour discovery, ICMP echo to the port).
+    SlowPath,
+}

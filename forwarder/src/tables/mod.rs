@@ -1,0 +1,656 @@
+//! Immutable snapshots of everything a worker looks up, published with one atomic swap.
+//!
+//! A [`Snapshot`] is built off the fast path from a [`Rules`] value (static config or the
+//! keeper) and the forwarder's ports, validated as a whole, and published through a
+//! [`SnapshotHandle`]. A worker loads the current snapshot once per burst; a swap never
+//! blocks it, and it never sees half of one snapshot and half of another.
+//!
+//! Everything known when the snapshot is built is resolved then: checksum differences of
+//! each rewrite, the next hop of each app host and tunnel peer. Only the remux, whose
+//! destinations are arbitrary devices, does a route lookup per packet.
+
+mod flatmap;
+mod lpm;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+
+pub use flatmap::{FlatMap, Key};
+pub use lpm::{Lpm, Prefixable};
+pub use tarp_api::rules::{self, AggregatorRule, DemuxRule, Protocol, RemuxRule, Route, Rules, Tunnel};
+
+use crate::packet::checksum::Delta;
+use crate::packet::MacAddr;
+
+/// Index of a port in the forwarder's port list (the DPDK port order).
+pub type PortId = u16;
+
+/// Index of a next hop in [`Snapshot::next_hops`].
+pub type NextHopId = u16;
+
+/// "No next hop": an on-link route, whose next hop is each packet's own destination.
+pub const ON_LINK: NextHopId = NextHopId::MAX;
+
+/// The role of a port: which pipeline runs on what it receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A POP line: capture address -> demux alias, into the tunnel.
+    Aggregator,
+    /// A data-center tunnel end: decapsulate, alias -> app host or capture address.
+    Demux,
+    /// Data-center egress: app host -> capture address as the reply's source.
+    Remux,
+}
+
+/// What the snapshot builder needs to know about one port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortInfo {
+    /// Name used by routes and lines.
+    pub name: String,
+    /// Which pipeline handles what the port receives.
+    pub role: Role,
+    /// The port's MAC address.
+    pub mac: MacAddr,
+    /// The port's own addresses (tunnel endpoints, addresses answered by the slow path).
+    pub addrs: Vec<IpAddr>,
+}
+
+/// A port as the pipelines see it.
+#[derive(Debug, Clone)]
+pub struct PortEntry {
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// MAC address.
+    pub mac: MacAddr,
+    /// Own IPv4 addresses.
+    pub v4: Vec<u32>,
+    /// Own IPv6 addresses.
+    pub v6: Vec<u128>,
+}
+
+impl PortEntry {
+    /// True if `a` is one of the port's own IPv4 addresses.
+    #[inline]
+    pub fn is_local_v4(&self, a: u32) -> bool {
+        self.v4.contains(&a)
+    }
+
+    /// True if `a` is one of the port's own IPv6 addresses.
+    #[inline]
+    pub fn is_local_v6(&self, a: u128) -> bool {
+        self.v6.contains(&a)
+    }
+
+    /// True if `a` is one of the port's own addresses.
+    pub fn is_local(&self, a: IpAddr) -> bool {
+        match a {
+            IpAddr::V4(a) => self.is_local_v4(a.into()),
+            IpAddr::V6(a) => self.is_local_v6(a.into()),
+        }
+    }
+}
+
+/// A resolved next hop: output port, gateway address, and its MAC once known.
+///
+/// The MAC is written by the control thread (ARP / neighbour discovery) into the current
+/// snapshot and read by workers without locks.
+#[derive(Debug)]
+pub struct NextHop {
+    /// Output port.
+    pub port: PortId,
+    /// Gateway (or on-link destination) address.
+    pub ip: IpAddr,
+    /// MAC in the low 48 bits, bit 63 set once resolved.
+    mac: AtomicU64,
+}
+
+const MAC_VALID: u64 = 1 << 63;
+
+impl NextHop {
+    /// The MAC address, if resolved.
+    #[inline]
+    pub fn mac(&self) -> Option<MacAddr> {
+        let v = self.mac.load(Ordering::Relaxed);
+        (v & MAC_VALID != 0).then(|| MacAddr::from_u64(v))
+    }
+
+    /// Records the MAC address (control thread).
+    pub fn set_mac(&self, mac: MacAddr) {
+        self.mac.store(mac.to_u64() | MAC_VALID, Ordering::Relaxed);
+    }
+}
+
+/// A destination or source rewrite with everything precomputed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewrite<A> {
+    /// The new address.
+    pub addr: A,
+    /// Checksum difference of old -> new address.
+    pub delta: Delta,
+    /// Next hop to send to ([`ON_LINK`] when decided per packet by a route lookup).
+    pub next_hop: NextHopId,
+}
+
+/// An aggregator map entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AggEntry<A> {
+    /// Demux alias.
+    pub alias: A,
+    /// Checksum difference of capture -> alias.
+    pub delta: Delta,
+    /// Index into [`Snapshot::tunnels`].
+    pub tunnel: u16,
+}
+
+/// A tunnel as the aggregator pipeline uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelEntry {
+    /// Outer source.
+    pub local: IpAddr,
+    /// Outer destination.
+    pub remote: IpAddr,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// Inner frame's destination MAC.
+    pub inner_dst_mac: MacAddr,
+    /// Next hop towards `remote`.
+    pub next_hop: NextHopId,
+}
+
+/// Inner destination MAC used when a tunnel does not name one (locally administered).
+pub const DEFAULT_INNER_MAC: MacAddr = MacAddr([0x02, 0x74, 0x61, 0x72, 0x70, 0x00]);
+
+/// The lookup tables of one address family.
+#[derive(Clone)]
+pub struct Maps<A, PK> {
+    /// Capture address -> alias and tunnel.
+    pub aggregator: FlatMap<A, AggEntry<A>>,
+    /// Alias -> capture address, delivered to the app host (address mode).
+    pub demux_addr: FlatMap<A, Rewrite<A>>,
+    /// (alias, protocol, port) -> app host (port mode).
+    pub demux_port: FlatMap<PK, Rewrite<A>>,
+    /// (app host, protocol, source port) -> capture address.
+    pub remux_port: FlatMap<PK, Rewrite<A>>,
+    /// Capture addresses whose replies pass the remux unchanged (address mode).
+    pub remux_addr: FlatMap<A, ()>,
+    /// Route table for per-packet destinations.
+    pub routes: Lpm<A, NextHopId>,
+    /// Outer sources a demux accepts.
+    pub peers: FlatMap<A, ()>,
+}
+
+impl<A: Prefixable, PK: Key> Maps<A, PK> {
+    fn memory_bytes(&self) -> usize {
+        self.aggregator.memory_bytes()
+            + self.demux_addr.memory_bytes()
+            + self.demux_port.memory_bytes()
+            + self.remux_port.memory_bytes()
+            + self.remux_addr.memory_bytes()
+            + self.peers.memory_bytes()
+    }
+
+    fn entries(&self) -> usize {
+        self.aggregator.len() + self.demux_addr.len() + self.demux_port.len() + self.remux_port.len() + self.remux_addr.len()
+    }
+}
+
+/// Port-mode key for IPv4: address, protocol and port packed in a u64.
+#[inline]
+pub const fn port_key_v4(addr: u32, protocol: u8, port: u16) -> u64 {
+    ((addr as u64) << 24) | ((protocol as u64) << 16) | port as u64
+}
+
+/// Port-mode key for IPv6.
+#[inline]
+pub const fn port_key_v6(addr: u128, protocol: u8, port: u16) -> (u128, u32) {
+    (addr, ((protocol as u32) << 16) | port as u32)
+}
+
+/// Why a `Rules` value cannot become a snapshot. The old snapshot keeps forwarding.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RulesError {
+    /// A route names a port the forwarder does not have.
+    #[error("route {prefix}: unknown port {port:?}")]
+    UnknownPort {
+        /// The route's prefix.
+        prefix: String,
+        /// The port name.
+        port: String,
+    },
+    /// An aggregator rule names a line the forwarder does not have (or not an aggregator port).
+    #[error("aggregator rule for {capture}: line {line:?} is not an aggregator port here")]
+    UnknownLine {
+        /// Capture address.
+        capture: IpAddr,
+        /// Line name.
+        line: String,
+    },
+    /// An aggregator rule names a tunnel that is not defined.
+    #[error("aggregator rule for {capture}: unknown tunnel {tunnel}")]
+    UnknownTunnel {
+        /// Capture address.
+        capture: IpAddr,
+        /// Tunnel id.
+        tunnel: u32,
+    },
+    /// Addresses of different families where one family is needed.
+    #[error("{what}: {a} and {b} are not the same address family")]
+    FamilyMismatch {
+        /// Which rule.
+        what: &'static str,
+        /// First address.
+        a: IpAddr,
+        /// Second address.
+        b: IpAddr,
+    },
+    /// No route to an app host or tunnel peer.
+    #[error("no route to {0}")]
+    NoRoute(IpAddr),
+    /// The same key twice.
+    #[error("duplicate {0}")]
+    Duplicate(String),
+    /// A VNI wider than 24 bits.
+    #[error("tunnel {id}: vni {vni} does not fit in 24 bits")]
+    VniTooLarge {
+        /// Tunnel id.
+        id: u32,
+        /// VNI.
+        vni: u32,
+    },
+    /// A tunnel's local address is not one of this forwarder's port addresses.
+    #[error("tunnel {id}: local address {local} is not an address of any port")]
+    TunnelLocalNotOurs {
+        /// Tunnel id.
+        id: u32,
+        /// Address.
+        local: IpAddr,
+    },
+    /// More distinct next hops than a snapshot can index.
+    #[error("too many next hops")]
+    TooManyNextHops,
+}
+
+/// Known neighbour MACs by (port, address): static ones from config and those the slow
+/// path learned. A new snapshot starts with them.
+pub type NeighbourCache = HashMap<(PortId, IpAddr), MacAddr>;
+
+/// Everything a worker looks up, immutable once built.
+pub struct Snapshot {
+    generation: u64,
+    /// Ports, indexed by [`PortId`].
+    pub ports: Box<[PortEntry]>,
+    /// Next hops, indexed by [`NextHopId`].
+    pub next_hops: Box<[NextHop]>,
+    /// Tunnels, indexed by [`AggEntry::tunnel`].
+    pub tunnels: Box<[TunnelEntry]>,
+    /// IPv4 tables.
+    pub v4: Maps<u32, u64>,
+    /// IPv6 tables.
+    pub v6: Maps<u128, (u128, u32)>,
+    /// Capture address -> the line it lives on (`None`: every aggregator port); slow path.
+    capture_lines: HashMap<IpAddr, Option<PortId>>,
+}
+
+fn v4(a: IpAddr) -> Option<u32> {
+    match a {
+        IpAddr::V4(a) => Some(a.into()),
+        IpAddr::V6(_) => None,
+    }
+}
+
+fn v6(a: IpAddr) -> Option<u128> {
+    match a {
+        IpAddr::V6(a) => Some(a.into()),
+        IpAddr::V4(_) => None,
+    }
+}
+
+fn same_family(what: &'static str, a: IpAddr, b: IpAddr) -> Result<(), RulesError> {
+    if a.is_ipv4() == b.is_ipv4() {
+        Ok(())
+    } else {
+        Err(RulesError::FamilyMismatch { what, a, b })
+    }
+}
+
+struct Builder<'a> {
+    ports: &'a [PortInfo],
+    routes_v4: Lpm<u32, (PortId, Option<IpAddr>)>,
+    routes_v6: Lpm<u128, (PortId, Option<IpAddr>)>,
+    next_hops: Vec<(PortId, IpAddr)>,
+    index: HashMap<(PortId, IpAddr), NextHopId>,
+}
+
+impl Builder<'_> {
+    fn intern(&mut self, port: PortId, ip: IpAddr) -> Result<NextHopId, RulesError> {
+        if let Some(&id) = self.index.get(&(port, ip)) {
+            return Ok(id);
+        }
+        let id = NextHopId::try_from(self.next_hops.len())
+            .ok()
+            .filter(|&id| id != ON_LINK)
+            .ok_or(RulesError::TooManyNextHops)?;
+        self.next_hops.push((port, ip));
+        self.index.insert((port, ip), id);
+        Ok(id)
+    }
+
+    /// The next hop for a destination known at build time.
+    fn resolve(&mut self, dst: IpAddr) -> Result<NextHopId, RulesError> {
+        let hit = match dst {
+            IpAddr::V4(a) => self.routes_v4.lookup(a.into()).copied(),
+            IpAddr::V6(a) => self.routes_v6.lookup(a.into()).copied(),
+        };
+        let (port, via) = hit.ok_or(RulesError::NoRoute(dst))?;
+        self.intern(port, via.unwrap_or(dst))
+    }
+
+    fn port_id(&self, name: &str) -> Option<PortId> {
+        self.ports.iter().position(|p| p.name == name).map(|i| i as PortId)
+    }
+}
+
+impl Snapshot {
+    /// Validates `rules` against `ports` and builds the snapshot for `generation`.
+    /// Next-hop MACs already in `neighbours` are filled in.
+    pub fn build(
+        rules: &Rules,
+        ports: &[PortInfo],
+        generation: u64,
+        neighbours: &NeighbourCache,
+    ) -> Result<Snapshot, RulesError> {
+        let mut r4 = Vec::new();
+        let mut r6 = Vec::new();
+        for route in &rules.routes {
+            let port = ports.iter().position(|p| p.name == route.port).ok_or_else(|| RulesError::UnknownPort {
+                prefix: route.prefix.to_string(),
+                port: route.port.clone(),
+            })? as PortId;
+            if let Some(via) = route.via {
+                same_family("route gateway", route.prefix.addr(), via)?;
+            }
+            match route.prefix.addr() {
+                IpAddr::V4(a) => r4.push((u32::from(a), route.prefix.prefix_len(), (port, route.via))),
+                IpAddr::V6(a) => r6.push((u128::from(a), route.prefix.prefix_len(), (port, route.via))),
+            }
+        }
+        let mut b = Builder {
+            ports,
+            routes_v4: Lpm::build(r4)
+                .map_err(|(a, l)| RulesError::Duplicate(format!("route {}/{l}", std::net::Ipv4Addr::from(a))))?,
+            routes_v6: Lpm::build(r6)
+                .map_err(|(a, l)| RulesError::Duplicate(format!("route {}/{l}", std::net::Ipv6Addr::from(a))))?,
+            next_hops: Vec::new(),
+            index: HashMap::new(),
+        };
+
+        // Tunnels.
+        let mut tunnels = Vec::with_capacity(rules.tunnels.len());
+        let mut tunnel_index = HashMap::new();
+        for t in &rules.tunnels {
+            same_family("tunnel", t.local, t.remote)?;
+            if t.vni >= 1 << 24 {
+                return Err(RulesError::VniTooLarge { id: t.id, vni: t.vni });
+            }
+            if !ports.iter().any(|p| p.addrs.contains(&t.local)) {
+                return Err(RulesError::TunnelLocalNotOurs { id: t.id, local: t.local });
+            }
+            if tunnel_index.insert(t.id, tunnels.len() as u16).is_some() {
+                return Err(RulesError::Duplicate(format!("tunnel id {}", t.id)));
+            }
+            let next_hop = b.resolve(t.remote)?;
+            tunnels.push(TunnelEntry {
+                local: t.local,
+                remote: t.remote,
+                vni: t.vni,
+                inner_dst_mac: t.inner_dst_mac.unwrap_or(DEFAULT_INNER_MAC),
+                next_hop,
+            });
+        }
+
+        // Aggregator map.
+        let mut agg4 = Vec::new();
+        let mut agg6 = Vec::new();
+        let mut capture_lines = HashMap::new();
+        for r in &rules.aggregator {
+            same_family("aggregator rule", r.capture, r.alias)?;
+            let tunnel = *tunnel_index
+                .get(&r.tunnel)
+                .ok_or(RulesError::UnknownTunnel { capture: r.capture, tunnel: r.tunnel })?;
+            let line = match &r.line {
+                None => None,
+                Some(name) => Some(
+                    b.port_id(name)
+                        .filter(|&id| ports[id as usize].role == Role::Aggregator)
+                        .ok_or_else(|| RulesError::UnknownLine { capture: r.capture, line: name.clone() })?,
+                ),
+            };
+            capture_lines.insert(r.capture, line);
+            let delta = Delta::of_addr(r.capture, r.alias);
+            match (r.capture, r.alias) {
+                (IpAddr::V4(c), IpAddr::V4(a)) => agg4.push((c.into(), AggEntry { alias: a.into(), delta, tunnel })),
+                (IpAddr::V6(c), IpAddr::V6(a)) => agg6.push((c.into(), AggEntry { alias: a.into(), delta, tunnel })),
+                _ => unreachable!("families checked above"),
+            }
+        }
+
+        // Demux map.
+        let (mut da4, mut da6, mut dp4, mut dp6) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for r in &rules.demux {
+            match *r {
+                DemuxRule::Address { alias, capture, app_host } => {
+                    same_family("demux address rule", alias, capture)?;
+                    same_family("demux address rule", alias, app_host)?;
+                    let next_hop = b.resolve(app_host)?;
+                    let delta = Delta::of_addr(alias, capture);
+                    match (alias, capture) {
+                        (IpAddr::V4(a), IpAddr::V4(c)) => {
+                            da4.push((a.into(), Rewrite { addr: c.into(), delta, next_hop }))
+                        }
+                        (IpAddr::V6(a), IpAddr::V6(c)) => {
+                            da6.push((a.into(), Rewrite { addr: c.into(), delta, next_hop }))
+                        }
+                        _ => unreachable!("families checked above"),
+                    }
+                }
+                DemuxRule::Port { alias, protocol, port, app_host } => {
+                    same_family("demux port rule", alias, app_host)?;
+                    let next_hop = b.resolve(app_host)?;
+                    let delta = Delta::of_addr(alias, app_host);
+                    let p = protocol.number();
+                    match (alias, app_host) {
+                        (IpAddr::V4(a), IpAddr::V4(h)) => dp4.push((
+                            port_key_v4(a.into(), p, port),
+                            Rewrite { addr: h.into(), delta, next_hop },
+                        )),
+                        (IpAddr::V6(a), IpAddr::V6(h)) => dp6.push((
+                            port_key_v6(a.into(), p, port),
+                            Rewrite { addr: h.into(), delta, next_hop },
+                        )),
+                        _ => unreachable!("families checked above"),
+                    }
+                }
+            }
+        }
+
+        // Remux map.
+        let (mut ra4, mut ra6, mut rp4, mut rp6) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for r in &rules.remux {
+            match *r {
+                RemuxRule::Address { capture } => match capture {
+                    IpAddr::V4(c) => ra4.push((u32::from(c), ())),
+                    IpAddr::V6(c) => ra6.push((u128::from(c), ())),
+                },
+                RemuxRule::Port { app_host, protocol, port, capture } => {
+                    same_family("remux port rule", app_host, capture)?;
+                    let delta = Delta::of_addr(app_host, capture);
+                    let p = protocol.number();
+                    match (app_host, capture) {
+                        (IpAddr::V4(h), IpAddr::V4(c)) => rp4.push((
+                            port_key_v4(h.into(), p, port),
+                            Rewrite { addr: c.into(), delta, next_hop: ON_LINK },
+                        )),
+                        (IpAddr::V6(h), IpAddr::V6(c)) => rp6.push((
+                            port_key_v6(h.into(), p, port),
+                            Rewrite { addr: c.into(), delta, next_hop: ON_LINK },
+                        )),
+                        _ => unreachable!("families checked above"),
+                    }
+                }
+            }
+        }
+
+        // Per-packet routes: a gateway becomes a next hop now; on-link stays ON_LINK.
+        let mut lpm4 = Vec::new();
+        let mut lpm6 = Vec::new();
+        for route in &rules.routes {
+            let port = b.port_id(&route.port).expect("checked above");
+            let nh = match route.via {
+                Some(via) => b.intern(port, via)?,
+                None => ON_LINK,
+            };
+            match route.prefix.addr() {
+                IpAddr::V4(a) => lpm4.push((u32::from(a), route.prefix.prefix_len(), nh)),
+                IpAddr::V6(a) => lpm6.push((u128::from(a), route.prefix.prefix_len(), nh)),
+            }
+        }
+
+        let peers4: Vec<_> = rules.tunnel_peers.iter().filter_map(|&a| v4(a)).map(|a| (a, ())).collect();
+        let peers6: Vec<_> = rules.tunnel_peers.iter().filter_map(|&a| v6(a)).map(|a| (a, ())).collect();
+
+        let d = |what: &'static str| move |k: &dyn std::fmt::Debug| RulesError::Duplicate(format!("{what} {k:?}"));
+        let v4maps = Maps {
+            aggregator: FlatMap::build(agg4).map_err(|k| d("capture address")(&std::net::Ipv4Addr::from(k)))?,
+            demux_addr: FlatMap::build(da4).map_err(|k| d("demux alias")(&std::net::Ipv4Addr::from(k)))?,
+            demux_port: FlatMap::build(dp4).map_err(|k| d("demux port rule")(&k))?,
+            remux_port: FlatMap::build(rp4).map_err(|k| d("remux port rule")(&k))?,
+            remux_addr: FlatMap::build(ra4).map_err(|k| d("remux capture address")(&std::net::Ipv4Addr::from(k)))?,
+            routes: Lpm::build(lpm4).map_err(|k| d("route")(&k))?,
+            peers: FlatMap::build(peers4).map_err(|k| d("tunnel peer")(&std::net::Ipv4Addr::from(k)))?,
+        };
+        let v6maps = Maps {
+            aggregator: FlatMap::build(agg6).map_err(|k| d("capture address")(&std::net::Ipv6Addr::from(k)))?,
+            demux_addr: FlatMap::build(da6).map_err(|k| d("demux alias")(&std::net::Ipv6Addr::from(k)))?,
+            demux_port: FlatMap::build(dp6).map_err(|k| d("demux port rule")(&k))?,
+            remux_port: FlatMap::build(rp6).map_err(|k| d("remux port rule")(&k))?,
+            remux_addr: FlatMap::build(ra6).map_err(|k| d("remux capture address")(&std::net::Ipv6Addr::from(k)))?,
+            routes: Lpm::build(lpm6).map_err(|k| d("route")(&k))?,
+            peers: FlatMap::build(peers6).map_err(|k| d("tunnel peer")(&std::net::Ipv6Addr::from(k)))?,
+        };
+
+        let next_hops = b
+            .next_hops
+            .iter()
+            .map(|&(port, ip)| {
+                let nh = NextHop { port, ip, mac: AtomicU64::new(0) };
+                if let Some(&mac) = neighbours.get(&(port, ip)) {
+                    nh.set_mac(mac);
+                }
+                nh
+            })
+            .collect();
+
+        let ports = ports
+            .iter()
+            .map(|p| PortEntry {
+                name: p.name.clone(),
+                role: p.role,
+                mac: p.mac,
+                v4: p.addrs.iter().filter_map(|&a| v4(a)).collect(),
+                v6: p.addrs.iter().filter_map(|&a| v6(a)).collect(),
+            })
+            .collect();
+
+        Ok(Snapshot {
+            generation,
+            ports,
+            next_hops,
+            tunnels: tunnels.into_boxed_slice(),
+            v4: v4maps,
+            v6: v6maps,
+            capture_lines,
+        })
+    }
+
+    /// An empty snapshot for `ports`: forwards nothing, answers the slow path.
+    pub fn empty(ports: &[PortInfo]) -> Snapshot {
+        Snapshot::build(&Rules::default(), ports, 0, &NeighbourCache::new()).expect("empty rules are valid")
+    }
+
+    /// The generation this snapshot was built for.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Records a neighbour's MAC in every next hop of this snapshot that uses it.
+    /// Returns how many next hops were updated.
+    pub fn learn_neighbour(&self, port: PortId, ip: IpAddr, mac: MacAddr) -> usize {
+        let mut n = 0;
+        for nh in self.next_hops.iter().filter(|nh| nh.port == port && nh.ip == ip) {
+            nh.set_mac(mac);
+            n += 1;
+        }
+        n
+    }
+
+    /// True if the slow path should answer ARP / neighbour solicitations for `ip` on
+    /// `port`: one of the port's own addresses, or a capture address on this line.
+    pub fn answers_for(&self, port: PortId, ip: IpAddr) -> bool {
+        let Some(p) = self.ports.get(port as usize) else { return false };
+        if p.is_local(ip) {
+            return true;
+        }
+        p.role == Role::Aggregator
+            && match self.capture_lines.get(&ip) {
+                Some(Some(line)) => *line == port,
+                Some(None) => true,
+                None => false,
+            }
+    }
+
+    /// Number of circuit-table entries (aggregator, demux and remux maps).
+    pub fn entries(&self) -> usize {
+        self.v4.entries() + self.v6.entries()
+    }
+
+    /// Bytes of lookup-table memory (for sizing reports).
+    pub fn memory_bytes(&self) -> usize {
+        self.v4.memory_bytes() + self.v6.memory_bytes()
+    }
+}
+
+/// The published snapshot: workers load it, the control thread swaps in a new one.
+pub struct SnapshotHandle {
+    current: ArcSwap<Snapshot>,
+}
+
+impl SnapshotHandle {
+    /// A handle publishing `snapshot`.
+    pub fn new(snapshot: Snapshot) -> SnapshotHandle {
+        SnapshotHandle { current: ArcSwap::from_pointee(snapshot) }
+    }
+
+    /// The current snapshot, for one burst (lock-free; never blocks).
+    #[inline]
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// The current snapshot as an owned `Arc` (control thread).
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Publishes `snapshot` with one atomic pointer swap; returns the previous one.
+    pub fn publish(&self, snapshot: Snapshot) -> Arc<Snapshot> {
+        self.current.swap(Arc::new(snapshot))
+    }
+}

@@ -1,0 +1,247 @@
+//! Shared test fixtures: the patent's topology with test-range addresses, packets built
+//! and checked by `etherparse` (an implementation nobody here wrote).
+#![allow(dead_code)]
+
+use std::net::IpAddr;
+
+use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
+use forwarder::packet::MacAddr;
+use forwarder::pipeline::{process, PacketBuf, VecBuf, Verdict};
+use forwarder::tables::{NeighbourCache, PortInfo, Role, Rules, Snapshot};
+
+pub fn mac(s: &str) -> MacAddr {
+    s.parse().unwrap()
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+// MACs of the topology.
+pub const ROUTER: &str = "02:00:00:00:01:fe"; // the "Internet" router next to every box
+pub const AGG_LINE: &str = "02:00:00:00:0a:01";
+pub const AGG_UPLINK: &str = "02:00:00:00:0a:02";
+pub const DMX_TUN: &str = "02:00:00:00:0d:01";
+pub const DMX_DC: &str = "02:00:00:00:0d:02";
+pub const APP2: &str = "02:00:00:00:a0:02";
+pub const APP3: &str = "02:00:00:00:a0:03";
+pub const RMX_DC: &str = "02:00:00:00:0e:01";
+pub const RMX_OUT: &str = "02:00:00:00:0e:02";
+pub const INNER: &str = "02:00:00:00:0f:0f";
+
+fn port(name: &str, role: Role, m: &str, addrs: &[&str]) -> PortInfo {
+    PortInfo { name: name.into(), role, mac: mac(m), addrs: addrs.iter().map(|a| ip(a)).collect() }
+}
+
+/// A forwarder's ports and rules, built into a snapshot with static neighbours.
+pub struct Box_ {
+    pub ports: Vec<PortInfo>,
+    pub snap: Snapshot,
+}
+
+impl Box_ {
+    pub fn new(ports: Vec<PortInfo>, rules_toml: &str, neighbours: &[(u16, &str, &str)]) -> Box_ {
+        let rules: Rules = toml::from_str(rules_toml).unwrap();
+        let mut n = NeighbourCache::new();
+        for &(p, a, m) in neighbours {
+            n.insert((p, ip(a)), mac(m));
+        }
+        let snap = Snapshot::build(&rules, &ports, 1, &n).unwrap();
+        Box_ { ports, snap }
+    }
+
+    /// Runs one frame received on `in_port` through the pipeline.
+    pub fn run(&self, in_port: u16, frame: &[u8]) -> (Verdict, Vec<u8>) {
+        let mut pkts = [VecBuf::new(frame)];
+        let mut v = [Verdict::SlowPath];
+        process(&self.snap, in_port, &mut pkts, &mut v);
+        (v[0], pkts[0].data().to_vec())
+    }
+}
+
+/// The POP's aggregator: port 0 is the line, port 1 the uplink to the data center.
+pub fn aggregator() -> Box_ {
+    Box_::new(
+        vec![
+            port("line0", Role::Aggregator, AGG_LINE, &["203.0.113.1", "2001:db8:113::1"]),
+            port("uplink", Role::Aggregator, AGG_UPLINK, &["192.0.2.1", "2001:db8:ffff::1"]),
+        ],
+        r#"
+        tunnels = [
+          { id = 1, local = "192.0.2.1", remote = "192.0.2.2", vni = 100, inner_dst_mac = "02:00:00:00:0f:0f" },
+          { id = 2, local = "2001:db8:ffff::1", remote = "2001:db8:ffff::2", vni = 200, inner_dst_mac = "02:00:00:00:0f:0f" },
+        ]
+        aggregator = [
+          { capture = "203.0.113.2", alias = "198.18.0.3", tunnel = 1, line = "line0" },
+          { capture = "2001:db8:113::2", alias = "2001:db8:18::3", tunnel = 1, line = "line0" },
+          { capture = "203.0.113.4", alias = "198.18.0.4", tunnel = 1, line = "line0" },
+          { capture = "2001:db8:113::4", alias = "2001:db8:18::4", tunnel = 1, line = "line0" },
+          { capture = "203.0.113.9", alias = "198.18.0.9", tunnel = 2 },
+        ]
+        routes = [
+          { prefix = "192.0.2.0/24", port = "uplink" },
+          { prefix = "2001:db8:ffff::/64", port = "uplink" },
+        ]
+        "#,
+        &[(1, "192.0.2.2", DMX_TUN), (1, "2001:db8:ffff::2", DMX_TUN)],
+    )
+}
+
+/// The data center's demux: port 0 receives the tunnel, port 1 faces the app hosts.
+pub fn demux() -> Box_ {
+    Box_::new(
+        vec![
+            port("tun", Role::Demux, DMX_TUN, &["192.0.2.2", "2001:db8:ffff::2"]),
+            port("dc", Role::Demux, DMX_DC, &["198.19.0.1", "2001:db8:19::1"]),
+        ],
+        r#"
+        tunnel_peers = ["192.0.2.1", "2001:db8:ffff::1"]
+        demux = [
+          { mode = "address", alias = "198.18.0.3", capture = "203.0.113.2", app_host = "198.19.0.2" },
+          { mode = "address", alias = "198.18.0.9", capture = "203.0.113.9", app_host = "198.19.0.2" },
+          { mode = "port", alias = "198.18.0.4", protocol = "udp", port = 4000, app_host = "198.19.0.2" },
+          { mode = "port", alias = "198.18.0.4", protocol = "udp", port = 5000, app_host = "198.19.0.3" },
+          { mode = "port", alias = "198.18.0.4", protocol = "tcp", port = 4000, app_host = "198.19.0.2" },
+          { mode = "port", alias = "198.18.0.4", protocol = "tcp", port = 5000, app_host = "198.19.0.3" },
+          { mode = "address", alias = "2001:db8:18::3", capture = "2001:db8:113::2", app_host = "2001:db8:19::2" },
+          { mode = "port", alias = "2001:db8:18::4", protocol = "udp", port = 4000, app_host = "2001:db8:19::2" },
+          { mode = "port", alias = "2001:db8:18::4", protocol = "udp", port = 5000, app_host = "2001:db8:19::3" },
+          { mode = "port", alias = "2001:db8:18::4", protocol = "tcp", port = 4000, app_host = "2001:db8:19::2" },
+          { mode = "port", alias = "2001:db8:18::4", protocol = "tcp", port = 5000, app_host = "2001:db8:19::3" },
+        ]
+        routes = [
+          { prefix = "198.19.0.0/24", port = "dc" },
+          { prefix = "2001:db8:19::/64", port = "dc" },
+        ]
+        "#,
+        &[
+            (1, "198.19.0.2", APP2),
+            (1, "198.19.0.3", APP3),
+            (1, "2001:db8:19::2", APP2),
+            (1, "2001:db8:19::3", APP3),
+        ],
+    )
+}
+
+/// The data center's remux: port 0 is the app hosts' gateway, port 1 the way out.
+pub fn remux() -> Box_ {
+    Box_::new(
+        vec![
+            port("dc", Role::Remux, RMX_DC, &["198.19.0.254", "2001:db8:19::fe"]),
+            port("out", Role::Remux, RMX_OUT, &["192.0.2.3", "2001:db8:ffff::3"]),
+        ],
+        r#"
+        remux = [
+          { mode = "address", capture = "203.0.113.2" },
+          { mode = "address", capture = "2001:db8:113::2" },
+          { mode = "port", app_host = "198.19.0.2", protocol = "udp", port = 4000, capture = "203.0.113.4" },
+          { mode = "port", app_host = "198.19.0.3", protocol = "udp", port = 5000, capture = "203.0.113.4" },
+          { mode = "port", app_host = "198.19.0.2", protocol = "tcp", port = 4000, capture = "203.0.113.4" },
+          { mode = "port", app_host = "198.19.0.3", protocol = "tcp", port = 5000, capture = "203.0.113.4" },
+          { mode = "port", app_host = "2001:db8:19::2", protocol = "udp", port = 4000, capture = "2001:db8:113::4" },
+          { mode = "port", app_host = "2001:db8:19::3", protocol = "udp", port = 5000, capture = "2001:db8:113::4" },
+          { mode = "port", app_host = "2001:db8:19::2", protocol = "tcp", port = 4000, capture = "2001:db8:113::4" },
+          { mode = "port", app_host = "2001:db8:19::3", protocol = "tcp", port = 5000, capture = "2001:db8:113::4" },
+        ]
+        routes = [
+          { prefix = "0.0.0.0/0", port = "out", via = "192.0.2.254" },
+          { prefix = "::/0", port = "out", via = "2001:db8:ffff::fe" },
+        ]
+        "#,
+        &[(1, "192.0.2.254", ROUTER), (1, "2001:db8:ffff::fe", ROUTER)],
+    )
+}
+
+/// Transport of a test packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4 {
+    Udp,
+    Tcp,
+}
+
+/// Builds an Ethernet frame with etherparse: `src:sport -> dst:dport`, TTL/hop limit `ttl`.
+pub fn frame(
+    eth_src: &str,
+    eth_dst: &str,
+    src: IpAddr,
+    dst: IpAddr,
+    ttl: u8,
+    l4: L4,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(mac(eth_src).0, mac(eth_dst).0);
+    let b = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), ttl),
+        (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), ttl),
+        _ => panic!("mixed families"),
+    };
+    let mut out = Vec::new();
+    match l4 {
+        L4::Udp => b.udp(sport, dport).write(&mut out, payload).unwrap(),
+        L4::Tcp => b.tcp(sport, dport, 0x0102_0304, 64240).ack(0x0a0b_0c0d).psh().write(&mut out, payload).unwrap(),
+    }
+    out
+}
+
+/// Checks every checksum of an Ethernet frame with etherparse; returns the parsed
+/// headers' addresses and TTL for further checks.
+pub fn check_checksums(frame: &[u8]) -> Result<(IpAddr, IpAddr, u8), String> {
+    let h = PacketHeaders::from_ethernet_slice(frame).map_err(|e| format!("etherparse: {e}"))?;
+    let payload = h.payload.slice();
+    let (src, dst, ttl) = match &h.net {
+        Some(NetHeaders::Ipv4(ip, _)) => {
+            if ip.header_checksum != ip.calc_header_checksum() {
+                return Err(format!("bad IPv4 header checksum {:#06x}", ip.header_checksum));
+            }
+            match &h.transport {
+                Some(TransportHeader::Udp(u)) if u.checksum != 0 => {
+                    let c = u.calc_checksum_ipv4(ip, payload).unwrap();
+                    if c != u.checksum {
+                        return Err(format!("bad UDP checksum {:#06x}, want {c:#06x}", u.checksum));
+                    }
+                }
+                Some(TransportHeader::Tcp(t)) => {
+                    let c = t.calc_checksum_ipv4(ip, payload).unwrap();
+                    if c != t.checksum {
+                        return Err(format!("bad TCP checksum {:#06x}, want {c:#06x}", t.checksum));
+                    }
+                }
+                Some(TransportHeader::Icmpv4(i)) => {
+                    if i.checksum != i.icmp_type.calc_checksum(payload) {
+                        return Err("bad ICMPv4 checksum".into());
+                    }
+                }
+                _ => {}
+            }
+            (IpAddr::V4(ip.source.into()), IpAddr::V4(ip.destination.into()), ip.time_to_live)
+        }
+        Some(NetHeaders::Ipv6(ip, _)) => {
+            match &h.transport {
+                Some(TransportHeader::Udp(u)) => {
+                    let c = u.calc_checksum_ipv6(ip, payload).unwrap();
+                    if c != u.checksum {
+                        return Err(format!("bad UDP/IPv6 checksum {:#06x}, want {c:#06x}", u.checksum));
+                    }
+                }
+                Some(TransportHeader::Tcp(t)) => {
+                    let c = t.calc_checksum_ipv6(ip, payload).unwrap();
+                    if c != t.checksum {
+                        return Err(format!("bad TCP/IPv6 checksum {:#06x}, want {c:#06x}", t.checksum));
+                    }
+                }
+                Some(TransportHeader::Icmpv6(i)) => {
+                    let c = i.icmp_type.calc_checksum(ip.source, ip.destination, payload).unwrap();
+                    if c != i.checksum {
+                        return Err("bad ICMPv6 checksum".into());
+                    }
+                }
+                _ => {}
+            }
+            (IpAddr::V6(ip.source.into()), IpAddr::V6(ip.destination.into()), ip.hop_limit)
+        }
+        _ => return Err("no IP header".into()),
+    };
+    Ok((src, dst, ttl))
+}

@@ -4,14 +4,15 @@ use crate::packet::vxlan::{self, Outer};
 use crate::packet::{be32, ipv4};
 use crate::tables::{port_key_v4, Key, PortEntry, Snapshot};
 
-use super::parse::{classify, Ip, L3};
+use super::parse::{addr6, classify, Ip, L3};
 use super::rewrite::{decrement_ttl, rewrite_v4, rewrite_v6, set_macs};
 use super::{PacketBuf, Verdict, DropReason, MAX_BURST};
 
 #[derive(Clone, Copy, Default)]
 struct Pending {
     ip: Ip,
-    key: u128,
+    key4: u32,
+    key6: [u8; 16],
     hash: u64,
 }
 
@@ -28,18 +29,17 @@ pub(super) fn run<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkts: &mut [B
             Ok(L3::Ip(ip)) if ip.is_nd(b) => Verdict::SlowPath,
             Ok(L3::Ip(ip)) => {
                 let off = ip.dst_off();
-                let (key, hash) = if ip.v6 {
-                    let k = u128::from_be_bytes(b[off..off + 16].try_into().unwrap_or([0; 16]));
-                    let h = k.hash64();
-                    snap.v6.aggregator.prefetch(h);
-                    (k, h)
+                let mut p = Pending { ip, ..Pending::default() };
+                if ip.v6 {
+                    p.key6 = addr6(b, off);
+                    p.hash = p.key6.hash64();
+                    snap.v6.aggregator.prefetch(p.hash);
                 } else {
-                    let k = be32(b, off);
-                    let h = k.hash64();
-                    snap.v4.aggregator.prefetch(h);
-                    (k as u128, h)
-                };
-                pending[i] = Pending { ip, key, hash };
+                    p.key4 = be32(b, off);
+                    p.hash = p.key4.hash64();
+                    snap.v4.aggregator.prefetch(p.hash);
+                }
+                pending[i] = p;
                 todo[i] = true;
                 continue;
             }
@@ -58,8 +58,8 @@ fn one<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkt: &mut B, p: &Pending
     let ip = &p.ip;
     let b = pkt.data_mut();
     let tunnel = if ip.v6 {
-        let Some(e) = snap.v6.aggregator.get_hashed(&p.key, p.hash) else {
-            return miss(port.is_local_v6(p.key));
+        let Some(e) = snap.v6.aggregator.get_hashed(&p.key6, p.hash) else {
+            return miss(port.is_local_v6(p.key6));
         };
         if !decrement_ttl(b, ip) {
             return Verdict::Drop(DropReason::TtlExpired);
@@ -67,9 +67,8 @@ fn one<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkt: &mut B, p: &Pending
         rewrite_v6(b, ip, ip.dst_off(), e.alias, e.delta);
         e.tunnel
     } else {
-        let key = p.key as u32;
-        let Some(e) = snap.v4.aggregator.get_hashed(&key, p.hash) else {
-            return miss(port.is_local_v4(key));
+        let Some(e) = snap.v4.aggregator.get_hashed(&p.key4, p.hash) else {
+            return miss(port.is_local_v4(p.key4));
         };
         if !decrement_ttl(b, ip) {
             return Verdict::Drop(DropReason::TtlExpired);
@@ -116,9 +115,7 @@ fn miss(local: bool) -> Verdict {
 fn flow_hash(b: &[u8], ip: &Ip) -> u32 {
     let (s, d) = (ip.src_off(), ip.dst_off());
     let mut h = if ip.v6 {
-        let a = u128::from_be_bytes(b[s..s + 16].try_into().unwrap_or([0; 16]));
-        let z = u128::from_be_bytes(b[d..d + 16].try_into().unwrap_or([0; 16]));
-        (a ^ z).hash64()
+        (u128::from_ne_bytes(addr6(b, s)) ^ u128::from_ne_bytes(addr6(b, d))).hash64()
     } else {
         ((be32(b, s) as u64) << 32 | be32(b, d) as u64).hash64()
     };

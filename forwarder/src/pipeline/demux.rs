@@ -4,14 +4,15 @@
 use crate::packet::{be32, vxlan, Error};
 use crate::tables::{port_key_v4, port_key_v6, Key, PortEntry, Rewrite, Snapshot};
 
-use super::parse::{classify, Ip, L3};
+use super::parse::{addr6, classify, Ip, L3};
 use super::rewrite::{decrement_ttl, rewrite_v4, rewrite_v6, set_macs};
 use super::{DropReason, PacketBuf, Verdict, MAX_BURST};
 
 #[derive(Clone, Copy, Default)]
 struct Pending {
     ip: Ip,
-    dst: u128,
+    dst4: u32,
+    dst6: [u8; 16],
     port_key_hash: u64,
     addr_hash: u64,
 }
@@ -29,21 +30,20 @@ pub(super) fn run<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkts: &mut [B
                 let off = ip.dst_off();
                 let mut p = Pending { ip, ..Pending::default() };
                 if ip.v6 {
-                    p.dst = u128::from_be_bytes(b[off..off + 16].try_into().unwrap_or([0; 16]));
+                    p.dst6 = addr6(b, off);
                     if ip.has_ports() {
-                        p.port_key_hash = port_key_v6(p.dst, ip.proto, ip.dst_port(b)).hash64();
+                        p.port_key_hash = port_key_v6(p.dst6, ip.proto, ip.dst_port(b)).hash64();
                         snap.v6.demux_port.prefetch(p.port_key_hash);
                     }
-                    p.addr_hash = p.dst.hash64();
+                    p.addr_hash = p.dst6.hash64();
                     snap.v6.demux_addr.prefetch(p.addr_hash);
                 } else {
-                    let dst = be32(b, off);
-                    p.dst = dst as u128;
+                    p.dst4 = be32(b, off);
                     if ip.has_ports() {
-                        p.port_key_hash = port_key_v4(dst, ip.proto, ip.dst_port(b)).hash64();
+                        p.port_key_hash = port_key_v4(p.dst4, ip.proto, ip.dst_port(b)).hash64();
                         snap.v4.demux_port.prefetch(p.port_key_hash);
                     }
-                    p.addr_hash = dst.hash64();
+                    p.addr_hash = p.dst4.hash64();
                     snap.v4.demux_addr.prefetch(p.addr_hash);
                 }
                 pending[i] = p;
@@ -75,7 +75,7 @@ fn decapsulate<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkt: &mut B) -> 
             }
             let peer = match outer.src {
                 std::net::IpAddr::V4(a) => snap.v4.peers.get(&u32::from(a)).is_some(),
-                std::net::IpAddr::V6(a) => snap.v6.peers.get(&u128::from(a)).is_some(),
+                std::net::IpAddr::V6(a) => snap.v6.peers.get(&a.octets()).is_some(),
             };
             if !peer {
                 return Err(Verdict::Drop(DropReason::NotTunnelPeer));
@@ -97,7 +97,7 @@ fn decapsulate<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkt: &mut B) -> 
             Ok(L3::Ip(ip)) => {
                 let off = ip.dst_off();
                 let local = if ip.v6 {
-                    port.is_local_v6(u128::from_be_bytes(b[off..off + 16].try_into().unwrap_or([0; 16])))
+                    port.is_local_v6(addr6(b, off))
                 } else {
                     port.is_local_v4(be32(b, off))
                 };
@@ -117,13 +117,13 @@ fn one<B: PacketBuf>(snap: &Snapshot, pkt: &mut B, p: &Pending) -> Verdict {
     let ip = &p.ip;
     let b = pkt.data_mut();
     let nh = if ip.v6 {
-        let hit: Option<&Rewrite<u128>> = if ip.has_ports() {
-            let k = port_key_v6(p.dst, ip.proto, ip.dst_port(b));
+        let hit: Option<&Rewrite<[u8; 16]>> = if ip.has_ports() {
+            let k = port_key_v6(p.dst6, ip.proto, ip.dst_port(b));
             snap.v6.demux_port.get_hashed(&k, p.port_key_hash)
         } else {
             None
         };
-        let Some(r) = hit.or_else(|| snap.v6.demux_addr.get_hashed(&p.dst, p.addr_hash)).copied() else {
+        let Some(r) = hit.or_else(|| snap.v6.demux_addr.get_hashed(&p.dst6, p.addr_hash)).copied() else {
             return miss(ip);
         };
         if !decrement_ttl(b, ip) {
@@ -132,7 +132,7 @@ fn one<B: PacketBuf>(snap: &Snapshot, pkt: &mut B, p: &Pending) -> Verdict {
         rewrite_v6(b, ip, ip.dst_off(), r.addr, r.delta);
         r.next_hop
     } else {
-        let dst = p.dst as u32;
+        let dst = p.dst4;
         let hit = if ip.has_ports() {
             let k = port_key_v4(dst, ip.proto, ip.dst_port(b));
             snap.v4.demux_port.get_hashed(&k, p.port_key_hash)

@@ -121,3 +121,11 @@ pub(crate) fn ip_end(b: &[u8], ip: &Ip) -> usize {
         ip.l3 + be16(b, ip.l3 + 2) as usize
     }
 }
+
+/// The 16 bytes of an IPv6 address at `off` (the caller's parse checked they exist).
+#[inline(always)]
+pub(crate) fn addr6(b: &[u8], off: usize) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[off..off + 16]);
+    a
+}

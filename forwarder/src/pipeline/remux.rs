@@ -4,15 +4,17 @@
 use crate::packet::be32;
 use crate::tables::{port_key_v4, port_key_v6, Key, PortEntry, Snapshot, ON_LINK};
 
-use super::parse::{classify, Ip, L3};
+use super::parse::{addr6, classify, Ip, L3};
 use super::rewrite::{decrement_ttl, rewrite_v4, rewrite_v6, set_macs};
 use super::{DropReason, PacketBuf, Verdict, MAX_BURST};
 
 #[derive(Clone, Copy, Default)]
 struct Pending {
     ip: Ip,
-    src: u128,
-    dst: u128,
+    src4: u32,
+    dst4: u32,
+    src6: [u8; 16],
+    dst6: [u8; 16],
     port_key_hash: u64,
 }
 
@@ -30,21 +32,21 @@ pub(super) fn run<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkts: &mut [B
                 let (s, d) = (ip.src_off(), ip.dst_off());
                 let mut p = Pending { ip, ..Pending::default() };
                 let local = if ip.v6 {
-                    p.src = u128::from_be_bytes(b[s..s + 16].try_into().unwrap_or([0; 16]));
-                    p.dst = u128::from_be_bytes(b[d..d + 16].try_into().unwrap_or([0; 16]));
+                    p.src6 = addr6(b, s);
+                    p.dst6 = addr6(b, d);
                     if ip.has_ports() {
-                        p.port_key_hash = port_key_v6(p.src, ip.proto, ip.src_port(b)).hash64();
+                        p.port_key_hash = port_key_v6(p.src6, ip.proto, ip.src_port(b)).hash64();
                         snap.v6.remux_port.prefetch(p.port_key_hash);
                     }
-                    port.is_local_v6(p.dst)
+                    port.is_local_v6(p.dst6)
                 } else {
-                    p.src = be32(b, s) as u128;
-                    p.dst = be32(b, d) as u128;
+                    p.src4 = be32(b, s);
+                    p.dst4 = be32(b, d);
                     if ip.has_ports() {
-                        p.port_key_hash = port_key_v4(p.src as u32, ip.proto, ip.src_port(b)).hash64();
+                        p.port_key_hash = port_key_v4(p.src4, ip.proto, ip.src_port(b)).hash64();
                         snap.v4.remux_port.prefetch(p.port_key_hash);
                     }
-                    port.is_local_v4(p.dst as u32)
+                    port.is_local_v4(p.dst4)
                 };
                 if local {
                     Verdict::SlowPath
@@ -69,12 +71,12 @@ fn one<B: PacketBuf>(snap: &Snapshot, pkt: &mut B, p: &Pending) -> Verdict {
     let b = pkt.data_mut();
     let nh = if ip.v6 {
         let hit = if ip.has_ports() {
-            let k = port_key_v6(p.src, ip.proto, ip.src_port(b));
+            let k = port_key_v6(p.src6, ip.proto, ip.src_port(b));
             snap.v6.remux_port.get_hashed(&k, p.port_key_hash).copied()
         } else {
             None
         };
-        if hit.is_none() && snap.v6.remux_addr.get(&p.src).is_none() {
+        if hit.is_none() && snap.v6.remux_addr.get(&p.src6).is_none() {
             return miss(ip);
         }
         if !decrement_ttl(b, ip) {
@@ -83,9 +85,9 @@ fn one<B: PacketBuf>(snap: &Snapshot, pkt: &mut B, p: &Pending) -> Verdict {
         if let Some(r) = hit {
             rewrite_v6(b, ip, ip.src_off(), r.addr, r.delta);
         }
-        snap.v6.routes.lookup(p.dst).copied()
+        snap.routes_v6.lookup(u128::from_be_bytes(p.dst6)).copied()
     } else {
-        let src = p.src as u32;
+        let src = p.src4;
         let hit = if ip.has_ports() {
             let k = port_key_v4(src, ip.proto, ip.src_port(b));
             snap.v4.remux_port.get_hashed(&k, p.port_key_hash).copied()
@@ -101,7 +103,7 @@ fn one<B: PacketBuf>(snap: &Snapshot, pkt: &mut B, p: &Pending) -> Verdict {
         if let Some(r) = hit {
             rewrite_v4(b, ip, ip.src_off(), r.addr, r.delta);
         }
-        snap.v4.routes.lookup(p.dst as u32).copied()
+        snap.routes_v4.lookup(p.dst4).copied()
     };
     let Some(nh) = nh else {
         return Verdict::Drop(DropReason::NoRoute);

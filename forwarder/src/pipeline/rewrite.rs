@@ -40,8 +40,8 @@ pub(crate) fn rewrite_v4(b: &mut [u8], ip: &Ip, off: usize, new: u32, delta: Del
 
 /// Writes IPv6 address `new` at `off` and fixes the upper-layer checksum.
 #[inline]
-pub(crate) fn rewrite_v6(b: &mut [u8], ip: &Ip, off: usize, new: u128, delta: Delta) {
-    b[off..off + 16].copy_from_slice(&new.to_be_bytes());
+pub(crate) fn rewrite_v6(b: &mut [u8], ip: &Ip, off: usize, new: [u8; 16], delta: Delta) {
+    b[off..off + 16].copy_from_slice(&new);
     fix_l4(b, ip, delta);
 }
 

@@ -9,6 +9,9 @@
 
 /// A key the table can hash.
 pub trait Key: Copy + Eq {
+    /// The key marking an empty slot; it can never be stored (the unspecified address:
+    /// never a capture address, alias, app host or peer).
+    const EMPTY: Self;
     /// A well-mixed 64-bit hash.
     fn hash64(&self) -> u64;
 }
@@ -24,6 +27,7 @@ const fn mix(mut x: u64) -> u64 {
 }
 
 impl Key for u32 {
+    const EMPTY: u32 = 0;
     #[inline]
     fn hash64(&self) -> u64 {
         mix(*self as u64)
@@ -31,6 +35,7 @@ impl Key for u32 {
 }
 
 impl Key for u64 {
+    const EMPTY: u64 = 0;
     #[inline]
     fn hash64(&self) -> u64 {
         mix(*self)
@@ -38,18 +43,41 @@ impl Key for u64 {
 }
 
 impl Key for u128 {
+    const EMPTY: u128 = 0;
     #[inline]
     fn hash64(&self) -> u64 {
         mix((*self as u64) ^ mix((*self >> 64) as u64))
     }
 }
 
-impl Key for (u128, u32) {
+impl Key for [u8; 16] {
+    const EMPTY: [u8; 16] = [0; 16];
+    #[inline]
+    fn hash64(&self) -> u64 {
+        u128::from_ne_bytes(*self).hash64()
+    }
+}
+
+impl Key for ([u8; 16], u32) {
+    const EMPTY: ([u8; 16], u32) = ([0; 16], 0);
     #[inline]
     fn hash64(&self) -> u64 {
         mix(self.0.hash64() ^ self.1 as u64)
     }
 }
+
+/// Why a map cannot be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildError<K> {
+    /// The same key twice.
+    Duplicate(K),
+    /// The reserved [`Key::EMPTY`] key.
+    Reserved,
+}
+
+/// Load factor bound, as a fraction: at most 7 entries per 10 slots.
+const LOAD_NUM: usize = 7;
+const LOAD_DEN: usize = 10;
 
 #[derive(Clone, Copy)]
 struct Slot<K, V> {
@@ -58,31 +86,39 @@ struct Slot<K, V> {
 }
 
 /// A fixed open-addressing map from `K` to `V`.
+///
+/// Slots hold key and value side by side (one cache line per probe), with no tag byte:
+/// an empty slot holds [`Key::EMPTY`]. The slot count is not a power of two but
+/// `entries / 0.7`, reached from the hash by a multiply-shift, so a million entries do
+/// not round up to two million slots.
 #[derive(Clone)]
 pub struct FlatMap<K, V> {
-    slots: Box<[Option<Slot<K, V>>]>,
-    mask: usize,
+    slots: Box<[Slot<K, V>]>,
     len: usize,
 }
 
-impl<K: Key, V: Copy> FlatMap<K, V> {
-    /// Builds a map from `entries`. On a duplicate key, returns it.
-    pub fn build(entries: impl IntoIterator<Item = (K, V)>) -> Result<Self, K> {
+impl<K: Key, V: Copy + Default> FlatMap<K, V> {
+    /// Builds a map from `entries`.
+    pub fn build(entries: impl IntoIterator<Item = (K, V)>) -> Result<Self, BuildError<K>> {
         let entries: Vec<(K, V)> = entries.into_iter().collect();
-        let cap = (entries.len() * 2).next_power_of_two().max(8);
-        let mut map = FlatMap { slots: vec![None; cap].into_boxed_slice(), mask: cap - 1, len: 0 };
+        let cap = (entries.len() * LOAD_DEN / LOAD_NUM + 1).max(8);
+        let mut map = FlatMap { slots: vec![Slot { key: K::EMPTY, val: V::default() }; cap].into_boxed_slice(), len: 0 };
         for (k, v) in entries {
-            let mut i = k.hash64() as usize & map.mask;
+            if k == K::EMPTY {
+                return Err(BuildError::Reserved);
+            }
+            let mut i = map.index(k.hash64());
             loop {
-                match &map.slots[i] {
-                    None => {
-                        map.slots[i] = Some(Slot { key: k, val: v });
-                        map.len += 1;
-                        break;
-                    }
-                    Some(s) if s.key == k => return Err(k),
-                    Some(_) => i = (i + 1) & map.mask,
+                let s = &mut map.slots[i];
+                if s.key == K::EMPTY {
+                    *s = Slot { key: k, val: v };
+                    map.len += 1;
+                    break;
                 }
+                if s.key == k {
+                    return Err(BuildError::Duplicate(k));
+                }
+                i = map.next(i);
             }
         }
         Ok(map)
@@ -93,6 +129,20 @@ impl<K: Key, V: Copy> FlatMap<K, V> {
         match Self::build(std::iter::empty()) {
             Ok(m) => m,
             Err(_) => unreachable!("an empty map has no duplicates"),
+        }
+    }
+
+    #[inline(always)]
+    fn index(&self, hash: u64) -> usize {
+        ((hash as u128 * self.slots.len() as u128) >> 64) as usize
+    }
+
+    #[inline(always)]
+    fn next(&self, i: usize) -> usize {
+        if i + 1 == self.slots.len() {
+            0
+        } else {
+            i + 1
         }
     }
 
@@ -114,11 +164,9 @@ impl<K: Key, V: Copy> FlatMap<K, V> {
     /// Prefetches the first slot `hash` probes (first half of a bulk lookup).
     #[inline(always)]
     pub fn prefetch(&self, hash: u64) {
-        if self.len == 0 {
-            return;
+        if self.len != 0 {
+            crate::prefetch::prefetch0(&self.slots[self.index(hash)]);
         }
-        let slot = &self.slots[hash as usize & self.mask];
-        crate::prefetch::prefetch0(slot);
     }
 
     /// Looks up `key` whose [`Key::hash64`] is `hash` (second half of a bulk lookup).
@@ -127,13 +175,17 @@ impl<K: Key, V: Copy> FlatMap<K, V> {
         if self.len == 0 {
             return None;
         }
-        let mut i = hash as usize & self.mask;
+        let mut i = self.index(hash);
         loop {
-            match &self.slots[i] {
-                Some(s) if s.key == *key => return Some(&s.val),
-                Some(_) => i = (i + 1) & self.mask,
-                None => return None,
+            let s = &self.slots[i];
+            if s.key == *key {
+                // EMPTY is never stored, so a hit on an empty slot is a miss.
+                return if *key == K::EMPTY { None } else { Some(&s.val) };
             }
+            if s.key == K::EMPTY {
+                return None;
+            }
+            i = self.next(i);
         }
     }
 
@@ -145,7 +197,7 @@ impl<K: Key, V: Copy> FlatMap<K, V> {
 
     /// Every entry, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.slots.iter().flatten().map(|s| (&s.key, &s.val))
+        self.slots.iter().filter(|s| s.key != K::EMPTY).map(|s| (&s.key, &s.val))
     }
 }
 
@@ -155,9 +207,9 @@ mod tests {
 
     #[test]
     fn build_and_get() {
-        let m = FlatMap::build((0u32..1000).map(|k| (k * 7, k))).unwrap();
+        let m = FlatMap::build((1u32..=1000).map(|k| (k * 7, k))).unwrap();
         assert_eq!(m.len(), 1000);
-        for k in 0u32..1000 {
+        for k in 1u32..=1000 {
             assert_eq!(m.get(&(k * 7)), Some(&k));
             assert_eq!(m.get(&(k * 7 + 1)), None);
         }
@@ -166,13 +218,15 @@ mod tests {
 
     #[test]
     fn duplicate_is_reported() {
-        assert_eq!(FlatMap::build([(1u64, 'a'), (2, 'b'), (1, 'c')]).err(), Some(1));
+        assert_eq!(FlatMap::build([(1u64, 'a'), (2, 'b'), (1, 'c')]).err(), Some(BuildError::Duplicate(1)));
+        assert_eq!(FlatMap::build([(0u32, 'a')]).err(), Some(BuildError::Reserved));
     }
 
     #[test]
     fn empty_finds_nothing() {
         let m: FlatMap<u128, u8> = FlatMap::empty();
         assert!(m.get(&5).is_none());
+        assert!(m.get(&0).is_none());
         m.prefetch(5);
     }
 }

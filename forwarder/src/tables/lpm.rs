@@ -42,16 +42,26 @@ impl Prefixable for u128 {
 /// A longest-prefix-match table from prefixes of `A` to values `V`.
 #[derive(Clone)]
 pub struct Lpm<A, V> {
-    /// (prefix length, exact-match table of masked prefixes), longest first.
+    /// (prefix length, exact-match table of masked prefixes), longest first, length > 0.
     levels: Vec<(u8, FlatMap<A, V>)>,
+    /// The default route (length 0).
+    default: Option<V>,
 }
 
-impl<A: Prefixable, V: Copy> Lpm<A, V> {
-    /// Builds from (address, length, value); a prefix given twice is returned as an error.
+impl<A: Prefixable, V: Copy + Default> Lpm<A, V> {
+    /// Builds from (address, length, value). A prefix given twice, or a prefix of the
+    /// unspecified address other than the default route, is returned as an error.
     pub fn build(routes: impl IntoIterator<Item = (A, u8, V)>) -> Result<Self, (A, u8)> {
         let mut by_len: Vec<(u8, Vec<(A, V)>)> = Vec::new();
+        let mut default = None;
         for (a, len, v) in routes {
             let len = len.min(A::BITS);
+            if len == 0 {
+                if default.replace(v).is_some() {
+                    return Err((a.mask(0), 0));
+                }
+                continue;
+            }
             match by_len.iter_mut().find(|(l, _)| *l == len) {
                 Some((_, e)) => e.push((a.mask(len), v)),
                 None => by_len.push((len, vec![(a.mask(len), v)])),
@@ -60,9 +70,14 @@ impl<A: Prefixable, V: Copy> Lpm<A, V> {
         by_len.sort_by(|a, b| b.0.cmp(&a.0));
         let mut levels = Vec::with_capacity(by_len.len());
         for (len, entries) in by_len {
-            levels.push((len, FlatMap::build(entries).map_err(|a| (a, len))?));
+            let first = entries[0].0;
+            let map = FlatMap::build(entries).map_err(|e| match e {
+                super::flatmap::BuildError::Duplicate(a) => (a, len),
+                super::flatmap::BuildError::Reserved => (first.mask(0), len),
+            })?;
+            levels.push((len, map));
         }
-        Ok(Lpm { levels })
+        Ok(Lpm { levels, default })
     }
 
     /// The value of the longest prefix covering `addr`.
@@ -73,12 +88,12 @@ impl<A: Prefixable, V: Copy> Lpm<A, V> {
                 return Some(v);
             }
         }
-        None
+        self.default.as_ref()
     }
 
     /// Number of prefixes.
     pub fn len(&self) -> usize {
-        self.levels.iter().map(|(_, m)| m.len()).sum()
+        self.levels.iter().map(|(_, m)| m.len()).sum::<usize>() + self.default.is_some() as usize
     }
 
     /// True without prefixes.

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
-pub use flatmap::{FlatMap, Key};
+pub use flatmap::{BuildError, FlatMap, Key};
 pub use lpm::{Lpm, Prefixable};
 pub use tarp_api::rules::{self, AggregatorRule, DemuxRule, Protocol, RemuxRule, Route, Rules, Tunnel};
 
@@ -73,7 +73,7 @@ pub struct PortEntry {
     /// Own IPv4 addresses.
     pub v4: Vec<u32>,
     /// Own IPv6 addresses.
-    pub v6: Vec<u128>,
+    pub v6: Vec<[u8; 16]>,
 }
 
 impl PortEntry {
@@ -85,7 +85,7 @@ impl PortEntry {
 
     /// True if `a` is one of the port's own IPv6 addresses.
     #[inline]
-    pub fn is_local_v6(&self, a: u128) -> bool {
+    pub fn is_local_v6(&self, a: [u8; 16]) -> bool {
         self.v6.contains(&a)
     }
 
@@ -93,7 +93,7 @@ impl PortEntry {
     pub fn is_local(&self, a: IpAddr) -> bool {
         match a {
             IpAddr::V4(a) => self.is_local_v4(a.into()),
-            IpAddr::V6(a) => self.is_local_v6(a.into()),
+            IpAddr::V6(a) => self.is_local_v6(a.octets()),
         }
     }
 }
@@ -129,7 +129,7 @@ impl NextHop {
 }
 
 /// A destination or source rewrite with everything precomputed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Rewrite<A> {
     /// The new address.
     pub addr: A,
@@ -140,7 +140,7 @@ pub struct Rewrite<A> {
 }
 
 /// An aggregator map entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AggEntry<A> {
     /// Demux alias.
     pub alias: A,
@@ -168,7 +168,8 @@ pub struct TunnelEntry {
 /// Inner destination MAC used when a tunnel does not name one (locally administered).
 pub const DEFAULT_INNER_MAC: MacAddr = MacAddr([0x02, 0x74, 0x61, 0x72, 0x70, 0x00]);
 
-/// The lookup tables of one address family.
+/// The lookup tables of one address family: `A` is the address (`u32` for IPv4, the 16
+/// bytes for IPv6, so that entries need no 16-byte alignment), `PK` the port-mode key.
 #[derive(Clone)]
 pub struct Maps<A, PK> {
     /// Capture address -> alias and tunnel.
@@ -181,13 +182,11 @@ pub struct Maps<A, PK> {
     pub remux_port: FlatMap<PK, Rewrite<A>>,
     /// Capture addresses whose replies pass the remux unchanged (address mode).
     pub remux_addr: FlatMap<A, ()>,
-    /// Route table for per-packet destinations.
-    pub routes: Lpm<A, NextHopId>,
     /// Outer sources a demux accepts.
     pub peers: FlatMap<A, ()>,
 }
 
-impl<A: Prefixable, PK: Key> Maps<A, PK> {
+impl<A: Key + Default, PK: Key> Maps<A, PK> {
     fn memory_bytes(&self) -> usize {
         self.aggregator.memory_bytes()
             + self.demux_addr.memory_bytes()
@@ -210,7 +209,7 @@ pub const fn port_key_v4(addr: u32, protocol: u8, port: u16) -> u64 {
 
 /// Port-mode key for IPv6.
 #[inline]
-pub const fn port_key_v6(addr: u128, protocol: u8, port: u16) -> (u128, u32) {
+pub const fn port_key_v6(addr: [u8; 16], protocol: u8, port: u16) -> ([u8; 16], u32) {
     (addr, ((protocol as u32) << 16) | port as u32)
 }
 
@@ -273,6 +272,9 @@ pub enum RulesError {
         /// Address.
         local: IpAddr,
     },
+    /// The unspecified address (0.0.0.0 or ::) where a real address is needed.
+    #[error("{0}: the unspecified address cannot be a capture address, alias, app host or peer")]
+    Unspecified(&'static str),
     /// More distinct next hops than a snapshot can index.
     #[error("too many next hops")]
     TooManyNextHops,
@@ -294,7 +296,11 @@ pub struct Snapshot {
     /// IPv4 tables.
     pub v4: Maps<u32, u64>,
     /// IPv6 tables.
-    pub v6: Maps<u128, (u128, u32)>,
+    pub v6: Maps<[u8; 16], ([u8; 16], u32)>,
+    /// IPv4 routes for per-packet destinations.
+    pub routes_v4: Lpm<u32, NextHopId>,
+    /// IPv6 routes for per-packet destinations.
+    pub routes_v6: Lpm<u128, NextHopId>,
     /// Capture address -> the line it lives on (`None`: every aggregator port); slow path.
     capture_lines: HashMap<IpAddr, Option<PortId>>,
 }
@@ -306,10 +312,26 @@ fn v4(a: IpAddr) -> Option<u32> {
     }
 }
 
-fn v6(a: IpAddr) -> Option<u128> {
+fn v6(a: IpAddr) -> Option<[u8; 16]> {
     match a {
-        IpAddr::V6(a) => Some(a.into()),
+        IpAddr::V6(a) => Some(a.octets()),
         IpAddr::V4(_) => None,
+    }
+}
+
+fn show_v4(a: u32) -> String {
+    std::net::Ipv4Addr::from(a).to_string()
+}
+
+fn show_v6(a: [u8; 16]) -> String {
+    std::net::Ipv6Addr::from(a).to_string()
+}
+
+/// Maps a table build error to the rule that caused it.
+fn err<K>(what: &'static str, show: impl Fn(K) -> String) -> impl Fn(BuildError<K>) -> RulesError {
+    move |e| match e {
+        BuildError::Duplicate(k) => RulesError::Duplicate(format!("{what} {}", show(k))),
+        BuildError::Reserved => RulesError::Unspecified(what),
     }
 }
 
@@ -437,7 +459,7 @@ impl Snapshot {
             let delta = Delta::of_addr(r.capture, r.alias);
             match (r.capture, r.alias) {
                 (IpAddr::V4(c), IpAddr::V4(a)) => agg4.push((c.into(), AggEntry { alias: a.into(), delta, tunnel })),
-                (IpAddr::V6(c), IpAddr::V6(a)) => agg6.push((c.into(), AggEntry { alias: a.into(), delta, tunnel })),
+                (IpAddr::V6(c), IpAddr::V6(a)) => agg6.push((c.octets(), AggEntry { alias: a.octets(), delta, tunnel })),
                 _ => unreachable!("families checked above"),
             }
         }
@@ -456,7 +478,7 @@ impl Snapshot {
                             da4.push((a.into(), Rewrite { addr: c.into(), delta, next_hop }))
                         }
                         (IpAddr::V6(a), IpAddr::V6(c)) => {
-                            da6.push((a.into(), Rewrite { addr: c.into(), delta, next_hop }))
+                            da6.push((a.octets(), Rewrite { addr: c.octets(), delta, next_hop }))
                         }
                         _ => unreachable!("families checked above"),
                     }
@@ -472,8 +494,8 @@ impl Snapshot {
                             Rewrite { addr: h.into(), delta, next_hop },
                         )),
                         (IpAddr::V6(a), IpAddr::V6(h)) => dp6.push((
-                            port_key_v6(a.into(), p, port),
-                            Rewrite { addr: h.into(), delta, next_hop },
+                            port_key_v6(a.octets(), p, port),
+                            Rewrite { addr: h.octets(), delta, next_hop },
                         )),
                         _ => unreachable!("families checked above"),
                     }
@@ -487,7 +509,7 @@ impl Snapshot {
             match *r {
                 RemuxRule::Address { capture } => match capture {
                     IpAddr::V4(c) => ra4.push((u32::from(c), ())),
-                    IpAddr::V6(c) => ra6.push((u128::from(c), ())),
+                    IpAddr::V6(c) => ra6.push((c.octets(), ())),
                 },
                 RemuxRule::Port { app_host, protocol, port, capture } => {
                     same_family("remux port rule", app_host, capture)?;
@@ -499,8 +521,8 @@ impl Snapshot {
                             Rewrite { addr: c.into(), delta, next_hop: ON_LINK },
                         )),
                         (IpAddr::V6(h), IpAddr::V6(c)) => rp6.push((
-                            port_key_v6(h.into(), p, port),
-                            Rewrite { addr: c.into(), delta, next_hop: ON_LINK },
+                            port_key_v6(h.octets(), p, port),
+                            Rewrite { addr: c.octets(), delta, next_hop: ON_LINK },
                         )),
                         _ => unreachable!("families checked above"),
                     }
@@ -526,25 +548,31 @@ impl Snapshot {
         let peers4: Vec<_> = rules.tunnel_peers.iter().filter_map(|&a| v4(a)).map(|a| (a, ())).collect();
         let peers6: Vec<_> = rules.tunnel_peers.iter().filter_map(|&a| v6(a)).map(|a| (a, ())).collect();
 
-        let d = |what: &'static str| move |k: &dyn std::fmt::Debug| RulesError::Duplicate(format!("{what} {k:?}"));
         let v4maps = Maps {
-            aggregator: FlatMap::build(agg4).map_err(|k| d("capture address")(&std::net::Ipv4Addr::from(k)))?,
-            demux_addr: FlatMap::build(da4).map_err(|k| d("demux alias")(&std::net::Ipv4Addr::from(k)))?,
-            demux_port: FlatMap::build(dp4).map_err(|k| d("demux port rule")(&k))?,
-            remux_port: FlatMap::build(rp4).map_err(|k| d("remux port rule")(&k))?,
-            remux_addr: FlatMap::build(ra4).map_err(|k| d("remux capture address")(&std::net::Ipv4Addr::from(k)))?,
-            routes: Lpm::build(lpm4).map_err(|k| d("route")(&k))?,
-            peers: FlatMap::build(peers4).map_err(|k| d("tunnel peer")(&std::net::Ipv4Addr::from(k)))?,
+            aggregator: FlatMap::build(agg4).map_err(err("capture address", show_v4))?,
+            demux_addr: FlatMap::build(da4).map_err(err("demux alias", show_v4))?,
+            demux_port: FlatMap::build(dp4).map_err(err("demux port rule", |k: u64| show_v4((k >> 24) as u32)))?,
+            remux_port: FlatMap::build(rp4).map_err(err("remux port rule", |k: u64| show_v4((k >> 24) as u32)))?,
+            remux_addr: FlatMap::build(ra4).map_err(err("remux capture address", show_v4))?,
+            peers: FlatMap::build(peers4).map_err(err("tunnel peer", show_v4))?,
         };
         let v6maps = Maps {
-            aggregator: FlatMap::build(agg6).map_err(|k| d("capture address")(&std::net::Ipv6Addr::from(k)))?,
-            demux_addr: FlatMap::build(da6).map_err(|k| d("demux alias")(&std::net::Ipv6Addr::from(k)))?,
-            demux_port: FlatMap::build(dp6).map_err(|k| d("demux port rule")(&k))?,
-            remux_port: FlatMap::build(rp6).map_err(|k| d("remux port rule")(&k))?,
-            remux_addr: FlatMap::build(ra6).map_err(|k| d("remux capture address")(&std::net::Ipv6Addr::from(k)))?,
-            routes: Lpm::build(lpm6).map_err(|k| d("route")(&k))?,
-            peers: FlatMap::build(peers6).map_err(|k| d("tunnel peer")(&std::net::Ipv6Addr::from(k)))?,
+            aggregator: FlatMap::build(agg6).map_err(err("capture address", show_v6))?,
+            demux_addr: FlatMap::build(da6).map_err(err("demux alias", show_v6))?,
+            demux_port: FlatMap::build(dp6).map_err(err("demux port rule", |k: ([u8; 16], u32)| show_v6(k.0)))?,
+            remux_port: FlatMap::build(rp6).map_err(err("remux port rule", |k: ([u8; 16], u32)| show_v6(k.0)))?,
+            remux_addr: FlatMap::build(ra6).map_err(err("remux capture address", show_v6))?,
+            peers: FlatMap::build(peers6).map_err(err("tunnel peer", show_v6))?,
         };
+        let route_err = |(a, l): (String, u8)| {
+            if a == "0.0.0.0" || a == "::" {
+                RulesError::Unspecified("route")
+            } else {
+                RulesError::Duplicate(format!("route {a}/{l}"))
+            }
+        };
+        let routes_v4 = Lpm::build(lpm4).map_err(|(a, l)| route_err((show_v4(a), l)))?;
+        let routes_v6 = Lpm::build(lpm6).map_err(|(a, l)| route_err((std::net::Ipv6Addr::from(a).to_string(), l)))?;
 
         let next_hops = b
             .next_hops
@@ -576,6 +604,8 @@ impl Snapshot {
             tunnels: tunnels.into_boxed_slice(),
             v4: v4maps,
             v6: v6maps,
+            routes_v4,
+            routes_v6,
             capture_lines,
         })
     }

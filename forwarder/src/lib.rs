@@ -8,8 +8,11 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod packet;
 pub mod pipeline;
+pub mod slowpath;
+pub mod stats;
 pub mod tables;
 
 #[cfg(feature = "dpdk")]

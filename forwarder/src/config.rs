@@ -1,0 +1,295 @@
+//! The forwarder's TOML configuration: EAL arguments, workers, ports with their roles,
+//! addresses and static neighbours, static [`Rules`], and where to serve metrics.
+//!
+//! Every struct rejects unknown keys, and every error names the key it is about, so that
+//! a bad config is refused with one line.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::packet::MacAddr;
+use crate::tables::{Role, Rules};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Name of this forwarder (the keeper's node id; used in logs and metrics).
+    pub node_id: String,
+    /// DPDK environment.
+    #[serde(default)]
+    pub eal: EalConfig,
+    /// Worker lcores and their polling policy.
+    pub workers: WorkersConfig,
+    /// Ports, in the order that gives them their [`crate::tables::PortId`].
+    pub ports: Vec<PortConfig>,
+    /// Static rules: a forwarder runs on them with no keeper at all.
+    #[serde(default)]
+    pub rules: Rules,
+    /// Address to serve Prometheus metrics on (e.g. `127.0.0.1:9101`).
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
+    /// The circuit keeper to dial (e.g. `http://127.0.0.1:50051`); absent: static rules only.
+    #[serde(default)]
+    pub keeper: Option<String>,
+}
+
+/// EAL arguments.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EalConfig {
+    /// Extra EAL arguments, e.g. `["--in-memory"]` or `["--no-huge", "-m", "256"]`.
+    /// The forwarder adds `-l`, `--vdev`/`-a` for its ports and `--no-pci` when no port
+    /// is a PCI device.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The lcore of the main (control) thread.
+    #[serde(default)]
+    pub main_lcore: u32,
+}
+
+/// How workers poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdlePolicy {
+    /// Poll without pause (a dedicated core per worker: production).
+    #[default]
+    Busy,
+    /// After a run of empty polls, sleep a little longer each time, up to a bound, as
+    /// DPDK's `l3fwd-power` does; lets several forwarders share a small machine.
+    Backoff,
+}
+
+/// Worker lcores.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// One pinned worker per lcore; each polls one RX queue of every port.
+    pub lcores: Vec<u32>,
+    /// Polling policy.
+    #[serde(default)]
+    pub idle: IdlePolicy,
+}
+
+/// A static neighbour: the MAC of an address on a port's link.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NeighbourConfig {
+    /// Neighbour address.
+    pub address: IpAddr,
+    /// Its MAC.
+    pub mac: MacAddr,
+}
+
+/// One port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    /// Name used by routes, lines and metrics.
+    pub name: String,
+    /// DPDK device: a PCI address (`0000:03:00.0`) or a virtual device string
+    /// (`net_af_packet0,iface=veth1`, `net_pcap0,rx_pcap=in.pcap,tx_pcap=out.pcap`).
+    pub device: String,
+    /// Which pipeline handles what this port receives.
+    pub role: Role,
+    /// The port's own addresses (answered by ARP/ND and ping; tunnel endpoints).
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+    /// Static neighbours (no ARP/ND needed for them).
+    #[serde(default)]
+    pub neighbours: Vec<NeighbourConfig>,
+    /// Override the device's MAC as the source of what the port sends.
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+    /// Descriptors per RX queue.
+    #[serde(default = "default_desc")]
+    pub rx_desc: u16,
+    /// Descriptors per TX queue.
+    #[serde(default = "default_desc")]
+    pub tx_desc: u16,
+}
+
+fn default_desc() -> u16 {
+    1024
+}
+
+impl PortConfig {
+    /// True if the device is a PCI address rather than a virtual device.
+    pub fn is_pci(&self) -> bool {
+        let d = self.device.as_str();
+        // dddd:bb:dd.f or bb:dd.f
+        let parts: Vec<&str> = d.split([':', '.']).collect();
+        (parts.len() == 4 || parts.len() == 3) && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_hexdigit()))
+    }
+
+    /// The DPDK name of the device: the part of a vdev string before the first comma.
+    pub fn device_name(&self) -> &str {
+        self.device.split(',').next().unwrap_or(&self.device)
+    }
+}
+
+/// A config that cannot be used, naming the key at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    /// Dotted path of the key, e.g. `ports[1].role`.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError { key: key.into(), message: message.into() }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path.display().to_string(), format!("cannot read: {e}")))?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates a config from TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            // toml's message carries a multi-line snippet; keep its first line.
+            let inner = e.into_inner();
+            let message = inner.message().lines().next().unwrap_or("invalid value").to_string();
+            ConfigError::new(if key == "." { "(top level)".to_string() } else { key }, message)
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id.trim().is_empty() {
+            return Err(ConfigError::new("node_id", "must not be empty"));
+        }
+        if self.workers.lcores.is_empty() {
+            return Err(ConfigError::new("workers.lcores", "needs at least one lcore"));
+        }
+        let mut seen = HashSet::new();
+        for &l in &self.workers.lcores {
+            if l == self.eal.main_lcore {
+                return Err(ConfigError::new("workers.lcores", format!("lcore {l} is the main lcore")));
+            }
+            if !seen.insert(l) {
+                return Err(ConfigError::new("workers.lcores", format!("lcore {l} listed twice")));
+            }
+        }
+        if self.ports.is_empty() {
+            return Err(ConfigError::new("ports", "needs at least one port"));
+        }
+        let mut names = HashSet::new();
+        let mut devices = HashSet::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            if p.name.is_empty() {
+                return Err(ConfigError::new(format!("ports[{i}].name"), "must not be empty"));
+            }
+            if !names.insert(p.name.as_str()) {
+                return Err(ConfigError::new(format!("ports[{i}].name"), format!("{:?} used twice", p.name)));
+            }
+            if p.device.is_empty() {
+                return Err(ConfigError::new(format!("ports[{i}].device"), "must not be empty"));
+            }
+            if !devices.insert(p.device_name()) {
+                return Err(ConfigError::new(format!("ports[{i}].device"), format!("{:?} used twice", p.device_name())));
+            }
+            for (j, a) in p.addresses.iter().enumerate() {
+                if a.is_unspecified() || a.is_multicast() {
+                    return Err(ConfigError::new(format!("ports[{i}].addresses[{j}]"), format!("{a} is not a unicast address")));
+                }
+            }
+            if let Some(m) = p.mac {
+                if m.is_multicast() || m == MacAddr::ZERO {
+                    return Err(ConfigError::new(format!("ports[{i}].mac"), format!("{m} is not a unicast MAC")));
+                }
+            }
+            if !p.rx_desc.is_power_of_two() || !p.tx_desc.is_power_of_two() {
+                return Err(ConfigError::new(format!("ports[{i}].rx_desc"), "descriptor counts must be powers of two"));
+            }
+        }
+        if let Some(k) = &self.keeper {
+            if !(k.starts_with("http://") || k.starts_with("https://")) {
+                return Err(ConfigError::new("keeper", format!("{k:?} is not an http:// or https:// URL")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        node_id = "pop1"
+        metrics = "127.0.0.1:9101"
+        [eal]
+        args = ["--no-huge", "-m", "256"]
+        [workers]
+        lcores = [1]
+        idle = "backoff"
+        [[ports]]
+        name = "line0"
+        device = "net_af_packet0,iface=veth-line0"
+        role = "aggregator"
+        addresses = ["203.0.113.1"]
+        [[ports]]
+        name = "uplink"
+        device = "0000:03:00.0"
+        role = "aggregator"
+        addresses = ["192.0.2.1"]
+        neighbours = [{ address = "192.0.2.2", mac = "02:00:00:00:0d:01" }]
+        [rules]
+        tunnels = [{ id = 1, local = "192.0.2.1", remote = "192.0.2.2", vni = 7 }]
+        aggregator = [{ capture = "203.0.113.2", alias = "198.18.0.3", tunnel = 1 }]
+        routes = [{ prefix = "192.0.2.0/24", port = "uplink" }]
+    "#;
+
+    #[test]
+    fn good_config() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.node_id, "pop1");
+        assert_eq!(c.workers.idle, IdlePolicy::Backoff);
+        assert_eq!(c.ports.len(), 2);
+        assert!(!c.ports[0].is_pci());
+        assert!(c.ports[1].is_pci());
+        assert_eq!(c.ports[0].device_name(), "net_af_packet0");
+        assert_eq!(c.rules.aggregator.len(), 1);
+        assert_eq!(c.ports[1].neighbours[0].mac, "02:00:00:00:0d:01".parse().unwrap());
+    }
+
+    fn key_of(text: &str) -> String {
+        Config::parse(text).unwrap_err().key
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert_eq!(key_of(&GOOD.replace("idle = \"backoff\"", "idle = \"sometimes\"")), "workers.idle");
+        assert_eq!(key_of(&GOOD.replace("role = \"aggregator\"\n        addresses = [\"192.0.2.1\"]", "role = \"router\"\n        addresses = [\"192.0.2.1\"]")), "ports[1].role");
+        assert_eq!(key_of(&GOOD.replace("addresses = [\"203.0.113.1\"]", "addresses = [\"203.0.113.300\"]")), "ports[0].addresses[0]");
+        assert_eq!(key_of(&GOOD.replace("node_id = \"pop1\"", "node_id = \"pop1\"\ncolour = \"red\"")), "colour");
+        assert_eq!(key_of(&GOOD.replace("vni = 7", "vni = 7, colour = 1")), "rules.tunnels[0].colour");
+        assert_eq!(key_of(&GOOD.replace("lcores = [1]", "lcores = []")), "workers.lcores");
+        assert_eq!(key_of(&GOOD.replace("lcores = [1]", "lcores = [0]")), "workers.lcores");
+        assert_eq!(key_of(&GOOD.replace("name = \"uplink\"", "name = \"line0\"")), "ports[1].name");
+        assert_eq!(key_of(&GOOD.replace("mac = \"02:00:00:00:0d:01\"", "mac = \"02:00:00\"")), "ports[1].neighbours[0].mac");
+        assert_eq!(key_of(&GOOD.replace("metrics = \"127.0.0.1:9101\"", "metrics = \"nowhere\"")), "metrics");
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        let e = Config::parse(&GOOD.replace("idle = \"backoff\"", "idle = \"sometimes\"")).unwrap_err();
+        assert!(!e.to_string().contains('\n'), "{e}");
+        assert!(e.to_string().starts_with("workers.idle: "), "{e}");
+    }
+}

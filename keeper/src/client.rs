@@ -1,0 +1,443 @@
+//! The client side of the keeper's gRPC API.
+//!
+//! * [`AppClient`] is what applications (and `tarpctl`) use: activate, release, get,
+//!   list and watch circuits.
+//! * [`ForwarderSession`] is what a forwarder's control thread uses: one `Subscribe`
+//!   stream that delivers its table sets by generation, carries its ACKs and NACKs,
+//!   link-state reports and heartbeats.
+//!
+//! Both are async (tokio). A forwarder's control thread that is otherwise blocking can
+//! drive a session from a current-thread runtime of its own:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use keeper::client::{ForwarderSession, PortState, Role};
+//!
+//! let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+//! let ports = [PortState { name: "line0".into(), up: true }];
+//! let mut session = rt
+//!     .block_on(ForwarderSession::connect("http://127.0.0.1:50551", "pop-ams-1", &[Role::Aggregator], &ports, 0))
+//!     .unwrap();
+//! loop {
+//!     // Wake up now and then to report link changes; `next_update` is cancel-safe.
+//!     match rt.block_on(tokio::time::timeout(Duration::from_millis(100), session.next_update())) {
+//!         Ok(Ok((generation, rules))) => {
+//!             // Validate and build the snapshot; swap it in; then:
+//!             rt.block_on(session.ack(generation)).unwrap();
+//!             # let _ = rules;
+//!         }
+//!         Ok(Err(e)) => { eprintln!("keeper stream ended: {e}; reconnect with backoff"); break; }
+//!         Err(_) => { /* poll link state; rt.block_on(session.report_link("line0", false)) */ }
+//!     }
+//! }
+//! ```
+//!
+//! The session's automatic heartbeats and the HTTP/2 connection make progress only
+//! while the runtime runs, that is inside `block_on`: keep the thread inside
+//! `block_on` most of the time (as above), or run the runtime on its own thread.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tarp_api::grpc::v1;
+use tarp_api::grpc::v1::circuits_client::CircuitsClient;
+use tarp_api::grpc::v1::forwarders_client::ForwardersClient;
+use tarp_api::grpc::ProtoError;
+use tarp_api::Rules;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Streaming};
+
+pub use crate::circuits::{
+    ActivateRequest, Circuit, CircuitEvent, CircuitId, CircuitState, EventKind, Mode, PortRange,
+};
+pub use crate::inventory::Role;
+pub use crate::server::ListFilter;
+pub use tarp_api::rules::Protocol;
+
+use crate::convert::{
+    activate_to_wire, circuit_from_wire, event_from_wire, role_to_wire, state_to_wire,
+};
+
+/// A keeper call that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The endpoint is not a URI.
+    #[error("invalid keeper endpoint {endpoint:?}: {problem}")]
+    Endpoint {
+        /// What was given.
+        endpoint: String,
+        /// Why it is not usable.
+        problem: String,
+    },
+    /// No connection to the keeper.
+    #[error("cannot reach the keeper at {endpoint}: {source}")]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+    /// The keeper refused the call; [`ClientError::code`] says how.
+    #[error("keeper: {:?}: {}", .0.code(), .0.message())]
+    Status(tonic::Status),
+    /// The keeper sent something that does not parse.
+    #[error("keeper sent an invalid message: {0}")]
+    Proto(#[from] ProtoError),
+    /// A table set that does not convert to [`Rules`]; NACK its generation.
+    #[error("table set of generation {generation} is invalid: {source}")]
+    InvalidUpdate {
+        /// Its generation.
+        generation: u64,
+        /// What is wrong.
+        source: ProtoError,
+    },
+    /// The keeper ended the stream, or the session's sender is gone.
+    #[error("the keeper closed the stream")]
+    Closed,
+    /// Nothing, not even a heartbeat, came from the keeper for too long.
+    #[error("no message from the keeper for {0} ms")]
+    KeeperSilent(u128),
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        ClientError::Status(s)
+    }
+}
+
+impl ClientError {
+    /// The gRPC status code when the keeper refused the call.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Status(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
+async fn channel(endpoint: &str, connect_timeout: Duration) -> Result<Channel, ClientError> {
+    let ep = Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| ClientError::Endpoint {
+            endpoint: endpoint.to_string(),
+            problem: e.to_string(),
+        })?
+        .connect_timeout(connect_timeout)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    ep.connect().await.map_err(|source| ClientError::Connect {
+        endpoint: endpoint.to_string(),
+        source,
+    })
+}
+
+/// An application's handle on the keeper.
+#[derive(Debug, Clone)]
+pub struct AppClient {
+    inner: CircuitsClient<Channel>,
+}
+
+impl AppClient {
+    /// Connects to a keeper, e.g. `http://127.0.0.1:50551`.
+    pub async fn connect(endpoint: &str) -> Result<AppClient, ClientError> {
+        Ok(AppClient {
+            inner: CircuitsClient::new(channel(endpoint, Duration::from_secs(5)).await?),
+        })
+    }
+
+    /// Activates a circuit; returns once every forwarder on its path runs it.
+    pub async fn activate(&mut self, req: &ActivateRequest) -> Result<Circuit, ClientError> {
+        let c = self
+            .inner
+            .activate(activate_to_wire(req))
+            .await?
+            .into_inner();
+        Ok(circuit_from_wire(&c)?)
+    }
+
+    /// Releases a circuit (a released circuit is returned as it is).
+    pub async fn release(&mut self, id: CircuitId) -> Result<Circuit, ClientError> {
+        let c = self
+            .inner
+            .release(v1::ReleaseRequest { id })
+            .await?
+            .into_inner();
+        Ok(circuit_from_wire(&c)?)
+    }
+
+    /// One circuit.
+    pub async fn get(&mut self, id: CircuitId) -> Result<Circuit, ClientError> {
+        let c = self.inner.get(v1::GetRequest { id }).await?.into_inner();
+        Ok(circuit_from_wire(&c)?)
+    }
+
+    /// Circuits matching a filter.
+    pub async fn list(&mut self, f: &ListFilter) -> Result<Vec<Circuit>, ClientError> {
+        let req = v1::ListRequest {
+            region: f.region.clone().unwrap_or_default(),
+            pop: f.pop.clone().unwrap_or_default(),
+            app_host: f.app_host.map(|a| a.to_string()).unwrap_or_default(),
+            state: f.state.map_or(0, |s| state_to_wire(s) as i32),
+            include_released: f.include_released,
+        };
+        let list = self.inner.list(req).await?.into_inner();
+        Ok(list
+            .circuits
+            .iter()
+            .map(circuit_from_wire)
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Circuit events from now on: of one circuit and its replacements, of one
+    /// application host, or (both `None`) all.
+    pub async fn watch(
+        &mut self,
+        circuit: Option<CircuitId>,
+        app_host: Option<IpAddr>,
+    ) -> Result<EventStream, ClientError> {
+        let req = v1::WatchRequest {
+            circuit_id: circuit.unwrap_or(0),
+            app_host: app_host.map(|a| a.to_string()).unwrap_or_default(),
+        };
+        Ok(EventStream {
+            inner: self.inner.watch(req).await?.into_inner(),
+        })
+    }
+}
+
+/// Circuit events from [`AppClient::watch`].
+#[derive(Debug)]
+pub struct EventStream {
+    inner: Streaming<v1::CircuitEvent>,
+}
+
+impl EventStream {
+    /// The next event; `None` when the keeper ended the stream. Cancel-safe.
+    pub async fn next(&mut self) -> Result<Option<CircuitEvent>, ClientError> {
+        match self.inner.message().await? {
+            Some(e) => Ok(Some(event_from_wire(&e)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A port of the forwarder and its link state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortState {
+    /// The port's configured name (for an aggregator's line: the line name).
+    pub name: String,
+    /// Link up.
+    pub up: bool,
+}
+
+/// Tuning of a [`ForwarderSession`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Send heartbeats this often from a background task; `None`: call
+    /// [`ForwarderSession::heartbeat`] yourself.
+    pub heartbeat_interval: Option<Duration>,
+    /// [`ForwarderSession::next_update`] fails with [`ClientError::KeeperSilent`] when
+    /// nothing came from the keeper for this long; `None`: wait forever.
+    pub keeper_timeout: Option<Duration>,
+    /// How long connecting may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            heartbeat_interval: Some(Duration::from_secs(1)),
+            keeper_timeout: Some(Duration::from_secs(10)),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A forwarder's stream to the keeper.
+///
+/// The keeper sends the forwarder's full table set first (unless the forwarder already
+/// runs the current generation) and again after every change. For each one the
+/// forwarder calls [`ack`](Self::ack) once it is swapped in, or [`nack`](Self::nack)
+/// with the reason if it cannot be applied (and keeps forwarding on what it has). When
+/// the stream ends, reconnect with backoff, passing the generation you run.
+#[derive(Debug)]
+pub struct ForwarderSession {
+    node: String,
+    tx: mpsc::Sender<v1::ForwarderMessage>,
+    inbound: Streaming<v1::KeeperMessage>,
+    heartbeats: Option<JoinHandle<()>>,
+    keeper_timeout: Option<Duration>,
+    last_heard: Instant,
+}
+
+impl ForwarderSession {
+    /// Dials the keeper and says hello with default [`SessionOptions`].
+    ///
+    /// `last_generation` is the generation of the table set the forwarder runs (0 after
+    /// a restart, or when it runs its static tables). Fails with NOT_FOUND when the
+    /// keeper's inventory has no such node, FAILED_PRECONDITION when it does not give
+    /// it one of `roles`.
+    pub async fn connect(
+        endpoint: &str,
+        node_id: &str,
+        roles: &[Role],
+        ports: &[PortState],
+        last_generation: u64,
+    ) -> Result<ForwarderSession, ClientError> {
+        Self::connect_with(
+            endpoint,
+            node_id,
+            roles,
+            ports,
+            last_generation,
+            SessionOptions::default(),
+        )
+        .await
+    }
+
+    /// [`connect`](Self::connect) with explicit options.
+    pub async fn connect_with(
+        endpoint: &str,
+        node_id: &str,
+        roles: &[Role],
+        ports: &[PortState],
+        last_generation: u64,
+        options: SessionOptions,
+    ) -> Result<ForwarderSession, ClientError> {
+        let mut client = ForwardersClient::new(channel(endpoint, options.connect_timeout).await?);
+        let (tx, rx) = mpsc::channel(64);
+        let hello = v1::Hello {
+            node_id: node_id.to_string(),
+            roles: roles.iter().map(|r| role_to_wire(*r) as i32).collect(),
+            ports: ports
+                .iter()
+                .map(|p| v1::PortState {
+                    name: p.name.clone(),
+                    up: p.up,
+                })
+                .collect(),
+            last_generation,
+        };
+        tx.send(v1::ForwarderMessage {
+            msg: Some(v1::forwarder_message::Msg::Hello(hello)),
+        })
+        .await
+        .map_err(|_| ClientError::Closed)?;
+        // The keeper answers the call only after it has accepted the hello.
+        let inbound = client
+            .subscribe(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let heartbeats = options.heartbeat_interval.map(|every| {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+                loop {
+                    tick.tick().await;
+                    let beat = v1::ForwarderMessage {
+                        msg: Some(v1::forwarder_message::Msg::Heartbeat(v1::Heartbeat {})),
+                    };
+                    if tx.send(beat).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        });
+        Ok(ForwarderSession {
+            node: node_id.to_string(),
+            tx,
+            inbound,
+            heartbeats,
+            keeper_timeout: options.keeper_timeout,
+            last_heard: Instant::now(),
+        })
+    }
+
+    /// The node id this session speaks for.
+    pub fn node_id(&self) -> &str {
+        &self.node
+    }
+
+    /// The next table set: its generation and the full [`Rules`]. Keeper heartbeats
+    /// are consumed here. Cancel-safe: nothing is lost if the future is dropped.
+    pub async fn next_update(&mut self) -> Result<(u64, Rules), ClientError> {
+        loop {
+            let message = match self.keeper_timeout {
+                Some(t) => {
+                    match tokio::time::timeout_at(self.last_heard + t, self.inbound.message()).await
+                    {
+                        Ok(m) => m?,
+                        Err(_) => return Err(ClientError::KeeperSilent(t.as_millis())),
+                    }
+                }
+                None => self.inbound.message().await?,
+            };
+            let Some(message) = message else {
+                return Err(ClientError::Closed);
+            };
+            self.last_heard = Instant::now();
+            match message.msg {
+                Some(v1::keeper_message::Msg::Update(u)) => {
+                    let rules = u.rules.unwrap_or_default();
+                    let rules =
+                        Rules::try_from(&rules).map_err(|source| ClientError::InvalidUpdate {
+                            generation: u.generation,
+                            source,
+                        })?;
+                    return Ok((u.generation, rules));
+                }
+                Some(v1::keeper_message::Msg::Heartbeat(_)) | None => continue,
+            }
+        }
+    }
+
+    async fn send(&self, msg: v1::forwarder_message::Msg) -> Result<(), ClientError> {
+        self.tx
+            .send(v1::ForwarderMessage { msg: Some(msg) })
+            .await
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// The table set of `generation` is swapped in.
+    pub async fn ack(&self, generation: u64) -> Result<(), ClientError> {
+        self.send(v1::forwarder_message::Msg::Ack(v1::Ack { generation }))
+            .await
+    }
+
+    /// The table set of `generation` cannot be applied; the forwarder keeps the one it
+    /// runs.
+    pub async fn nack(&self, generation: u64, detail: &str) -> Result<(), ClientError> {
+        self.send(v1::forwarder_message::Msg::Nack(v1::Nack {
+            generation,
+            detail: detail.to_string(),
+        }))
+        .await
+    }
+
+    /// A port's link went up or down.
+    pub async fn report_link(&self, port: &str, up: bool) -> Result<(), ClientError> {
+        self.send(v1::forwarder_message::Msg::Link(v1::LinkState {
+            port: port.to_string(),
+            up,
+        }))
+        .await
+    }
+
+    /// Sends one heartbeat (needed only without automatic heartbeats).
+    pub async fn heartbeat(&self) -> Result<(), ClientError> {
+        self.send(v1::forwarder_message::Msg::Heartbeat(v1::Heartbeat {}))
+            .await
+    }
+}
+
+impl Drop for ForwarderSession {
+    fn drop(&mut self) {
+        if let Some(h) = self.heartbeats.take() {
+            h.abort();
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The rule compiler: circuits -> the [`Rules`] of every forwarder in the inventory.
+//!
+//! Output is deterministic (every list sorted, duplicates removed), so the keeper can
+//! tell whether a node's tables changed by comparing values, and a forwarder receives
+//! the same bytes for the same state.
+
+use std::collections::BTreeMap;
+
+use tarp_api::rules::{AggregatorRule, DemuxRule, RemuxRule, Rules};
+
+use crate::circuits::{Circuit, CircuitState, Mode};
+use crate::inventory::{Inventory, NodeId, Role};
+
+/// Compiles the table set of every node in the inventory (nodes without circuits get
+/// their static part: routes, tunnels, tunnel peers).
+pub fn compile<'a>(
+    inv: &Inventory,
+    circuits: impl IntoIterator<Item = &'a Circuit>,
+) -> BTreeMap<NodeId, Rules> {
+    let mut out: BTreeMap<NodeId, Rules> = inv
+        .nodes
+        .iter()
+        .map(|(id, node)| {
+            (
+                id.clone(),
+                Rules {
+                    routes: node.routes.clone(),
+                    ..Rules::default()
+                },
+            )
+        })
+        .collect();
+    for agg in &inv.aggregators {
+        if let Some(r) = out.get_mut(&agg.node) {
+            r.tunnels.push(agg.tunnel.clone());
+        }
+        if let Some(r) = out.get_mut(&agg.demux) {
+            r.tunnel_peers.push(agg.tunnel.local);
+        }
+    }
+
+    for c in circuits {
+        // Make before break: the aggregator sends into the tunnel only once the circuit
+        // is active; demux and remux hold it from activation until release completes.
+        let at_aggregator = c.state == CircuitState::Active;
+        let at_dc = matches!(
+            c.state,
+            CircuitState::Activating | CircuitState::Active | CircuitState::Releasing
+        );
+        if at_aggregator {
+            if let (Some(agg), Some(rules)) =
+                (inv.aggregator(&c.aggregator), out.get_mut(&c.aggregator))
+            {
+                rules.aggregator.push(AggregatorRule {
+                    capture: c.capture,
+                    alias: c.alias,
+                    tunnel: agg.tunnel.id,
+                    line: Some(c.line.clone()),
+                });
+            }
+        }
+        if !at_dc {
+            continue;
+        }
+        if let Some(rules) = out.get_mut(&c.demux) {
+            match c.mode {
+                Mode::Address => rules.demux.push(DemuxRule::Address {
+                    alias: c.alias,
+                    capture: c.capture,
+                    app_host: c.app_host,
+                }),
+                Mode::Port => rules
+                    .demux
+                    .extend(c.ports.iter().map(|port| DemuxRule::Port {
+                        alias: c.alias,
+                        protocol: c.protocol,
+                        port,
+                        app_host: c.app_host,
+                    })),
+            }
+        }
+        if let Some(rules) = out.get_mut(&c.remux) {
+            match c.mode {
+                Mode::Address => rules.remux.push(RemuxRule::Address { capture: c.capture }),
+                Mode::Port => rules
+                    .remux
+                    .extend(c.ports.iter().map(|port| RemuxRule::Port {
+                        app_host: c.app_host,
+                        protocol: c.protocol,
+                        port,
+                        capture: c.capture,
+                    })),
+            }
+        }
+    }
+
+    for rules in out.values_mut() {
+        rules.tunnels.sort();
+        rules.tunnels.dedup();
+        rules.aggregator.sort();
+        rules.aggregator.dedup();
+        rules.demux.sort();
+        rules.demux.dedup();
+        rules.remux.sort();
+        rules.remux.dedup();
+        rules.tunnel_peers.sort();
+        rules.tunnel_peers.dedup();
+    }
+    out
+}
+
+/// The roles a node plays, for checking a forwarder's hello.
+pub fn roles_of(inv: &Inventory, node: &str) -> Option<Vec<Role>> {
+    inv.nodes
+        .get(node)
+        .map(|n| n.roles.iter().copied().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use tarp_api::rules::{Protocol, Route, Tunnel};
+
+    use super::*;
+    use crate::circuits::{ActivateRequest, Activation, Circuits, PortRange};
+    use crate::inventory::Config;
+
+    fn inv() -> Inventory {
+        Config::parse("keeper.toml", include_str!("../examples/keeper.toml"))
+            .unwrap()
+            .inventory
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn activate(
+        s: &mut Circuits,
+        inv: &Inventory,
+        mode: Mode,
+        ports: PortRange,
+        app: &str,
+        confirm: bool,
+    ) -> u64 {
+        let req = ActivateRequest {
+            region: Some("eu".into()),
+            pop: None,
+            protocol: Protocol::Tcp,
+            ports,
+            mode,
+            app_host: ip(app),
+            idempotency_key: None,
+            capture: None,
+        };
+        let Activation::Started(id) = s.activate(inv, 256, &req).unwrap() else {
+            panic!()
+        };
+        if confirm {
+            s.confirm(id).unwrap();
+        }
+        id
+    }
+
+    #[test]
+    fn static_part_without_circuits() {
+        let inv = inv();
+        let out = compile(&inv, []);
+        assert_eq!(
+            out.keys().collect::<Vec<_>>(),
+            ["dc-1", "pop-ams-1", "pop-fra-1", "pop-nyc-1"]
+        );
+        let ams = &out["pop-ams-1"];
+        assert_eq!(
+            ams.tunnels,
+            [Tunnel {
+                id: 1,
+                local: ip("192.0.2.1"),
+                remote: ip("192.0.2.100"),
+                vni: 100,
+                inner_dst_mac: None
+            }]
+        );
+        assert_eq!(
+            ams.routes,
+            [Route {
+                prefix: "192.0.2.0/24".parse().unwrap(),
+                port: "uplink".into(),
+                via: None
+            }]
+        );
+        assert!(ams.aggregator.is_empty());
+        let dc = &out["dc-1"];
+        assert_eq!(
+            dc.tunnel_peers,
+            [ip("192.0.2.1"), ip("192.0.2.2"), ip("192.0.2.3")]
+        );
+        assert_eq!(dc.routes.len(), 2);
+        assert!(dc.tunnels.is_empty() && dc.demux.is_empty() && dc.remux.is_empty());
+    }
+
+    #[test]
+    fn address_mode() {
+        let inv = inv();
+        let mut s = Circuits::new();
+        activate(
+            &mut s,
+            &inv,
+            Mode::Address,
+            PortRange::single(4000),
+            "198.19.0.2",
+            true,
+        );
+        let out = compile(&inv, s.iter());
+        assert_eq!(
+            out["pop-ams-1"].aggregator,
+            [AggregatorRule {
+                capture: ip("203.0.113.1"),
+                alias: ip("198.18.0.1"),
+                tunnel: 1,
+                line: Some("line0".into())
+            }]
+        );
+        assert_eq!(
+            out["dc-1"].demux,
+            [DemuxRule::Address {
+                alias: ip("198.18.0.1"),
+                capture: ip("203.0.113.1"),
+                app_host: ip("198.19.0.2")
+            }]
+        );
+        assert_eq!(
+            out["dc-1"].remux,
+            [RemuxRule::Address {
+                capture: ip("203.0.113.1")
+            }]
+        );
+        assert!(out["pop-fra-1"].aggregator.is_empty());
+    }
+
+    #[test]
+    fn port_mode_sorted_and_shared() {
+        let inv = inv();
+        let mut s = Circuits::new();
+        // Activated in reverse port order; two circuits share one capture address.
+        activate(
+            &mut s,
+            &inv,
+            Mode::Port,
+            PortRange {
+                first: 4001,
+                last: 4002,
+            },
+            "198.19.0.3",
+            true,
+        );
+        activate(
+            &mut s,
+            &inv,
+            Mode::Port,
+            PortRange::single(80),
+            "198.19.0.2",
+            true,
+        );
+        let out = compile(&inv, s.iter());
+        let (capture, alias) = (ip("203.0.113.1"), ip("198.18.0.1"));
+        // One aggregator entry per capture address.
+        assert_eq!(
+            out["pop-ams-1"].aggregator,
+            [AggregatorRule {
+                capture,
+                alias,
+                tunnel: 1,
+                line: Some("line0".into())
+            }]
+        );
+        let port = |port: u16, app: &str| DemuxRule::Port {
+            alias,
+            protocol: Protocol::Tcp,
+            port,
+            app_host: ip(app),
+        };
+        assert_eq!(
+            out["dc-1"].demux,
+            [
+                port(80, "198.19.0.2"),
+                port(4001, "198.19.0.3"),
+                port(4002, "198.19.0.3")
+            ]
+        );
+        let remux = |app: &str, port: u16| RemuxRule::Port {
+            app_host: ip(app),
+            protocol: Protocol::Tcp,
+            port,
+            capture,
+        };
+        assert_eq!(
+            out["dc-1"].remux,
+            [
+                remux("198.19.0.2", 80),
+                remux("198.19.0.3", 4001),
+                remux("198.19.0.3", 4002)
+            ]
+        );
+        // Same input, same output.
+        assert_eq!(compile(&inv, s.iter()), out);
+    }
+
+    #[test]
+    fn make_before_break_states() {
+        let inv = inv();
+        let mut s = Circuits::new();
+        let id = activate(
+            &mut s,
+            &inv,
+            Mode::Address,
+            PortRange::single(4000),
+            "198.19.0.2",
+            false,
+        );
+        // Activating: demux and remux only.
+        let out = compile(&inv, s.iter());
+        assert!(out["pop-ams-1"].aggregator.is_empty());
+        assert_eq!(out["dc-1"].demux.len(), 1);
+        s.confirm(id).unwrap();
+        // Releasing: the aggregator's entry goes first.
+        s.begin_release(id).unwrap();
+        let out = compile(&inv, s.iter());
+        assert!(out["pop-ams-1"].aggregator.is_empty());
+        assert_eq!(out["dc-1"].remux.len(), 1);
+        s.finish_release(id);
+        let out = compile(&inv, s.iter());
+        assert!(out["dc-1"].demux.is_empty() && out["dc-1"].remux.is_empty());
+    }
+}

@@ -1,0 +1,791 @@
+//! The keeper's configuration file: its own settings and the inventory of the network it
+//! keeps circuits on (regions, POPs, aggregators and their lines, demux alias pools,
+//! remux nodes, application hosts, tunnels and each node's static routes).
+//!
+//! The file is parsed strictly (unknown keys are refused) and then checked as a whole;
+//! every error is one line that names the key at fault.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tarp_api::rules::{Route, Tunnel};
+use tarp_api::MacAddr;
+
+/// A forwarder's identity in the inventory (its `node` / `node_id`).
+pub type NodeId = String;
+
+/// The largest number of addresses one prefix in a pool may expand to.
+pub const MAX_POOL_PREFIX: u128 = 1 << 16;
+
+/// What a forwarder does with its ports; one node may play several roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// POP side: capture address -> demux alias, into the tunnel.
+    Aggregator,
+    /// DC side: out of the tunnel, alias -> application host.
+    Demux,
+    /// DC egress: application host's reply -> capture address as source.
+    Remux,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Aggregator => "aggregator",
+            Role::Demux => "demux",
+            Role::Remux => "remux",
+        })
+    }
+}
+
+/// The keeper's own settings (`[keeper]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Database file; a relative path is taken from the config file's folder.
+    pub db: PathBuf,
+    /// How long an activation waits for every forwarder's acknowledgement.
+    pub ack_timeout_ms: u64,
+    /// How often the keeper sends heartbeats on each forwarder stream (and how often
+    /// forwarders are expected to send theirs).
+    pub heartbeat_interval_ms: u64,
+    /// An aggregator silent for this long has its lines bounced.
+    pub heartbeat_timeout_ms: u64,
+    /// The most ports one port-mode circuit may hold.
+    pub max_port_range: u16,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50551)),
+            db: PathBuf::from("keeper.redb"),
+            ack_timeout_ms: 5_000,
+            heartbeat_interval_ms: 1_000,
+            heartbeat_timeout_ms: 5_000,
+            max_port_range: 256,
+        }
+    }
+}
+
+impl Settings {
+    /// [`Settings::ack_timeout_ms`] as a duration.
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
+    }
+
+    /// [`Settings::heartbeat_interval_ms`] as a duration.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// [`Settings::heartbeat_timeout_ms`] as a duration.
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax, a missing or unknown key, or a value of the wrong type.
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        /// The file.
+        path: String,
+        /// 1-based line of the offending text.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The parser's one-line message (it names the key).
+        message: String,
+    },
+    /// Well-formed, but not a usable inventory.
+    #[error("{path}: {key}: {problem}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Dotted path of the key at fault, e.g. `aggregators[0].lines[1].captures[2]`.
+        key: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+// ---- the file as written ---------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    keeper: Settings,
+    regions: Vec<RegionEntry>,
+    pops: Vec<PopEntry>,
+    #[serde(default)]
+    nodes: Vec<NodeEntry>,
+    aggregators: Vec<AggregatorEntry>,
+    demuxes: Vec<DemuxEntry>,
+    remuxes: Vec<RemuxEntry>,
+    app_hosts: Vec<AppHostEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegionEntry {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PopEntry {
+    name: String,
+    region: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeEntry {
+    id: String,
+    #[serde(default)]
+    routes: Vec<Route>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AggregatorEntry {
+    node: String,
+    pop: String,
+    tunnel: TunnelEntry,
+    lines: Vec<LineEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TunnelEntry {
+    #[serde(default = "default_tunnel_id")]
+    id: u32,
+    local: IpAddr,
+    remote: IpAddr,
+    #[serde(default)]
+    vni: u32,
+    demux: String,
+    #[serde(default)]
+    inner_dst_mac: Option<MacAddr>,
+}
+
+fn default_tunnel_id() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineEntry {
+    name: String,
+    captures: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DemuxEntry {
+    node: String,
+    aliases: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemuxEntry {
+    node: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppHostEntry {
+    address: IpAddr,
+    remux: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+// ---- the checked inventory -------------------------------------------------------------
+
+/// A point of presence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pop {
+    /// Its name.
+    pub name: String,
+    /// The region it is in.
+    pub region: String,
+}
+
+/// A line of an aggregator: one of its ports, with the capture addresses routed to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// The aggregator's port name.
+    pub name: String,
+    /// Capture addresses on the line, in allocation order.
+    pub captures: Vec<IpAddr>,
+}
+
+/// An aggregator node at a POP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Aggregator {
+    /// Node id.
+    pub node: NodeId,
+    /// POP it is at.
+    pub pop: String,
+    /// The POP's region.
+    pub region: String,
+    /// The tunnel to its demux (`Tunnel::id` is what aggregator rules refer to).
+    pub tunnel: Tunnel,
+    /// Node id of the demux at the tunnel's far end.
+    pub demux: NodeId,
+    /// Its lines.
+    pub lines: Vec<Line>,
+}
+
+/// A demux node and its alias pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Demux {
+    /// Node id.
+    pub node: NodeId,
+    /// Aliases, in allocation order.
+    pub aliases: Vec<IpAddr>,
+}
+
+/// An application host in the data center.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppHost {
+    /// Its address (the demux's next hop, the remux's match in port mode).
+    pub address: IpAddr,
+    /// Node id of the remux its replies leave through.
+    pub remux: NodeId,
+    /// A name for people.
+    pub name: Option<String>,
+}
+
+/// A forwarder node: the union of its roles, and its static routes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Node {
+    /// Roles it plays.
+    pub roles: BTreeSet<Role>,
+    /// Routes included in every table set compiled for it.
+    pub routes: Vec<Route>,
+}
+
+/// The checked inventory: every reference resolves, nothing is listed twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inventory {
+    /// Region names, in file order.
+    pub regions: Vec<String>,
+    /// POPs, in file order.
+    pub pops: Vec<Pop>,
+    /// Aggregators, in file order.
+    pub aggregators: Vec<Aggregator>,
+    /// Demux nodes.
+    pub demuxes: Vec<Demux>,
+    /// Remux node ids.
+    pub remuxes: Vec<NodeId>,
+    /// Application hosts.
+    pub app_hosts: Vec<AppHost>,
+    /// Every node by id.
+    pub nodes: BTreeMap<NodeId, Node>,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `[keeper]`.
+    pub settings: Settings,
+    /// Everything else.
+    pub inventory: Inventory,
+}
+
+impl Config {
+    /// Reads and checks a configuration file. A relative `db` path is resolved against
+    /// the file's folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        let mut config = Config::parse(&name, &text)?;
+        if config.settings.db.is_relative() {
+            if let Some(dir) = path.parent() {
+                config.settings.db = dir.join(&config.settings.db);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and checks configuration text; `name` is used in error messages.
+    pub fn parse(name: &str, text: &str) -> Result<Config, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_column(text, s.start))
+                .unwrap_or((1, 1));
+            ConfigError::Syntax {
+                path: name.to_string(),
+                line,
+                column,
+                message: e.message().replace('\n', " "),
+            }
+        })?;
+        let invalid = |key: String, problem: String| ConfigError::Invalid {
+            path: name.to_string(),
+            key,
+            problem,
+        };
+        check_settings(&file.keeper).map_err(|(k, p)| invalid(k, p))?;
+        let inventory = Inventory::build(
+            file.regions,
+            file.pops,
+            file.nodes,
+            file.aggregators,
+            file.demuxes,
+            file.remuxes,
+            file.app_hosts,
+        )
+        .map_err(|(k, p)| invalid(k, p))?;
+        Ok(Config {
+            settings: file.keeper,
+            inventory,
+        })
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+type Invalid = (String, String);
+
+fn check_settings(s: &Settings) -> Result<(), Invalid> {
+    let positive = [
+        ("keeper.ack_timeout_ms", s.ack_timeout_ms),
+        ("keeper.heartbeat_interval_ms", s.heartbeat_interval_ms),
+        ("keeper.heartbeat_timeout_ms", s.heartbeat_timeout_ms),
+        ("keeper.max_port_range", u64::from(s.max_port_range)),
+    ];
+    for (key, v) in positive {
+        if v == 0 {
+            return Err((key.into(), "must be greater than 0".into()));
+        }
+    }
+    if s.heartbeat_timeout_ms <= s.heartbeat_interval_ms {
+        return Err((
+            "keeper.heartbeat_timeout_ms".into(),
+            format!(
+                "must be longer than heartbeat_interval_ms ({})",
+                s.heartbeat_interval_ms
+            ),
+        ));
+    }
+    if s.db.as_os_str().is_empty() {
+        return Err(("keeper.db".into(), "empty path".into()));
+    }
+    Ok(())
+}
+
+/// Expands a pool entry: an address, or a prefix (IPv4 network and broadcast addresses
+/// left out for prefixes shorter than /31).
+fn expand_pool(key: &str, entry: &str) -> Result<Vec<IpAddr>, Invalid> {
+    if entry.contains('/') {
+        let net: IpNet = entry.parse().map_err(|_| {
+            (
+                key.to_string(),
+                format!("{entry:?} is not an address or prefix"),
+            )
+        })?;
+        let size: u128 = match net {
+            IpNet::V4(n) => 1u128 << (32 - n.prefix_len()),
+            IpNet::V6(n) => 1u128
+                .checked_shl(u32::from(128 - n.prefix_len()))
+                .unwrap_or(u128::MAX),
+        };
+        if size > MAX_POOL_PREFIX {
+            return Err((
+                key.to_string(),
+                format!("{net} holds more than {MAX_POOL_PREFIX} addresses; list smaller prefixes"),
+            ));
+        }
+        Ok(net.hosts().collect())
+    } else {
+        entry.parse::<IpAddr>().map(|a| vec![a]).map_err(|_| {
+            (
+                key.to_string(),
+                format!("{entry:?} is not an address or prefix"),
+            )
+        })
+    }
+}
+
+fn check_name(key: String, name: &str) -> Result<(), Invalid> {
+    if name.is_empty() {
+        return Err((key, "empty name".into()));
+    }
+    Ok(())
+}
+
+impl Inventory {
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        regions: Vec<RegionEntry>,
+        pops: Vec<PopEntry>,
+        nodes: Vec<NodeEntry>,
+        aggregators: Vec<AggregatorEntry>,
+        demuxes: Vec<DemuxEntry>,
+        remuxes: Vec<RemuxEntry>,
+        app_hosts: Vec<AppHostEntry>,
+    ) -> Result<Inventory, Invalid> {
+        let mut inv = Inventory {
+            regions: Vec::new(),
+            pops: Vec::new(),
+            aggregators: Vec::new(),
+            demuxes: Vec::new(),
+            remuxes: Vec::new(),
+            app_hosts: Vec::new(),
+            nodes: BTreeMap::new(),
+        };
+        if regions.is_empty() {
+            return Err(("regions".into(), "at least one region is needed".into()));
+        }
+        for (i, r) in regions.into_iter().enumerate() {
+            check_name(format!("regions[{i}].name"), &r.name)?;
+            if inv.regions.contains(&r.name) {
+                return Err((
+                    format!("regions[{i}].name"),
+                    format!("region {:?} listed twice", r.name),
+                ));
+            }
+            inv.regions.push(r.name);
+        }
+        for (i, p) in pops.into_iter().enumerate() {
+            check_name(format!("pops[{i}].name"), &p.name)?;
+            if inv.pop(&p.name).is_some() {
+                return Err((
+                    format!("pops[{i}].name"),
+                    format!("POP {:?} listed twice", p.name),
+                ));
+            }
+            if !inv.regions.contains(&p.region) {
+                return Err((
+                    format!("pops[{i}].region"),
+                    format!("unknown region {:?}", p.region),
+                ));
+            }
+            inv.pops.push(Pop {
+                name: p.name,
+                region: p.region,
+            });
+        }
+
+        // Roles first, so that every reference below can be checked against them.
+        let mut add_role = |key: String, node: &str, role: Role| -> Result<(), Invalid> {
+            check_name(key.clone(), node)?;
+            let entry = inv.nodes.entry(node.to_string()).or_default();
+            if !entry.roles.insert(role) {
+                return Err((key, format!("node {node:?} listed twice as {role}")));
+            }
+            Ok(())
+        };
+        for (i, d) in demuxes.iter().enumerate() {
+            add_role(format!("demuxes[{i}].node"), &d.node, Role::Demux)?;
+        }
+        for (i, r) in remuxes.iter().enumerate() {
+            add_role(format!("remuxes[{i}].node"), &r.node, Role::Remux)?;
+        }
+        for (i, a) in aggregators.iter().enumerate() {
+            add_role(format!("aggregators[{i}].node"), &a.node, Role::Aggregator)?;
+        }
+
+        let mut aliases_seen: BTreeMap<IpAddr, String> = BTreeMap::new();
+        for (i, d) in demuxes.into_iter().enumerate() {
+            let mut aliases = Vec::new();
+            for (j, entry) in d.aliases.iter().enumerate() {
+                let key = format!("demuxes[{i}].aliases[{j}]");
+                for a in expand_pool(&key, entry)? {
+                    if let Some(other) = aliases_seen.insert(a, d.node.clone()) {
+                        return Err((
+                            key,
+                            format!("alias {a} is already in the pool of demux {other:?}"),
+                        ));
+                    }
+                    aliases.push(a);
+                }
+            }
+            if aliases.is_empty() {
+                return Err((format!("demuxes[{i}].aliases"), "empty alias pool".into()));
+            }
+            inv.demuxes.push(Demux {
+                node: d.node,
+                aliases,
+            });
+        }
+        inv.remuxes = remuxes.into_iter().map(|r| r.node).collect();
+
+        let mut captures_seen: BTreeMap<IpAddr, String> = BTreeMap::new();
+        for (i, a) in aggregators.into_iter().enumerate() {
+            let region = match inv.pop(&a.pop) {
+                Some(p) => p.region.clone(),
+                None => {
+                    return Err((
+                        format!("aggregators[{i}].pop"),
+                        format!("unknown POP {:?}", a.pop),
+                    ))
+                }
+            };
+            if inv.demux(&a.tunnel.demux).is_none() {
+                return Err((
+                    format!("aggregators[{i}].tunnel.demux"),
+                    format!("{:?} is not a demux node", a.tunnel.demux),
+                ));
+            }
+            if a.tunnel.vni >= 1 << 24 {
+                return Err((
+                    format!("aggregators[{i}].tunnel.vni"),
+                    format!("{} does not fit in 24 bits", a.tunnel.vni),
+                ));
+            }
+            if a.tunnel.local.is_ipv4() != a.tunnel.remote.is_ipv4() {
+                return Err((
+                    format!("aggregators[{i}].tunnel.remote"),
+                    "local and remote differ in address family".into(),
+                ));
+            }
+            if a.lines.is_empty() {
+                return Err((
+                    format!("aggregators[{i}].lines"),
+                    "an aggregator needs at least one line".into(),
+                ));
+            }
+            let mut lines: Vec<Line> = Vec::new();
+            for (j, l) in a.lines.into_iter().enumerate() {
+                check_name(format!("aggregators[{i}].lines[{j}].name"), &l.name)?;
+                if lines.iter().any(|x| x.name == l.name) {
+                    return Err((
+                        format!("aggregators[{i}].lines[{j}].name"),
+                        format!("line {:?} listed twice", l.name),
+                    ));
+                }
+                let mut captures = Vec::new();
+                for (k, entry) in l.captures.iter().enumerate() {
+                    let key = format!("aggregators[{i}].lines[{j}].captures[{k}]");
+                    for c in expand_pool(&key, entry)? {
+                        let here = format!("{} line {}", a.node, l.name);
+                        if let Some(other) = captures_seen.insert(c, here) {
+                            return Err((
+                                key,
+                                format!("capture address {c} is already on {other}"),
+                            ));
+                        }
+                        if aliases_seen.contains_key(&c) {
+                            return Err((key, format!("{c} is also a demux alias")));
+                        }
+                        captures.push(c);
+                    }
+                }
+                if captures.is_empty() {
+                    return Err((
+                        format!("aggregators[{i}].lines[{j}].captures"),
+                        "a line needs capture addresses".into(),
+                    ));
+                }
+                lines.push(Line {
+                    name: l.name,
+                    captures,
+                });
+            }
+            inv.aggregators.push(Aggregator {
+                node: a.node,
+                pop: a.pop,
+                region,
+                tunnel: Tunnel {
+                    id: a.tunnel.id,
+                    local: a.tunnel.local,
+                    remote: a.tunnel.remote,
+                    vni: a.tunnel.vni,
+                    inner_dst_mac: a.tunnel.inner_dst_mac,
+                },
+                demux: a.tunnel.demux,
+                lines,
+            });
+        }
+
+        for (i, h) in app_hosts.into_iter().enumerate() {
+            if inv.app_host(h.address).is_some() {
+                return Err((
+                    format!("app_hosts[{i}].address"),
+                    format!("app host {} listed twice", h.address),
+                ));
+            }
+            if captures_seen.contains_key(&h.address) || aliases_seen.contains_key(&h.address) {
+                return Err((
+                    format!("app_hosts[{i}].address"),
+                    format!("{} is also a capture address or alias", h.address),
+                ));
+            }
+            if !inv.remuxes.contains(&h.remux) {
+                return Err((
+                    format!("app_hosts[{i}].remux"),
+                    format!("{:?} is not a remux node", h.remux),
+                ));
+            }
+            inv.app_hosts.push(AppHost {
+                address: h.address,
+                remux: h.remux,
+                name: h.name,
+            });
+        }
+
+        let mut routed = BTreeSet::new();
+        for (i, n) in nodes.into_iter().enumerate() {
+            let Some(node) = inv.nodes.get_mut(&n.id) else {
+                return Err((
+                    format!("nodes[{i}].id"),
+                    format!("node {:?} is not an aggregator, demux or remux", n.id),
+                ));
+            };
+            if !routed.insert(n.id.clone()) {
+                return Err((
+                    format!("nodes[{i}].id"),
+                    format!("node {:?} listed twice", n.id),
+                ));
+            }
+            for (j, r) in n.routes.iter().enumerate() {
+                if r.port.is_empty() {
+                    return Err((
+                        format!("nodes[{i}].routes[{j}].port"),
+                        "empty port name".into(),
+                    ));
+                }
+                if let Some(via) = r.via {
+                    if via.is_ipv4() != matches!(r.prefix, IpNet::V4(_)) {
+                        return Err((
+                            format!("nodes[{i}].routes[{j}].via"),
+                            "gateway and prefix differ in address family".into(),
+                        ));
+                    }
+                }
+            }
+            node.routes = n.routes;
+        }
+        Ok(inv)
+    }
+
+    /// A POP by name.
+    pub fn pop(&self, name: &str) -> Option<&Pop> {
+        self.pops.iter().find(|p| p.name == name)
+    }
+
+    /// An aggregator by node id.
+    pub fn aggregator(&self, node: &str) -> Option<&Aggregator> {
+        self.aggregators.iter().find(|a| a.node == node)
+    }
+
+    /// A demux by node id.
+    pub fn demux(&self, node: &str) -> Option<&Demux> {
+        self.demuxes.iter().find(|d| d.node == node)
+    }
+
+    /// An application host by address.
+    pub fn app_host(&self, address: IpAddr) -> Option<&AppHost> {
+        self.app_hosts.iter().find(|h| h.address == address)
+    }
+
+    /// The aggregator and line a capture address is on.
+    pub fn capture(&self, address: IpAddr) -> Option<(&Aggregator, &Line)> {
+        self.aggregators.iter().find_map(|a| {
+            a.lines
+                .iter()
+                .find(|l| l.captures.contains(&address))
+                .map(|l| (a, l))
+        })
+    }
+
+    /// The aggregators of one POP, in file order.
+    pub fn aggregators_at<'a>(&'a self, pop: &'a str) -> impl Iterator<Item = &'a Aggregator> + 'a {
+        self.aggregators.iter().filter(move |a| a.pop == pop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = include_str!("../examples/keeper.toml");
+
+    fn err(text: &str) -> String {
+        Config::parse("k.toml", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn example_parses() {
+        let c = Config::parse("keeper.toml", GOOD).unwrap();
+        let inv = &c.inventory;
+        assert_eq!(inv.regions, ["eu", "us"]);
+        let (agg, line) = inv.capture("203.0.113.2".parse().unwrap()).unwrap();
+        assert_eq!(
+            (agg.node.as_str(), line.name.as_str()),
+            ("pop-ams-1", "line0")
+        );
+        assert!(inv.nodes["dc-1"].roles.contains(&Role::Demux));
+        assert!(inv.nodes["dc-1"].roles.contains(&Role::Remux));
+        // 198.18.0.0/28 without network and broadcast.
+        assert_eq!(inv.demux("dc-1").unwrap().aliases.len(), 14);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = GOOD.replacen("[keeper]", "[keeper]\nlisten_on = \"127.0.0.1:1\"", 1);
+        let e = err(&text);
+        assert!(e.starts_with("k.toml:"), "{e}");
+        assert!(e.contains("unknown field `listen_on`"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn bad_references_are_named() {
+        let text = GOOD.replacen("region = \"eu\"", "region = \"mars\"", 1);
+        assert_eq!(
+            err(&text),
+            "k.toml: pops[0].region: unknown region \"mars\""
+        );
+        let text = GOOD.replacen("demux = \"dc-1\"", "demux = \"dc-9\"", 1);
+        assert_eq!(
+            err(&text),
+            "k.toml: aggregators[0].tunnel.demux: \"dc-9\" is not a demux node"
+        );
+        let text = GOOD.replacen("\"203.0.113.16/30\"", "\"203.0.113.2\"", 1);
+        assert!(
+            err(&text).contains("capture address 203.0.113.2 is already on pop-ams-1 line line0"),
+            "{}",
+            err(&text)
+        );
+        let text = GOOD.replacen("heartbeat_timeout_ms = 5000", "heartbeat_timeout_ms = 0", 1);
+        assert_eq!(
+            err(&text),
+            "k.toml: keeper.heartbeat_timeout_ms: must be greater than 0"
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! The `Circuits` gRPC service: what applications call.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use tarp_api::grpc::v1;
+use tarp_api::grpc::{parse_ip, ProtoError};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{Keeper, KeeperError, ListFilter};
+use crate::circuits::{CircuitEvent, CircuitId, EventKind};
+use crate::convert::{activate_from_wire, circuit_to_wire, event_to_wire, state_from_wire};
+
+/// Serves applications.
+#[derive(Debug, Clone)]
+pub struct AppService {
+    keeper: Arc<Keeper>,
+}
+
+impl AppService {
+    /// The service over a keeper.
+    pub fn new(keeper: Arc<Keeper>) -> AppService {
+        AppService { keeper }
+    }
+}
+
+fn invalid(e: ProtoError) -> Status {
+    KeeperError::from(e).into()
+}
+
+fn opt(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// Which events a `Watch` stream passes on; a watched circuit's replacements are
+/// watched too.
+struct WatchFilter {
+    circuits: Vec<CircuitId>,
+    app_host: Option<std::net::IpAddr>,
+}
+
+impl WatchFilter {
+    fn pass(&mut self, e: &CircuitEvent) -> bool {
+        if self.app_host.is_some_and(|a| a != e.circuit.app_host) {
+            return false;
+        }
+        if self.circuits.is_empty() {
+            return true;
+        }
+        if !self.circuits.contains(&e.circuit.id) {
+            return false;
+        }
+        if let (EventKind::Bounced, Some(r)) = (e.kind, &e.replacement) {
+            self.circuits.push(r.id);
+        }
+        true
+    }
+}
+
+#[tonic::async_trait]
+impl v1::circuits_server::Circuits for AppService {
+    async fn activate(
+        &self,
+        request: Request<v1::ActivateRequest>,
+    ) -> Result<Response<v1::Circuit>, Status> {
+        let req = activate_from_wire(request.get_ref()).map_err(invalid)?;
+        let circuit = self.keeper.activate(&req).await?;
+        Ok(Response::new(circuit_to_wire(&circuit)))
+    }
+
+    async fn release(
+        &self,
+        request: Request<v1::ReleaseRequest>,
+    ) -> Result<Response<v1::Circuit>, Status> {
+        let id = request.get_ref().id;
+        if id == 0 {
+            return Err(invalid(ProtoError::new("id", "required")));
+        }
+        let circuit = self.keeper.release(id).await?;
+        Ok(Response::new(circuit_to_wire(&circuit)))
+    }
+
+    async fn get(&self, request: Request<v1::GetRequest>) -> Result<Response<v1::Circuit>, Status> {
+        let circuit = self.keeper.get(request.get_ref().id)?;
+        Ok(Response::new(circuit_to_wire(&circuit)))
+    }
+
+    async fn list(
+        &self,
+        request: Request<v1::ListRequest>,
+    ) -> Result<Response<v1::ListResponse>, Status> {
+        let r = request.get_ref();
+        let filter = ListFilter {
+            region: opt(&r.region),
+            pop: opt(&r.pop),
+            app_host: if r.app_host.is_empty() {
+                None
+            } else {
+                Some(parse_ip("app_host", &r.app_host).map_err(invalid)?)
+            },
+            state: state_from_wire("state", r.state).map_err(invalid)?,
+            include_released: r.include_released,
+        };
+        let circuits = self.keeper.list(&filter)?;
+        Ok(Response::new(v1::ListResponse {
+            circuits: circuits.iter().map(circuit_to_wire).collect(),
+        }))
+    }
+
+    type WatchStream =
+        Pin<Box<dyn Stream<Item = Result<v1::CircuitEvent, Status>> + Send + 'static>>;
+
+    async fn watch(
+        &self,
+        request: Request<v1::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let r = request.get_ref();
+        let mut filter = WatchFilter {
+            circuits: if r.circuit_id == 0 {
+                Vec::new()
+            } else {
+                vec![r.circuit_id]
+            },
+            app_host: if r.app_host.is_empty() {
+                None
+            } else {
+                Some(parse_ip("app_host", &r.app_host).map_err(invalid)?)
+            },
+        };
+        if r.circuit_id != 0 {
+            // Fails with NOT_FOUND for a circuit that does not exist.
+            self.keeper.get(r.circuit_id)?;
+        }
+        // Subscribed before answering: no event after this call returns is missed.
+        let mut events = self.keeper.events();
+        let closing = self.keeper.closing();
+
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            tokio::pin!(closing);
+            loop {
+                tokio::select! {
+                    event = events.recv() => match event {
+                        Ok(e) => {
+                            if filter.pass(&e) && tx.send(Ok(event_to_wire(&e))).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            let msg = format!("watch fell {n} events behind; list the circuits and watch again");
+                            let _ = tx.send(Err(Status::data_loss(msg))).await;
+                            break;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                    _ = &mut closing => break,
+                    _ = tx.closed() => break,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

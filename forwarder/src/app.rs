@@ -59,9 +59,9 @@ pub fn eal_args(cfg: &Config) -> Vec<String> {
         "--main-lcore".to_string(),
         cfg.eal.main_lcore.to_string(),
     ];
-    let shared = ["--in-memory", "--no-shconf", "--file-prefix"];
-    if !cfg.eal.args.iter().any(|a| shared.iter().any(|s| a.starts_with(s))) {
-        // Several forwarders on one machine must not share DPDK's runtime files.
+    if !cfg.eal.args.iter().any(|a| a.starts_with("--file-prefix") || a == "--in-memory") {
+        // Several forwarders on one machine must not share DPDK's runtime files
+        // (its lock files and sockets live under /var/run/dpdk/<prefix>).
         args.push(format!("--file-prefix=tarp-{}", cfg.node_id));
     }
     args.extend(cfg.eal.args.iter().cloned());

@@ -57,7 +57,35 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match app::run(&cfg, stop, None) {
+    // With a keeper, a keeper thread feeds table updates to the control thread.
+    let hooks = cfg.keeper.clone().map(|endpoint| {
+        let (updates_tx, updates_rx) = std::sync::mpsc::channel();
+        let (links_tx, links_rx) = std::sync::mpsc::channel();
+        let link = forwarder::control::KeeperLink {
+            endpoint,
+            node_id: cfg.node_id.clone(),
+            roles: cfg.ports.iter().map(|p| p.role).collect(),
+            ports: cfg.ports.iter().map(|p| p.name.clone()).collect(),
+            updates: updates_tx,
+            links: links_rx,
+            stop: stop.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("keeper".into())
+            .spawn(move || forwarder::control::run(link))
+            .expect("spawn keeper thread");
+        (app::ControlHooks { updates: updates_rx, links: links_tx }, thread)
+    });
+    let (hooks, keeper_thread) = match hooks {
+        Some((h, t)) => (Some(h), Some(t)),
+        None => (None, None),
+    };
+    let result = app::run(&cfg, stop.clone(), hooks);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(t) = keeper_thread {
+        let _ = t.join();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tarp-forwarder: error: {e:#}");

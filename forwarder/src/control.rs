@@ -1,0 +1,164 @@
+//! The keeper thread: dials the keeper, receives table sets by generation, has the
+//! control thread validate, build and swap each one in, and acknowledges it (or NACKs it
+//! with the reason, the old snapshot still forwarding). It reports link changes and
+//! heartbeats, and reconnects with back-off; while the keeper is away the forwarder
+//! keeps forwarding on its last tables.
+//!
+//! It touches no DPDK object, so it is a plain thread; the snapshot swap itself happens
+//! on the control thread (see [`crate::app`]).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use keeper::client::{ForwarderSession, PortState, Role as KeeperRole};
+
+use crate::app::{LinkReport, TableUpdate};
+use crate::tables::Role;
+
+/// What the keeper thread needs.
+pub struct KeeperLink {
+    /// Keeper endpoint (`http://127.0.0.1:PORT` or `unix:/path`).
+    pub endpoint: String,
+    /// This forwarder's node id.
+    pub node_id: String,
+    /// Roles of its ports.
+    pub roles: Vec<Role>,
+    /// Port names (link state reported per port).
+    pub ports: Vec<String>,
+    /// Table updates go to the control thread here.
+    pub updates: mpsc::Sender<TableUpdate>,
+    /// Link changes come from the control thread here.
+    pub links: mpsc::Receiver<LinkReport>,
+    /// Set when the forwarder stops.
+    pub stop: Arc<AtomicBool>,
+}
+
+fn keeper_role(r: Role) -> KeeperRole {
+    match r {
+        Role::Aggregator => KeeperRole::Aggregator,
+        Role::Demux => KeeperRole::Demux,
+        Role::Remux => KeeperRole::Remux,
+    }
+}
+
+/// Longest wait between two connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Runs the keeper link until `stop` is set.
+pub fn run(link: KeeperLink) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "keeper thread: no runtime; running on static tables only");
+            return;
+        }
+    };
+    let mut roles: Vec<KeeperRole> = Vec::new();
+    for r in &link.roles {
+        let kr = keeper_role(*r);
+        if !roles.contains(&kr) {
+            roles.push(kr);
+        }
+    }
+    // Link state as last reported by the control thread, resent on every (re)connect.
+    let mut ports: Vec<PortState> = link.ports.iter().map(|p| PortState { name: p.clone(), up: true }).collect();
+    let mut applied = 0u64;
+    let mut backoff = Duration::from_millis(100);
+    while !link.stop.load(Ordering::Relaxed) {
+        drain_links(&link.links, &mut ports);
+        let session = rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(3),
+                ForwarderSession::connect(&link.endpoint, &link.node_id, &roles, &ports, applied),
+            )
+            .await
+        });
+        let mut session = match session {
+            Ok(Ok(s)) => {
+                tracing::info!(keeper = %link.endpoint, generation = applied, "connected to the keeper");
+                backoff = Duration::from_millis(100);
+                s
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(keeper = %link.endpoint, error = %e, retry_ms = backoff.as_millis() as u64, "keeper unreachable; forwarding on the last tables");
+                sleep_unless_stopped(&link.stop, backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!(keeper = %link.endpoint, "keeper connect timed out; forwarding on the last tables");
+                sleep_unless_stopped(&link.stop, backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        // The session: updates in, link reports out, until it ends.
+        loop {
+            if link.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let mut changed = Vec::new();
+            while let Ok(r) = link.links.try_recv() {
+                changed.push(r);
+            }
+            for r in changed {
+                if let Some(p) = ports.iter_mut().find(|p| p.name == r.port) {
+                    p.up = r.up;
+                }
+                if let Err(e) = rt.block_on(session.report_link(&r.port, r.up)) {
+                    tracing::warn!(error = %e, "keeper: link report failed");
+                }
+            }
+            let next = rt.block_on(async { tokio::time::timeout(Duration::from_millis(100), session.next_update()).await });
+            match next {
+                Err(_) => continue, // nothing new; look at the links again
+                Ok(Ok((generation, rules))) => {
+                    let (done_tx, done_rx) = mpsc::channel();
+                    if link.updates.send(TableUpdate { generation, rules, done: done_tx }).is_err() {
+                        return; // the control thread is gone: the forwarder is stopping
+                    }
+                    let verdict = loop {
+                        match done_rx.recv_timeout(Duration::from_millis(100)) {
+                            Ok(v) => break Some(v),
+                            Err(mpsc::RecvTimeoutError::Timeout) if !link.stop.load(Ordering::Relaxed) => continue,
+                            Err(_) => break None,
+                        }
+                    };
+                    let result = match verdict {
+                        Some(Ok(g)) => {
+                            applied = g;
+                            rt.block_on(session.ack(g))
+                        }
+                        Some(Err(reason)) => rt.block_on(session.nack(generation, &reason)),
+                        None => return,
+                    };
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "keeper: acknowledgement failed; reconnecting");
+                        break;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "keeper session ended; forwarding on the last tables and reconnecting");
+                    break;
+                }
+            }
+        }
+        sleep_unless_stopped(&link.stop, backoff);
+    }
+}
+
+fn drain_links(links: &mpsc::Receiver<LinkReport>, ports: &mut [PortState]) {
+    while let Ok(r) = links.try_recv() {
+        if let Some(p) = ports.iter_mut().find(|p| p.name == r.port) {
+            p.up = r.up;
+        }
+    }
+}
+
+fn sleep_unless_stopped(stop: &AtomicBool, d: Duration) {
+    let end = std::time::Instant::now() + d;
+    while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -334,7 +334,7 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
             let mut devs = Vec::with_capacity(ports.len());
             for (i, p) in ports.iter().enumerate() {
                 let s = p.stats().unwrap_or_default();
-                let up = p.link().map(|l| l.up).unwrap_or(false);
+                let up = p.link().map(|l| l.up).unwrap_or(false) && kernel_carrier(&cfg.ports[i].device).unwrap_or(true);
                 if links[i] != Some(up) {
                     links[i] = Some(up);
                     tracing::info!(port = %infos[i].name, up, "link");
@@ -385,6 +385,17 @@ fn send(pool: &Mempool, queue: &MbufQueue, frame: &[u8]) {
         // A full queue frees the frame: ARP and ND are retried anyway.
         let _ = queue.push(m);
     }
+}
+
+/// `net_af_packet` always reports its link up; the carrier of the kernel interface it
+/// is attached to (`iface=`) says whether the line really is.
+fn kernel_carrier(device: &str) -> Option<bool> {
+    if !device.starts_with("net_af_packet") && !device.starts_with("net_af_xdp") {
+        return None;
+    }
+    let iface = device.split(',').find_map(|kv| kv.strip_prefix("iface="))?;
+    let carrier = std::fs::read_to_string(format!("/sys/class/net/{iface}/carrier")).ok()?;
+    Some(carrier.trim() == "1")
 }
 
 /// The first address of `family` on a port, for sourcing solicitations.

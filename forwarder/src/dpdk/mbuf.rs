@@ -298,4 +298,22 @@ impl PacketBuf for Mbuf {
         // changes nothing when the packet is shorter than len.
         !unsafe { dpdk_sys::rte_pktmbuf_adj(self.0.as_ptr(), len) }.is_null()
     }
+
+    #[inline]
+    fn truncate(&mut self, len: usize) -> bool {
+        let cur = self.len();
+        if len > cur {
+            return false;
+        }
+        let Ok(cut) = u16::try_from(cur - len) else {
+            return false;
+        };
+        if cut == 0 {
+            return true;
+        }
+        // SAFETY: self owns a valid mbuf (&mut); rte_pktmbuf_trim removes `cut` bytes
+        // from the end of the last segment, returning non-zero and changing nothing if
+        // that segment is shorter (multi-segment mbufs are not used).
+        unsafe { dpdk_sys::rte_pktmbuf_trim(self.0.as_ptr(), cut) == 0 }
+    }
 }

@@ -156,6 +156,33 @@ pub struct OuterInfo {
     pub vni: u32,
     /// Offset of the inner Ethernet frame.
     pub inner_offset: usize,
+    /// Length of the inner frame (where the tunnel's UDP datagram ends).
+    pub inner_len: usize,
+}
+
+/// The common case of [`parse_outer`]: untagged, IPv4 without options, not a fragment,
+/// UDP to 4789 with consistent lengths and the I flag. Returns (outer source, outer
+/// destination, inner frame length); the inner frame starts at [`OUTER_LEN_V4`].
+/// `None` means "ask [`parse_outer`]".
+#[inline(always)]
+pub fn parse_outer_v4_fast(b: &[u8]) -> Option<(u32, u32, usize)> {
+    if b.len() < OUTER_LEN_V4 + ethernet::HEADER_LEN
+        || b[12] != 0x08
+        || b[13] != 0x00
+        || b[14] != 0x45
+        || b[23] != ip_proto::UDP
+        || u16::from_be_bytes([b[20], b[21]]) & 0x3fff != 0
+        || u16::from_be_bytes([b[36], b[37]]) != PORT
+        || b[42] & FLAG_I == 0
+    {
+        return None;
+    }
+    let total = u16::from_be_bytes([b[16], b[17]]) as usize;
+    let udp_len = u16::from_be_bytes([b[38], b[39]]) as usize;
+    if 14 + total > b.len() || udp_len + 20 != total || udp_len < udp::HEADER_LEN + HEADER_LEN + ethernet::HEADER_LEN {
+        return None;
+    }
+    Some((be32(b, 26), be32(b, 30), udp_len - udp::HEADER_LEN - HEADER_LEN))
 }
 
 /// Parses the outer headers of a frame. `Err(Unsupported)` means "not VXLAN" (another
@@ -191,7 +218,7 @@ pub fn parse_outer(b: &[u8]) -> Result<OuterInfo> {
     if vx.inner().len() < ethernet::HEADER_LEN {
         return Err(Error::Truncated);
     }
-    Ok(OuterInfo { src, dst, vni: vx.vni(), inner_offset })
+    Ok(OuterInfo { src, dst, vni: vx.vni(), inner_offset, inner_len: vx.inner().len() })
 }
 
 #[cfg(test)]
@@ -221,6 +248,7 @@ mod tests {
             assert_eq!(info.dst, outer.dst);
             assert_eq!(info.vni, 0x123456);
             assert_eq!(info.inner_offset, hl);
+            assert_eq!(info.inner_len, inner.len());
             assert_eq!(&b[hl..], &inner[..]);
             let u = udp::UdpPacket::new_checked(&b[hl - 16..]).unwrap();
             assert!(u.src_port() >= 49152);

@@ -15,6 +15,9 @@ pub trait PacketBuf {
     /// Removes `len` bytes from the front. Returns false, leaving the packet unchanged,
     /// if the packet is shorter than `len`.
     fn adj(&mut self, len: usize) -> bool;
+    /// Keeps the first `len` bytes, dropping the tail (a decapsulated frame ends where
+    /// its tunnel said). Returns false, leaving the packet unchanged, if it is shorter.
+    fn truncate(&mut self, len: usize) -> bool;
 }
 
 /// A heap buffer with headroom: the pipeline's buffer in tests, benches and fuzzing.
@@ -71,6 +74,14 @@ impl PacketBuf for VecBuf {
             return false;
         }
         self.start += len;
+        true
+    }
+
+    fn truncate(&mut self, len: usize) -> bool {
+        if len > self.buf.len() - self.start {
+            return false;
+        }
+        self.buf.truncate(self.start + len);
         true
     }
 }

@@ -67,6 +67,22 @@ fn decapsulate<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkt: &mut B) -> 
     if !for_us(b, port) {
         return Err(Verdict::Drop(if b.len() < 14 { DropReason::Malformed } else { DropReason::OtherHost }));
     }
+    if let Some((src, dst, inner_len)) = vxlan::parse_outer_v4_fast(b) {
+        if !port.is_local_v4(dst) {
+            return Err(Verdict::Drop(DropReason::OtherHost));
+        }
+        if snap.v4.peers.get(&src).is_none() {
+            return Err(Verdict::Drop(DropReason::NotTunnelPeer));
+        }
+        if !pkt.adj(vxlan::OUTER_LEN_V4) || !pkt.truncate(inner_len) {
+            return Err(Verdict::Drop(DropReason::Malformed));
+        }
+        return match classify(pkt.data(), None) {
+            Ok(L3::Ip(ip)) => Ok(ip),
+            Ok(L3::Arp) => Err(Verdict::Drop(DropReason::Unsupported)),
+            Err(r) => Err(Verdict::Drop(r)),
+        };
+    }
     match vxlan::parse_outer(b) {
         Ok(outer) => {
             let ours = port.is_local(outer.dst);
@@ -80,7 +96,7 @@ fn decapsulate<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkt: &mut B) -> 
             if !peer {
                 return Err(Verdict::Drop(DropReason::NotTunnelPeer));
             }
-            if !pkt.adj(outer.inner_offset) {
+            if !pkt.adj(outer.inner_offset) || !pkt.truncate(outer.inner_len) {
                 return Err(Verdict::Drop(DropReason::Malformed));
             }
             match classify(pkt.data(), None) {

@@ -80,6 +80,9 @@ pub(crate) fn classify(b: &[u8], own_mac: Option<MacAddr>) -> Result<L3, DropRea
             return Err(DropReason::OtherHost);
         }
     }
+    if let Some(ip) = fast_ipv4(b) {
+        return Ok(L3::Ip(ip));
+    }
     let l2 = eth.payload_info().map_err(|_| DropReason::Malformed)?;
     let l3 = l2.l3_offset;
     let ip = match l2.ethertype {
@@ -110,6 +113,33 @@ pub(crate) fn classify(b: &[u8], own_mac: Option<MacAddr>) -> Result<L3, DropRea
         }
     }
     Ok(L3::Ip(ip))
+}
+
+/// The common case first: untagged IPv4 without options, its whole upper-layer header
+/// present. Anything else (or anything odd) is left to the general parse.
+#[inline(always)]
+fn fast_ipv4(b: &[u8]) -> Option<Ip> {
+    const L3: usize = 14;
+    const L4: usize = L3 + 20;
+    if b.len() < L4 || b[12] != 0x08 || b[13] != 0x00 || b[L3] != 0x45 {
+        return None;
+    }
+    let total = be16(b, L3 + 2) as usize;
+    if total < 20 || L3 + total > b.len() {
+        return None;
+    }
+    let proto = b[L3 + 9];
+    let later_frag = be16(b, L3 + 6) & 0x1fff != 0;
+    let need = match proto {
+        ip_proto::TCP => tcp::HEADER_LEN,
+        ip_proto::UDP => udp::HEADER_LEN,
+        ip_proto::ICMP => 4,
+        _ => 0,
+    };
+    if !later_frag && L4 + need > L3 + total {
+        return None;
+    }
+    Some(Ip { v6: false, l3: L3, l4: L4, proto, later_frag })
 }
 
 /// End of the IP packet (its stated length), which the checked views bounded by `b`.

@@ -245,3 +245,118 @@ pub fn check_checksums(frame: &[u8]) -> Result<(IpAddr, IpAddr, u8), String> {
     };
     Ok((src, dst, ttl))
 }
+
+/// One circuit through the whole topology, for property tests over random addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Circuit {
+    /// The capture address devices send to.
+    pub capture: IpAddr,
+    /// The demux alias it is rewritten to on the way through the tunnel.
+    pub alias: IpAddr,
+    /// The app host the demux delivers to (neighbour MAC [`APP2`]).
+    pub app_host: IpAddr,
+    /// Port mode on (protocol, port); address mode when `None`.
+    pub port: Option<(L4, u16)>,
+    /// An IPv6 tunnel between aggregator and demux (else IPv4).
+    pub outer_v6: bool,
+}
+
+fn protocol(l4: L4) -> &'static str {
+    match l4 {
+        L4::Udp => "udp",
+        L4::Tcp => "tcp",
+    }
+}
+
+/// The aggregator, demux and remux of the fixtures' topology (same ports, MACs and
+/// routes) with `c` as their only circuit: `(aggregator, demux, remux)`.
+pub fn boxes(c: &Circuit) -> (Box_, Box_, Box_) {
+    let (cap, alias, app) = (c.capture, c.alias, c.app_host);
+    let (local, remote) =
+        if c.outer_v6 { ("2001:db8:ffff::1", "2001:db8:ffff::2") } else { ("192.0.2.1", "192.0.2.2") };
+    let agg = Box_::new(
+        vec![
+            port("line0", Role::Aggregator, AGG_LINE, &["203.0.113.1", "2001:db8:113::1"]),
+            port("uplink", Role::Aggregator, AGG_UPLINK, &["192.0.2.1", "2001:db8:ffff::1"]),
+        ],
+        &format!(
+            r#"
+            tunnels = [ {{ id = 7, local = "{local}", remote = "{remote}", vni = 4242, inner_dst_mac = "{INNER}" }} ]
+            aggregator = [ {{ capture = "{cap}", alias = "{alias}", tunnel = 7, line = "line0" }} ]
+            routes = [
+              {{ prefix = "192.0.2.0/24", port = "uplink" }},
+              {{ prefix = "2001:db8:ffff::/64", port = "uplink" }},
+            ]
+            "#
+        ),
+        &[(1, "192.0.2.2", DMX_TUN), (1, "2001:db8:ffff::2", DMX_TUN)],
+    );
+    let (demux_rule, remux_rule) = match c.port {
+        None => (
+            format!(r#"{{ mode = "address", alias = "{alias}", capture = "{cap}", app_host = "{app}" }}"#),
+            format!(r#"{{ mode = "address", capture = "{cap}" }}"#),
+        ),
+        Some((l4, p)) => (
+            format!(
+                r#"{{ mode = "port", alias = "{alias}", protocol = "{}", port = {p}, app_host = "{app}" }}"#,
+                protocol(l4)
+            ),
+            format!(
+                r#"{{ mode = "port", app_host = "{app}", protocol = "{}", port = {p}, capture = "{cap}" }}"#,
+                protocol(l4)
+            ),
+        ),
+    };
+    let app_s = app.to_string();
+    let dmx = Box_::new(
+        vec![
+            port("tun", Role::Demux, DMX_TUN, &["192.0.2.2", "2001:db8:ffff::2"]),
+            port("dc", Role::Demux, DMX_DC, &["198.19.0.1", "2001:db8:19::1"]),
+        ],
+        &format!(
+            r#"
+            tunnel_peers = ["192.0.2.1", "2001:db8:ffff::1"]
+            demux = [ {demux_rule} ]
+            routes = [
+              {{ prefix = "198.19.0.0/24", port = "dc" }},
+              {{ prefix = "2001:db8:19::/64", port = "dc" }},
+            ]
+            "#
+        ),
+        &[(1, &app_s, APP2)],
+    );
+    let rmx = Box_::new(
+        vec![
+            port("dc", Role::Remux, RMX_DC, &["198.19.0.254", "2001:db8:19::fe"]),
+            port("out", Role::Remux, RMX_OUT, &["192.0.2.3", "2001:db8:ffff::3"]),
+        ],
+        &format!(
+            r#"
+            remux = [ {remux_rule} ]
+            routes = [
+              {{ prefix = "0.0.0.0/0", port = "out", via = "192.0.2.254" }},
+              {{ prefix = "::/0", port = "out", via = "2001:db8:ffff::fe" }},
+            ]
+            "#
+        ),
+        &[(1, "192.0.2.254", ROUTER), (1, "2001:db8:ffff::fe", ROUTER)],
+    );
+    (agg, dmx, rmx)
+}
+
+/// Wraps `inner` in VXLAN (VNI `vni`) as the aggregator's uplink would send it to the
+/// demux: built by etherparse, outer UDP checksum filled in.
+pub fn vxlan(outer_src: IpAddr, outer_dst: IpAddr, vni: u32, inner: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(mac(AGG_UPLINK).0, mac(DMX_TUN).0);
+    let b = match (outer_src, outer_dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => b.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => b.ipv6(s.octets(), d.octets(), 64),
+        _ => panic!("mixed families"),
+    };
+    let mut payload = vec![0x08, 0, 0, 0];
+    payload.extend_from_slice(&(vni << 8).to_be_bytes());
+    payload.extend_from_slice(inner);
+    let mut out = Vec::new();
+    b.udp(50000, 4789).write(&mut out, &payload).unwrap();
+    out
+}

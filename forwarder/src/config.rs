@@ -32,7 +32,8 @@ pub struct Config {
     /// Address to serve Prometheus metrics on (e.g. `127.0.0.1:9101`).
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
-    /// The circuit keeper to dial (e.g. `http://127.0.0.1:50051`); absent: static rules only.
+    /// The circuit keeper to dial (`http://127.0.0.1:50551` or `unix:/run/tarp/keeper.sock`);
+    /// absent: static rules only.
     #[serde(default)]
     pub keeper: Option<String>,
 }
@@ -218,8 +219,8 @@ impl Config {
             }
         }
         if let Some(k) = &self.keeper {
-            if !(k.starts_with("http://") || k.starts_with("https://")) {
-                return Err(ConfigError::new("keeper", format!("{k:?} is not an http:// or https:// URL")));
+            if !(k.starts_with("http://") || k.starts_with("https://") || k.starts_with("unix:/")) {
+                return Err(ConfigError::new("keeper", format!("{k:?} is neither an http(s):// URL nor unix:/PATH")));
             }
         }
         Ok(())

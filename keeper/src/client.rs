@@ -32,6 +32,9 @@
 //! }
 //! ```
 //!
+//! Endpoints are `http://HOST:PORT` or `unix:/PATH` (see [`crate::transport`]); the
+//! latter reaches a keeper in another network namespace of the same machine.
+//!
 //! The session's automatic heartbeats and the HTTP/2 connection make progress only
 //! while the runtime runs, that is inside `block_on`: keep the thread inside
 //! `block_on` most of the time (as above), or run the runtime on its own thread.
@@ -48,7 +51,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
 pub use crate::circuits::{
@@ -61,11 +64,12 @@ pub use tarp_api::rules::Protocol;
 use crate::convert::{
     activate_to_wire, circuit_from_wire, event_from_wire, role_to_wire, state_to_wire,
 };
+use crate::transport::EndpointError;
 
 /// A keeper call that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The endpoint is not a URI.
+    /// The endpoint is neither `http://HOST:PORT` nor `unix:/PATH`.
     #[error("invalid keeper endpoint {endpoint:?}: {problem}")]
     Endpoint {
         /// What was given.
@@ -120,19 +124,18 @@ impl ClientError {
 }
 
 async fn channel(endpoint: &str, connect_timeout: Duration) -> Result<Channel, ClientError> {
-    let ep = Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| ClientError::Endpoint {
-            endpoint: endpoint.to_string(),
-            problem: e.to_string(),
-        })?
-        .connect_timeout(connect_timeout)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    ep.connect().await.map_err(|source| ClientError::Connect {
-        endpoint: endpoint.to_string(),
-        source,
-    })
+    crate::transport::connect(endpoint, connect_timeout)
+        .await
+        .map_err(|e| match e {
+            EndpointError::Invalid(problem) => ClientError::Endpoint {
+                endpoint: endpoint.to_string(),
+                problem,
+            },
+            EndpointError::Connect(source) => ClientError::Connect {
+                endpoint: endpoint.to_string(),
+                source,
+            },
+        })
 }
 
 /// An application's handle on the keeper.
@@ -142,7 +145,9 @@ pub struct AppClient {
 }
 
 impl AppClient {
-    /// Connects to a keeper, e.g. `http://127.0.0.1:50551`.
+    /// Connects to a keeper: `http://127.0.0.1:50551`, or a Unix socket such as
+    /// `unix:/run/tarp/keeper.sock`. The connection is re-dialled (same transport) when
+    /// it drops; the call that noticed the drop fails.
     pub async fn connect(endpoint: &str) -> Result<AppClient, ClientError> {
         Ok(AppClient {
             inner: CircuitsClient::new(channel(endpoint, Duration::from_secs(5)).await?),
@@ -276,6 +281,9 @@ pub struct ForwarderSession {
 
 impl ForwarderSession {
     /// Dials the keeper and says hello with default [`SessionOptions`].
+    ///
+    /// `endpoint` is `http://HOST:PORT` or `unix:/PATH` (a Unix socket reaches a keeper
+    /// in another network namespace of the same machine).
     ///
     /// `last_generation` is the generation of the table set the forwarder runs (0 after
     /// a restart, or when it runs its static tables). Fails with NOT_FOUND when the

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,6 +15,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tarp_api::rules::{Route, Tunnel};
 use tarp_api::MacAddr;
+
+pub use crate::transport::ListenAddr;
 
 /// A forwarder's identity in the inventory (its `node` / `node_id`).
 pub type NodeId = String;
@@ -46,10 +48,12 @@ impl fmt::Display for Role {
 
 /// The keeper's own settings (`[keeper]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(try_from = "RawSettings")]
 pub struct Settings {
-    /// gRPC listen address.
-    pub listen: SocketAddr,
+    /// gRPC listen address: `127.0.0.1:50551` (TCP) or `unix:/run/tarp/keeper.sock`
+    /// (a Unix socket, reachable from every network namespace of the machine; a
+    /// relative path is taken from the config file's folder).
+    pub listen: ListenAddr,
     /// Database file; a relative path is taken from the config file's folder.
     pub db: PathBuf,
     /// How long an activation waits for every forwarder's acknowledgement.
@@ -66,7 +70,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50551)),
+            listen: ListenAddr::default(),
             db: PathBuf::from("keeper.redb"),
             ack_timeout_ms: 5_000,
             heartbeat_interval_ms: 1_000,
@@ -90,6 +94,41 @@ impl Settings {
     /// [`Settings::heartbeat_timeout_ms`] as a duration.
     pub fn heartbeat_timeout(&self) -> Duration {
         Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+}
+
+/// `[keeper]` as written, `listen` still a string: a bad value is then reported with
+/// its key like every other setting.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSettings {
+    listen: String,
+    db: PathBuf,
+    ack_timeout_ms: u64,
+    heartbeat_interval_ms: u64,
+    heartbeat_timeout_ms: u64,
+    max_port_range: u16,
+}
+
+impl Default for RawSettings {
+    fn default() -> Self {
+        let s = Settings::default();
+        RawSettings {
+            listen: s.listen.to_string(),
+            db: s.db,
+            ack_timeout_ms: s.ack_timeout_ms,
+            heartbeat_interval_ms: s.heartbeat_interval_ms,
+            heartbeat_timeout_ms: s.heartbeat_timeout_ms,
+            max_port_range: s.max_port_range,
+        }
+    }
+}
+
+impl TryFrom<RawSettings> for Settings {
+    type Error = String;
+
+    fn try_from(raw: RawSettings) -> Result<Settings, String> {
+        check_settings(raw).map_err(|(key, problem)| format!("{key}: {problem}"))
     }
 }
 
@@ -134,7 +173,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct File {
     #[serde(default)]
-    keeper: Settings,
+    keeper: RawSettings,
     regions: Vec<RegionEntry>,
     pops: Vec<PopEntry>,
     #[serde(default)]
@@ -317,8 +356,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads and checks a configuration file. A relative `db` path is resolved against
-    /// the file's folder.
+    /// Reads and checks a configuration file. A relative `db` path, and a relative
+    /// `unix:` listen path, are resolved against the file's folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -326,9 +365,15 @@ impl Config {
             source,
         })?;
         let mut config = Config::parse(&name, &text)?;
-        if config.settings.db.is_relative() {
-            if let Some(dir) = path.parent() {
-                config.settings.db = dir.join(&config.settings.db);
+        if let Some(dir) = path.parent() {
+            let settings = &mut config.settings;
+            if settings.db.is_relative() {
+                settings.db = dir.join(&settings.db);
+            }
+            if let ListenAddr::Unix(socket) = &mut settings.listen {
+                if socket.is_relative() {
+                    *socket = dir.join(&*socket);
+                }
             }
         }
         Ok(config)
@@ -353,7 +398,7 @@ impl Config {
             key,
             problem,
         };
-        check_settings(&file.keeper).map_err(|(k, p)| invalid(k, p))?;
+        let settings = check_settings(file.keeper).map_err(|(k, p)| invalid(k, p))?;
         let inventory = Inventory::build(
             file.regions,
             file.pops,
@@ -365,7 +410,7 @@ impl Config {
         )
         .map_err(|(k, p)| invalid(k, p))?;
         Ok(Config {
-            settings: file.keeper,
+            settings,
             inventory,
         })
     }
@@ -380,7 +425,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 
 type Invalid = (String, String);
 
-fn check_settings(s: &Settings) -> Result<(), Invalid> {
+fn check_settings(s: RawSettings) -> Result<Settings, Invalid> {
     let positive = [
         ("keeper.ack_timeout_ms", s.ack_timeout_ms),
         ("keeper.heartbeat_interval_ms", s.heartbeat_interval_ms),
@@ -404,7 +449,18 @@ fn check_settings(s: &Settings) -> Result<(), Invalid> {
     if s.db.as_os_str().is_empty() {
         return Err(("keeper.db".into(), "empty path".into()));
     }
-    Ok(())
+    let listen = s
+        .listen
+        .parse::<ListenAddr>()
+        .map_err(|problem| ("keeper.listen".to_string(), problem))?;
+    Ok(Settings {
+        listen,
+        db: s.db,
+        ack_timeout_ms: s.ack_timeout_ms,
+        heartbeat_interval_ms: s.heartbeat_interval_ms,
+        heartbeat_timeout_ms: s.heartbeat_timeout_ms,
+        max_port_range: s.max_port_range,
+    })
 }
 
 /// Expands a pool entry: an address, or a prefix (IPv4 network and broadcast addresses
@@ -762,6 +818,93 @@ mod tests {
         assert!(e.starts_with("k.toml:"), "{e}");
         assert!(e.contains("unknown field `listen_on`"), "{e}");
         assert!(!e.contains('\n'), "{e}");
+    }
+
+    fn with_listen(value: &str) -> String {
+        let line = "listen = \"127.0.0.1:50551\"";
+        assert_eq!(GOOD.matches(line).count(), 1);
+        GOOD.replacen(line, &format!("listen = {value}"), 1)
+    }
+
+    #[test]
+    fn listen_is_tcp_or_a_unix_socket() {
+        let c = Config::parse("k.toml", GOOD).unwrap();
+        assert_eq!(
+            c.settings.listen,
+            ListenAddr::Tcp("127.0.0.1:50551".parse().unwrap())
+        );
+        for value in [
+            "\"unix:/run/tarp/keeper.sock\"",
+            "\"unix:///run/tarp/keeper.sock\"",
+        ] {
+            let c = Config::parse("k.toml", &with_listen(value)).unwrap();
+            assert_eq!(
+                c.settings.listen,
+                ListenAddr::Unix("/run/tarp/keeper.sock".into()),
+                "{value}"
+            );
+        }
+        let c = Config::parse("k.toml", &with_listen("\"[::1]:7000\"")).unwrap();
+        assert_eq!(c.settings.listen.endpoint(), "http://[::1]:7000");
+        // Left out: the default.
+        let c = Config::parse(
+            "k.toml",
+            &GOOD.replacen("listen = \"127.0.0.1:50551\"", "", 1),
+        )
+        .unwrap();
+        assert_eq!(c.settings.listen, ListenAddr::default());
+    }
+
+    #[test]
+    fn bad_listen_is_named() {
+        for (value, problem) in [
+            (
+                "\"localhost:50551\"",
+                "\"localhost:50551\" is neither IP:PORT",
+            ),
+            (
+                "\"http://127.0.0.1:50551\"",
+                "is neither IP:PORT (e.g. 127.0.0.1:50551) nor unix:/PATH",
+            ),
+            ("\"unix:\"", "empty socket path after \"unix:\""),
+            ("\"unix:/run/tarp/\"", "names a directory"),
+        ] {
+            let e = err(&with_listen(value));
+            assert!(e.starts_with("k.toml: keeper.listen: "), "{value}: {e}");
+            assert!(e.contains(problem), "{value}: {e}");
+            assert!(!e.contains('\n'), "{value}: {e}");
+        }
+        // Not a string: the parser names the line.
+        let e = err(&with_listen("50551"));
+        assert!(e.starts_with("k.toml:"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        // Settings deserialized on their own check the same way.
+        let e = toml::from_str::<Settings>("listen = \"nowhere\"").unwrap_err();
+        assert!(
+            e.message()
+                .contains("keeper.listen: \"nowhere\" is neither"),
+            "{e}"
+        );
+        let s: Settings = toml::from_str("listen = \"unix:/k.sock\"").unwrap();
+        assert_eq!(s.listen, ListenAddr::Unix("/k.sock".into()));
+    }
+
+    #[test]
+    fn relative_socket_path_is_taken_from_the_config_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keeper.toml");
+        std::fs::write(&file, with_listen("\"unix:run/keeper.sock\"")).unwrap();
+        let c = Config::load(&file).unwrap();
+        assert_eq!(
+            c.settings.listen,
+            ListenAddr::Unix(dir.path().join("run/keeper.sock"))
+        );
+        std::fs::write(&file, with_listen("\"unix:/run/tarp/keeper.sock\"")).unwrap();
+        let c = Config::load(&file).unwrap();
+        assert_eq!(
+            c.settings.listen,
+            ListenAddr::Unix("/run/tarp/keeper.sock".into())
+        );
     }
 
     #[test]

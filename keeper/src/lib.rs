@@ -9,6 +9,7 @@
 //! * [`server`]: the keeper and its gRPC services for applications and forwarders.
 //! * [`client`]: [`client::AppClient`] for applications, [`client::ForwarderSession`]
 //!   for forwarders.
+//! * [`transport`]: TCP or Unix-domain socket, for the server and every client.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -19,3 +20,4 @@ pub mod convert;
 pub mod inventory;
 pub mod server;
 pub mod store;
+pub mod transport;

@@ -1,5 +1,7 @@
-//! The keeper over real gRPC on loopback: a keeper server, fake forwarders built on
-//! `ForwarderSession`, and an application on `AppClient`.
+//! The keeper over real gRPC: a keeper server, fake forwarders built on
+//! `ForwarderSession`, and an application on `AppClient`. Each scenario runs twice:
+//! over TCP on loopback (`NAME::tcp`) and over a Unix socket in its temp dir
+//! (`NAME::unix`), the way forwarders in other network namespaces reach the keeper.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -12,6 +14,7 @@ use keeper::client::{
 };
 use keeper::inventory::Config;
 use keeper::server::Server;
+use keeper::transport::{ListenAddr, Listener};
 use tarp_api::rules::{AggregatorRule, DemuxRule, RemuxRule, Rules};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -32,14 +35,66 @@ fn config(db: &Path, ack_timeout_ms: u64, heartbeat_timeout_ms: u64) -> Config {
     c
 }
 
-async fn start(config: Config) -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// How the test's clients reach the keeper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// TCP on 127.0.0.1, any free port.
+    Tcp,
+    /// A Unix socket next to the database, in the test's temp dir.
+    Unix,
+}
+
+/// Starts a keeper on a fresh address of the given transport.
+async fn start(config: Config, transport: Transport) -> Server {
+    let addr = match transport {
+        Transport::Tcp => ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()),
+        Transport::Unix => ListenAddr::Unix(config.settings.db.with_file_name("keeper.sock")),
+    };
+    start_at(config, &addr).await
+}
+
+async fn start_at(config: Config, addr: &ListenAddr) -> Server {
+    let listener = Listener::bind(addr).await.unwrap();
     Server::start(config, listener).await.unwrap()
 }
 
 fn endpoint(s: &Server) -> String {
-    format!("http://{}", s.local_addr())
+    let e = s.endpoint();
+    assert!(
+        e.starts_with("http://127.0.0.1:") || e.starts_with("unix:/"),
+        "{e}"
+    );
+    e
 }
+
+/// Runs each scenario once per transport, as the tests `NAME::tcp` and `NAME::unix`.
+macro_rules! over_both_transports {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tcp() {
+                super::$name(super::Transport::Tcp).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn unix() {
+                super::$name(super::Transport::Unix).await
+            }
+        }
+    )*};
+}
+
+over_both_transports!(
+    activate_watch_bounce_release,
+    nack_fails_the_activation_and_rolls_back,
+    silent_forwarder_times_out_and_rolls_back,
+    lost_heartbeats_bounce_and_reconnect_recovers,
+    forwarder_hello_is_checked,
+    restart_keeps_circuits_and_resyncs_by_generation,
+    tarpctl_runs_a_command_with_its_circuit,
+    app_client_redials_a_restarted_keeper,
+    shutdown_lets_an_activation_under_way_finish,
+);
 
 /// Polls `f` until it yields, failing after 10 s.
 async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -60,6 +115,8 @@ enum Behaviour {
     NackAfterFirst,
     /// Acknowledge the first table set, ignore the rest.
     SilentAfterFirst,
+    /// Acknowledge the first table set at once, the rest after a while.
+    SlowAfterFirst(Duration),
 }
 
 /// A forwarder that records every table set it receives.
@@ -108,6 +165,10 @@ impl Fake {
                             _ if first => session.ack(generation).await.unwrap(),
                             Behaviour::NackAfterFirst => session.nack(generation, "demux[0]: test says no").await.unwrap(),
                             Behaviour::SilentAfterFirst => {}
+                            Behaviour::SlowAfterFirst(delay) => {
+                                tokio::time::sleep(delay).await;
+                                session.ack(generation).await.unwrap();
+                            }
                         }
                     }
                     Some((port, up)) = link_rx.recv() => session.report_link(&port, up).await.unwrap(),
@@ -193,10 +254,9 @@ fn captures(r: &Rules) -> Vec<IpAddr> {
     r.aggregator.iter().map(|a| a.capture).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn activate_watch_bounce_release() {
+async fn activate_watch_bounce_release(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(config(&dir.path().join("k.redb"), 5_000, 60_000)).await;
+    let server = start(config(&dir.path().join("k.redb"), 5_000, 60_000), t).await;
     let keeper = endpoint(&server);
     let (dc, ams, _fra) = network(&keeper).await;
     // The static part arrives first: tunnel, routes, tunnel peers.
@@ -369,10 +429,9 @@ async fn activate_watch_bounce_release() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nack_fails_the_activation_and_rolls_back() {
+async fn nack_fails_the_activation_and_rolls_back(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(config(&dir.path().join("k.redb"), 5_000, 60_000)).await;
+    let server = start(config(&dir.path().join("k.redb"), 5_000, 60_000), t).await;
     let keeper = endpoint(&server);
     let dc = Fake::connect(
         &keeper,
@@ -424,10 +483,9 @@ async fn nack_fails_the_activation_and_rolls_back() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_forwarder_times_out_and_rolls_back() {
+async fn silent_forwarder_times_out_and_rolls_back(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(config(&dir.path().join("k.redb"), 300, 60_000)).await;
+    let server = start(config(&dir.path().join("k.redb"), 300, 60_000), t).await;
     let keeper = endpoint(&server);
     let dc = Fake::connect(
         &keeper,
@@ -476,10 +534,9 @@ async fn silent_forwarder_times_out_and_rolls_back() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lost_heartbeats_bounce_and_reconnect_recovers() {
+async fn lost_heartbeats_bounce_and_reconnect_recovers(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(config(&dir.path().join("k.redb"), 5_000, 500)).await;
+    let server = start(config(&dir.path().join("k.redb"), 5_000, 500), t).await;
     let keeper = endpoint(&server);
     let (_dc, ams, fra) = network(&keeper).await;
     let mut app = AppClient::connect(&keeper).await.unwrap();
@@ -538,10 +595,9 @@ async fn lost_heartbeats_bounce_and_reconnect_recovers() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forwarder_hello_is_checked() {
+async fn forwarder_hello_is_checked(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(config(&dir.path().join("k.redb"), 5_000, 60_000)).await;
+    let server = start(config(&dir.path().join("k.redb"), 5_000, 60_000), t).await;
     let keeper = endpoint(&server);
     let e = ForwarderSession::connect(&keeper, "pop-xyz", &[Role::Aggregator], &[], 0)
         .await
@@ -555,12 +611,11 @@ async fn forwarder_hello_is_checked() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_keeps_circuits_and_resyncs_by_generation() {
+async fn restart_keeps_circuits_and_resyncs_by_generation(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("k.redb");
     let (ids, ams_generation, dc_rules) = {
-        let server = start(config(&db, 5_000, 60_000)).await;
+        let server = start(config(&db, 5_000, 60_000), t).await;
         let keeper = endpoint(&server);
         let (dc, ams, _fra) = network(&keeper).await;
         let mut app = AppClient::connect(&keeper).await.unwrap();
@@ -575,10 +630,12 @@ async fn restart_keeps_circuits_and_resyncs_by_generation() {
         let (ams_generation, _) = ams.last().unwrap();
         let (_, dc_rules) = dc.last().unwrap();
         server.shutdown().await;
+        // A clean stop removes the socket file (the restart binds the same path).
+        assert!(!dir.path().join("keeper.sock").exists());
         (vec![a.id, b.id], ams_generation, dc_rules)
     };
 
-    let server = start(config(&db, 5_000, 60_000)).await;
+    let server = start(config(&db, 5_000, 60_000), t).await;
     let keeper = endpoint(&server);
     let mut app = AppClient::connect(&keeper).await.unwrap();
     let listed = app.list(&ListFilter::default()).await.unwrap();
@@ -651,10 +708,9 @@ async fn restart_keeps_circuits_and_resyncs_by_generation() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tarpctl_runs_a_command_with_its_circuit() {
+async fn tarpctl_runs_a_command_with_its_circuit(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
-    let server = start(config(&dir.path().join("k.redb"), 5_000, 60_000)).await;
+    let server = start(config(&dir.path().join("k.redb"), 5_000, 60_000), t).await;
     let keeper = endpoint(&server);
     let (_dc, _ams, _fra) = network(&keeper).await;
     let tarpctl = env!("CARGO_BIN_EXE_tarpctl");
@@ -683,9 +739,10 @@ async fn tarpctl_runs_a_command_with_its_circuit() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(stdout.trim(), "1 203.0.113.1");
-    // Released when the command exited.
+    // Released when the command exited. (The endpoint from the environment.)
     let out = tokio::process::Command::new(tarpctl)
-        .args(["--keeper", &keeper, "--json", "list", "--all"])
+        .env("TARP_KEEPER", &keeper)
+        .args(["--json", "list", "--all"])
         .output()
         .await
         .unwrap();
@@ -707,6 +764,191 @@ async fn tarpctl_runs_a_command_with_its_circuit() {
         String::from_utf8_lossy(&out.stderr).trim(),
         "tarpctl: keeper: NotFound: no circuit 7"
     );
+    server.shutdown().await;
+}
+
+/// The application's channel dials the keeper again, over the same transport, when a
+/// keeper comes back at the same address.
+async fn app_client_redials_a_restarted_keeper(t: Transport) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.redb");
+    let server = start(config(&db, 5_000, 60_000), t).await;
+    let addr = server.local_addr().clone();
+    let keeper = endpoint(&server);
+    let (_dc, _ams, _fra) = network(&keeper).await;
+    let mut app = AppClient::connect(&keeper).await.unwrap();
+    let c = app.activate(&address_req("198.19.0.2")).await.unwrap();
+    server.shutdown().await;
+    assert!(app.list(&ListFilter::default()).await.is_err());
+
+    let server = start_at(config(&db, 5_000, 60_000), &addr).await;
+    let mut listed = None;
+    for _ in 0..100 {
+        if let Ok(l) = app.list(&ListFilter::default()).await {
+            listed = Some(l);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed = listed.expect("the client never reached the restarted keeper");
+    assert_eq!(listed.iter().map(|c| c.id).collect::<Vec<_>>(), [c.id]);
+    // A forwarder reconnecting with what it runs (0 after a restart) gets its tables.
+    let mut dc = ForwarderSession::connect(&keeper, "dc-1", &[Role::Demux, Role::Remux], &[], 0)
+        .await
+        .unwrap();
+    let (generation, rules) = dc.next_update().await.unwrap();
+    assert_eq!(rules.demux.len(), 1);
+    dc.ack(generation).await.unwrap();
+    until("the ACK", || {
+        let s = server.keeper().ack_state("dc-1")?;
+        (s.acked == generation).then_some(())
+    })
+    .await;
+    server.shutdown().await;
+}
+
+/// SIGTERM's path: a stop while an activation waits for a slow aggregator lets it
+/// finish (its forwarder streams stay up), and what it wrote survives.
+async fn shutdown_lets_an_activation_under_way_finish(t: Transport) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.redb");
+    let server = start(config(&db, 5_000, 60_000), t).await;
+    let keeper = endpoint(&server);
+    let _dc = Fake::connect(
+        &keeper,
+        "dc-1",
+        &[Role::Demux, Role::Remux],
+        &[],
+        0,
+        Behaviour::Ack,
+    )
+    .await;
+    let ams = Fake::connect(
+        &keeper,
+        "pop-ams-1",
+        &[Role::Aggregator],
+        &[],
+        0,
+        Behaviour::SlowAfterFirst(Duration::from_millis(800)),
+    )
+    .await;
+    ams.wait("the initial table set", |_| true).await;
+    let mut app = AppClient::connect(&keeper).await.unwrap();
+    let activation = tokio::spawn(async move { app.activate(&address_req("198.19.0.2")).await });
+    // The aggregator has its entry and takes its time to acknowledge it.
+    ams.wait("the aggregator's entry", |r| !r.aggregator.is_empty())
+        .await;
+    server.shutdown().await;
+    let c = activation
+        .await
+        .unwrap()
+        .expect("the activation under way finishes");
+    assert_eq!(c.state, CircuitState::Active);
+    // The keeper is gone...
+    assert!(AppClient::connect(&keeper).await.is_err());
+    // ...and its database holds the active circuit.
+    let store = keeper::store::Store::open(&db).unwrap();
+    let loaded = store.load().unwrap();
+    assert_eq!(
+        loaded
+            .circuits
+            .iter()
+            .map(|c| (c.id, c.state))
+            .collect::<Vec<_>>(),
+        [(c.id, CircuitState::Active)]
+    );
+}
+
+/// Waits for a child to exit, at most 10 s.
+async fn exit_status(child: &mut tokio::process::Child) -> std::process::ExitStatus {
+    tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("tarp-keeper did not exit within 10 s")
+        .unwrap()
+}
+
+/// `tarp-keeper` on a Unix socket (relative to its config file), stopped by SIGTERM
+/// and then by SIGINT: it serves clients, stops cleanly, removes its socket file and
+/// leaves a database the next run opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tarp_keeper_serves_a_unix_socket_and_stops_on_signals() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keeper.toml");
+    let text = EXAMPLE.replacen(
+        "listen = \"127.0.0.1:50551\"",
+        "listen = \"unix:run/keeper.sock\"",
+        1,
+    );
+    std::fs::write(&file, text).unwrap();
+    let socket = dir.path().join("run/keeper.sock");
+    let endpoint = format!("unix:{}", socket.display());
+    let bin = env!("CARGO_BIN_EXE_tarp-keeper");
+    let tarpctl = env!("CARGO_BIN_EXE_tarpctl");
+    for signal in ["TERM", "INT"] {
+        let mut child = tokio::process::Command::new(bin)
+            .arg("--config")
+            .arg(&file)
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        until("the keeper's socket", || socket.exists().then_some(())).await;
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&socket).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o660);
+        let mut app = AppClient::connect(&endpoint).await.unwrap();
+        assert!(app.list(&ListFilter::default()).await.unwrap().is_empty());
+        let e = app.get(1).await.unwrap_err();
+        assert_eq!(e.code(), Some(Code::NotFound));
+        let out = tokio::process::Command::new(tarpctl)
+            .env("TARP_KEEPER", &endpoint)
+            .args(["get", "1"])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim(),
+            "tarpctl: keeper: NotFound: no circuit 1"
+        );
+
+        let pid = child.id().unwrap().to_string();
+        let kill = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let status = exit_status(&mut child).await;
+        let mut stderr = String::new();
+        tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr)
+            .await
+            .unwrap();
+        assert!(status.success(), "SIG{signal}: {status}\n{stderr}");
+        assert!(stderr.contains("shutting down"), "{stderr}");
+        assert!(stderr.contains("keeper stopped"), "{stderr}");
+        assert!(!socket.exists(), "SIG{signal}: socket file left behind");
+    }
+    // The database is closed and consistent.
+    keeper::store::Store::open(&dir.path().join("keeper.redb"))
+        .unwrap()
+        .load()
+        .unwrap();
+}
+
+/// A keeper does not start over a socket another keeper listens on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_socket_is_not_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        config(&dir.path().join("k.redb"), 5_000, 60_000),
+        Transport::Unix,
+    )
+    .await;
+    let e = Listener::bind(server.local_addr()).await.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+    let mut app = AppClient::connect(&endpoint(&server)).await.unwrap();
+    app.list(&ListFilter::default()).await.unwrap();
     server.shutdown().await;
 }
 
@@ -739,4 +981,56 @@ fn tarp_keeper_check() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("unknown field `mtu`"), "{err}");
+
+    // A Unix socket: checked, not created.
+    let socket = dir.path().join("run/keeper.sock");
+    let unix = dir.path().join("unix.toml");
+    std::fs::write(
+        &unix,
+        EXAMPLE.replacen(
+            "listen = \"127.0.0.1:50551\"",
+            &format!("listen = \"unix:{}\"", socket.display()),
+            1,
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(keeper)
+        .args(["--check", "--config"])
+        .arg(&unix)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(": ok: listen unix:{},", socket.display())),
+        "{stdout}"
+    );
+    assert!(!socket.exists());
+
+    // A bad listen value: one line naming the key.
+    std::fs::write(
+        &bad,
+        EXAMPLE.replacen(
+            "listen = \"127.0.0.1:50551\"",
+            "listen = \"keeper.sock\"",
+            1,
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(keeper)
+        .args(["--check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("bad.toml: keeper.listen: \"keeper.sock\" is neither IP:PORT"),
+        "{err}"
+    );
 }

@@ -1,5 +1,11 @@
 //! `tarp-keeper --config FILE.toml`: the circuit keeper. `--check` validates the
 //! configuration and exits.
+//!
+//! It listens on `[keeper] listen`: `IP:PORT`, or `unix:/PATH` for a Unix socket that
+//! reaches it from every network namespace of the machine. SIGTERM or SIGINT stops it
+//! gracefully (no new calls; activations and releases under way finish; streams end;
+//! the database is closed; the socket file is removed); a second signal stops it at
+//! once (the database stays consistent either way).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +14,9 @@ use anyhow::Context;
 use clap::Parser;
 use keeper::inventory::Config;
 use keeper::server::Server;
-use tracing::info;
+use keeper::transport::Listener;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
 
 /// The tarp circuit keeper.
 #[derive(Debug, Parser)]
@@ -51,8 +59,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             .map(|l| l.captures.len())
             .sum();
         println!(
-            "{}: ok: {} regions, {} POPs, {} aggregators with {} capture addresses, {} demux, {} remux, {} app hosts",
+            "{}: ok: listen {}, {} regions, {} POPs, {} aggregators with {} capture addresses, {} demux, {} remux, {} app hosts",
             args.config.display(),
+            config.settings.listen,
             inv.regions.len(),
             inv.pops.len(),
             inv.aggregators.len(),
@@ -65,18 +74,23 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
-        let listen = config.settings.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
+        // Handlers first: a signal from here on stops the keeper cleanly.
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let listen = config.settings.listen.clone();
+        let listener = Listener::bind(&listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
         let server = Server::start(config, listener).await?;
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => info!("interrupted; shutting down"),
+            _ = int.recv() => info!("interrupted; shutting down"),
             _ = term.recv() => info!("terminated; shutting down"),
         }
-        server.shutdown().await;
+        tokio::select! {
+            () = server.shutdown() => {}
+            _ = int.recv() => warn!("interrupted again; stopping now"),
+            _ = term.recv() => warn!("terminated again; stopping now"),
+        }
         Ok(())
     })
 }

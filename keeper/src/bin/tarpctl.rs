@@ -19,7 +19,8 @@ use keeper::client::{
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Keeper endpoint.
+    /// Keeper endpoint: http://HOST:PORT, or unix:/PATH for a keeper's Unix socket
+    /// (reachable from any network namespace of the machine).
     #[arg(
         long,
         env = "TARP_KEEPER",

@@ -12,7 +12,6 @@ pub mod apps;
 pub mod forwarders;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,6 @@ use tarp_api::grpc::v1::circuits_server::CircuitsServer;
 use tarp_api::grpc::v1::forwarders_server::ForwardersServer;
 use tarp_api::grpc::ProtoError;
 use tarp_api::Rules;
-use tokio::net::TcpListener;
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::{Code, Status};
@@ -33,6 +31,7 @@ use crate::circuits::{
 use crate::compiler::compile;
 use crate::inventory::{Config, Inventory, NodeId, Role, Settings};
 use crate::store::{Batch, Store, StoreError, Table};
+use crate::transport::{ListenAddr, Listener, Socket, SocketFileGuard};
 
 /// Why a keeper operation failed. Converts into a gRPC [`Status`] whose code says what
 /// kind of failure it is and whose message says what to do about it.
@@ -213,6 +212,17 @@ pub struct Keeper {
     nodes: BTreeMap<NodeId, NodeHandle>,
     events: broadcast::Sender<CircuitEvent>,
     closing: watch::Sender<bool>,
+    /// Activations and releases under way (shutdown lets them finish).
+    busy: watch::Sender<usize>,
+}
+
+/// Counts one activation or release under way while it lives.
+struct Busy<'a>(&'a watch::Sender<usize>);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 impl std::fmt::Debug for Keeper {
@@ -272,6 +282,7 @@ impl Keeper {
             nodes,
             events: broadcast::channel(1024).0,
             closing: watch::Sender::new(false),
+            busy: watch::Sender::new(0),
         };
         {
             let mut core = keeper.lock()?;
@@ -482,6 +493,20 @@ impl Keeper {
         self.events.subscribe()
     }
 
+    fn busy(&self) -> Busy<'_> {
+        self.busy.send_modify(|n| *n += 1);
+        Busy(&self.busy)
+    }
+
+    /// Waits, at most `within`, until no activation or release is under way. False
+    /// when some still are.
+    pub async fn drain(&self, within: Duration) -> bool {
+        let mut rx = self.busy.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
     /// Resolves when the keeper starts shutting down.
     pub fn closing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.closing.subscribe();
@@ -500,6 +525,7 @@ impl Keeper {
     /// Activates a circuit: demux and remux first, then the aggregator, each step
     /// answered only once the forwarders acknowledged it. A failure rolls it back.
     pub async fn activate(&self, req: &ActivateRequest) -> Result<Circuit, KeeperError> {
+        let _busy = self.busy();
         let (id, targets) = {
             let mut core = self.lock()?;
             let inv = self.inv.clone();
@@ -575,6 +601,7 @@ impl Keeper {
     /// Forwarders that do not answer in time are not waited for (they get the current
     /// tables when they come back). Releasing a released circuit returns it.
     pub async fn release(&self, id: CircuitId) -> Result<Circuit, KeeperError> {
+        let _busy = self.busy();
         let targets = {
             let mut core = self.lock()?;
             match core.circuits.begin_release(id)? {
@@ -732,6 +759,7 @@ impl Keeper {
                     }
                     Ok(new) => {
                         tokio::spawn(async move {
+                            let _busy = keeper.busy();
                             let result = keeper.complete_activation(new, targets).await;
                             let Ok(old) = keeper.get(b.old) else { return };
                             match result {
@@ -1003,10 +1031,11 @@ impl Keeper {
 /// A running keeper: the gRPC server, its heartbeat monitor, and the keeper state.
 pub struct Server {
     keeper: Arc<Keeper>,
-    local_addr: SocketAddr,
+    local_addr: ListenAddr,
     stop: oneshot::Sender<()>,
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
     monitor: JoinHandle<()>,
+    socket_file: SocketFileGuard,
 }
 
 impl std::fmt::Debug for Server {
@@ -1018,23 +1047,39 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Opens the database named in the settings and serves on `listener`.
-    pub async fn start(config: Config, listener: TcpListener) -> Result<Server, KeeperError> {
-        let store = Store::open(&config.settings.db)?;
-        let keeper = Arc::new(Keeper::open(config.settings, config.inventory, store)?);
+    /// Opens the database named in the settings and serves on `listener`: a
+    /// [`Listener`] bound with [`Listener::bind`] (e.g. to the configured
+    /// [`Settings::listen`]), or a tokio `TcpListener`.
+    pub async fn start(
+        config: Config,
+        listener: impl Into<Listener>,
+    ) -> Result<Server, KeeperError> {
+        let listener = listener.into();
         let local_addr = listener
             .local_addr()
             .map_err(|e| KeeperError::Unavailable(format!("listener has no address: {e}")))?;
+        let store = Store::open(&config.settings.db)?;
+        let keeper = Arc::new(Keeper::open(config.settings, config.inventory, store)?);
         let (stop, stopped) = oneshot::channel::<()>();
         let router = tonic::transport::Server::builder()
             .add_service(CircuitsServer::new(apps::AppService::new(keeper.clone())))
             .add_service(ForwardersServer::new(forwarders::ForwarderService::new(
                 keeper.clone(),
             )));
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let stopped = async {
             let _ = stopped.await;
-        }));
+        };
+        let (socket, socket_file) = listener.into_parts();
+        let serve = match socket {
+            Socket::Tcp(l) => {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
+            Socket::Unix(l, _) => {
+                let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
+        };
         let monitor = {
             let keeper = keeper.clone();
             let period = keeper
@@ -1050,19 +1095,25 @@ impl Server {
                 }
             })
         };
-        info!(%local_addr, "keeper serving");
+        info!(listen = %local_addr, "keeper serving");
         Ok(Server {
             keeper,
             local_addr,
             stop,
             serve,
             monitor,
+            socket_file,
         })
     }
 
-    /// The address the server listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+    /// The address the server listens on (for TCP port 0: the port chosen).
+    pub fn local_addr(&self) -> &ListenAddr {
+        &self.local_addr
+    }
+
+    /// The endpoint clients on this machine dial: `http://ADDR:PORT` or `unix:/PATH`.
+    pub fn endpoint(&self) -> String {
+        self.local_addr.endpoint()
     }
 
     /// The keeper behind the server.
@@ -1070,12 +1121,32 @@ impl Server {
         &self.keeper
     }
 
-    /// Stops serving, ends every stream and closes the database.
+    /// Stops gracefully: takes no new connections or calls (a Unix socket file is
+    /// removed at once), lets activations and releases under way finish (each waits at
+    /// most twice the ack timeout for forwarders, whose streams stay open meanwhile),
+    /// then ends every stream and closes the database.
     pub async fn shutdown(self) {
-        self.keeper.close();
-        self.monitor.abort();
-        let _ = self.stop.send(());
-        let mut serve = self.serve;
+        let Server {
+            keeper,
+            local_addr,
+            stop,
+            mut serve,
+            monitor,
+            socket_file,
+        } = self;
+        drop(socket_file);
+        // HTTP/2 GOAWAY: calls already under way (and the forwarder streams their
+        // acknowledgements come on) carry on; new ones go elsewhere or fail.
+        let _ = stop.send(());
+        let grace = keeper.settings().ack_timeout() * 2 + Duration::from_secs(1);
+        if !keeper.drain(grace).await {
+            warn!(
+                "activations or releases still under way after {} ms; stopping anyway",
+                grace.as_millis()
+            );
+        }
+        keeper.close();
+        monitor.abort();
         if tokio::time::timeout(Duration::from_secs(5), &mut serve)
             .await
             .is_err()
@@ -1083,5 +1154,6 @@ impl Server {
             warn!("gRPC server did not stop within 5 s; aborting it");
             serve.abort();
         }
+        info!(listen = %local_addr, "keeper stopped");
     }
 }

@@ -59,7 +59,7 @@ KEEPER="unix:$DEMO_DIR/keeper.sock"
 
 cleanup() {
   local rc=$?
-  if [ $KEEP = 1 ] && [ $rc = 0 ]; then return; fi
+  if [ $KEEP = 1 ]; then return; fi
   step "Tearing down"
   topo_down
   info "namespaces removed, processes stopped"
@@ -233,7 +233,10 @@ m() { # m NODE METRIC LABELS
 for f in pop-eu pop-us dc-dmx dc-rmx; do
   ok=0
   for _ in $(seq 150); do
-    if grep -q "connected to the keeper" "$DEMO_DIR/$f.log" 2>/dev/null; then ok=1; break; fi
+    if grep -q "connected to the keeper" "$DEMO_DIR/$f.log" 2>/dev/null && [ -n "$(m "$f" tarp_snapshot_generation node=)" ]; then
+      ok=1
+      break
+    fi
     sleep 0.2
   done
   [ $ok = 1 ] && okay "$f: DPDK ports up, connected to the keeper, tables generation $(m "$f" tarp_snapshot_generation node=)" ||

@@ -12,4 +12,6 @@ echo "== cargo test"
 cargo test --release --workspace
 echo "== end to end (network namespaces, DPDK af_packet)"
 bash tests/e2e.sh target/release
+echo "== the demo, bounded and checked (keeper, tarpctl, bounce, keeper kill -9)"
+bash scripts/demo.sh --check --no-build
 echo "test: all passed"

@@ -250,10 +250,11 @@ fw_start() {
 }
 
 # bg NAME NS CMD...: a background process in a namespace, pid in $TOPO_DIR/NAME.pid.
+# (`ip netns exec` execs the command, so the recorded pid is the command's own.)
 bg() {
   local name=$1 n=$2
   shift 2
-  nsx "$n" "$@" >"$TOPO_DIR/$name.log" 2>&1 &
+  ip netns exec "$(ns "$n")" "$@" >"$TOPO_DIR/$name.log" 2>&1 &
   echo $! >"$TOPO_DIR/$name.pid"
 }
 

@@ -59,7 +59,7 @@ KEEPER="unix:$DEMO_DIR/keeper.sock"
 
 cleanup() {
   local rc=$?
-  if [ $KEEP = 1 ]; then return; fi
+  if [ $KEEP = 1 ] && [ $rc = 0 ]; then return; fi
   step "Tearing down"
   topo_down
   info "namespaces removed, processes stopped"
@@ -281,9 +281,9 @@ for _ in $(seq 100); do nsx app1 ss -lnu | grep -q 0.0.0.0:7000 && break; sleep 
 
 # path NODES...: rx/tx counters that show where packets went.
 snap_counters() {
-  echo "$(m pop-eu tarp_port_rx_packets_total 'port="line0"') $(m pop-eu tarp_port_rx_packets_total 'port="line1"') \
-$(m pop-us tarp_port_rx_packets_total 'port="line0"') $(m pop-us tarp_port_rx_packets_total 'port="line1"') \
-$(m dc-dmx tarp_port_tx_packets_total 'port="dc"') $(m dc-rmx tarp_port_tx_packets_total 'port="out"') \
+  local f=tarp_port_forwarded_packets_total
+  echo "$(m pop-eu $f 'port="line0"') $(m pop-eu $f 'port="line1"') $(m pop-us $f 'port="line0"') $(m pop-us $f 'port="line1"') \
+$(m dc-dmx $f 'port="tun"') $(m dc-rmx $f 'port="dc"') \
 $(m pop-eu tarp_port_tx_packets_total 'port="line0"') $(m pop-us tarp_port_tx_packets_total 'port="line0"')"
 }
 path_of() { # path_of BEFORE AFTER

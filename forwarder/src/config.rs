@@ -294,3 +294,25 @@ mod tests {
         assert!(e.to_string().starts_with("workers.idle: "), "{e}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+    use crate::tables::{NeighbourCache, PortInfo, Snapshot};
+
+    /// The commented example configs in `forwarder/examples/` parse, and their rules build.
+    #[test]
+    fn examples_are_valid() {
+        for name in ["aggregator", "demux", "remux"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(format!("{name}.toml"));
+            let c = Config::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let ports: Vec<PortInfo> = c
+                .ports
+                .iter()
+                .map(|p| PortInfo { name: p.name.clone(), role: p.role, mac: MacAddr([2, 0, 0, 0, 0, 1]), addrs: p.addresses.clone() })
+                .collect();
+            let snap = Snapshot::build(&c.rules, &ports, 0, &NeighbourCache::new()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(snap.entries() >= 2, "{name}");
+        }
+    }
+}

@@ -23,6 +23,8 @@ pub struct PortCounters {
     pub rx: AtomicU64,
     /// Packets handed to the port's TX queue.
     pub tx: AtomicU64,
+    /// Packets received on the port and forwarded (out of any port).
+    pub forwarded: AtomicU64,
     /// Packets received on the port and handed to the slow path.
     pub slow_path: AtomicU64,
     /// Packets received on the port and dropped, by reason.
@@ -59,6 +61,8 @@ pub struct PortTotals {
     pub rx: u64,
     /// Sent.
     pub tx: u64,
+    /// Received here and forwarded.
+    pub forwarded: u64,
     /// To the slow path.
     pub slow_path: u64,
     /// Dropped, by reason.
@@ -72,6 +76,7 @@ pub fn totals(workers: &[&WorkerStats], ports: usize) -> Vec<PortTotals> {
         for (t, c) in out.iter_mut().zip(w.ports.iter()) {
             t.rx += c.rx.load(Ordering::Relaxed);
             t.tx += c.tx.load(Ordering::Relaxed);
+            t.forwarded += c.forwarded.load(Ordering::Relaxed);
             t.slow_path += c.slow_path.load(Ordering::Relaxed);
             for (d, s) in t.drops.iter_mut().zip(c.drops.iter()) {
                 *d += s.load(Ordering::Relaxed);
@@ -139,6 +144,10 @@ pub fn render(s: &Scrape) -> String {
     family(&mut o, "tarp_port_tx_packets_total", "counter", "Packets a pipeline forwarded out of a port.");
     for ((name, role), t) in s.ports.iter().zip(&s.totals) {
         let _ = writeln!(o, "tarp_port_tx_packets_total{{node=\"{node}\",port=\"{name}\",role=\"{role}\"}} {}", t.tx);
+    }
+    family(&mut o, "tarp_port_forwarded_packets_total", "counter", "Packets received on a port that a pipeline forwarded.");
+    for ((name, role), t) in s.ports.iter().zip(&s.totals) {
+        let _ = writeln!(o, "tarp_port_forwarded_packets_total{{node=\"{node}\",port=\"{name}\",role=\"{role}\"}} {}", t.forwarded);
     }
     family(&mut o, "tarp_port_slow_path_packets_total", "counter", "Packets handed to the slow path (ARP, ND, ICMP to the port).");
     for ((name, role), t) in s.ports.iter().zip(&s.totals) {

@@ -64,6 +64,7 @@ impl Worker {
                 }
                 let counters = &stats.ports[*port as usize];
                 bump(&counters.rx, n as u64);
+                let mut forwarded = 0;
                 {
                     let snap = self.snapshots.load();
                     process(&snap, *port, &mut burst, &mut verdicts[..n]);
@@ -71,6 +72,7 @@ impl Worker {
                 for (m, v) in burst.drain().zip(verdicts.iter()) {
                     match *v {
                         Verdict::Forward(out) => {
+                            forwarded += 1;
                             let c = &stats.ports[out as usize];
                             bump(&c.tx, 1);
                             let dropped = self.tx[out as usize].push(m);
@@ -91,6 +93,7 @@ impl Worker {
                         }
                     }
                 }
+                bump(&counters.forwarded, forwarded);
             }
             for (port, q) in self.control_tx.iter().enumerate() {
                 while let Some(m) = q.pop() {

@@ -138,6 +138,83 @@ pub fn write_outer(b: &mut [u8], outer: &Outer) -> bool {
     }
 }
 
+/// A tunnel's outer headers, built once when the snapshot is: per packet only the
+/// next hop's MAC, the lengths, the UDP source port and the checksums change, and the
+/// IPv4 header checksum is finished from a precomputed partial sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OuterTemplate {
+    bytes: [u8; OUTER_LEN_V6],
+    len: u8,
+    /// One's-complement sum of the IPv4 header with zero length and checksum fields.
+    ip_sum: u32,
+    src: IpAddr,
+    dst: IpAddr,
+}
+
+impl OuterTemplate {
+    /// The outer headers from `src` (on a port with MAC `src_mac`) to `dst` with `vni`;
+    /// `None` if the families differ.
+    pub fn new(src_mac: MacAddr, src: IpAddr, dst: IpAddr, vni: u32) -> Option<OuterTemplate> {
+        let outer = Outer { dst_mac: MacAddr::ZERO, src_mac, src, dst, vni, src_port: 0 };
+        let len = outer.len();
+        let mut bytes = [0u8; OUTER_LEN_V6];
+        // Lay the headers out for an empty inner frame; lengths are fixed per packet.
+        if !write_outer(&mut bytes[..len], &outer) {
+            return None;
+        }
+        let ip_sum = if src.is_ipv4() {
+            let l3 = ethernet::HEADER_LEN;
+            bytes[l3 + 2..l3 + 4].fill(0);
+            bytes[l3 + 10..l3 + 12].fill(0);
+            super::checksum::sum(0, &bytes[l3..l3 + ipv4::HEADER_LEN])
+        } else {
+            0
+        };
+        Some(OuterTemplate { bytes, len: len as u8, ip_sum, src, dst })
+    }
+
+    /// Bytes the outer headers take.
+    #[inline(always)]
+    pub const fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Always false (clippy's `len` convention).
+    pub const fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Writes the outer headers into the first [`OuterTemplate::len`] bytes of `b`, the
+    /// inner frame following them. Returns false if `b` is too short or too long.
+    #[inline(always)]
+    pub fn write(&self, b: &mut [u8], dst_mac: MacAddr, src_port: u16) -> bool {
+        let hl = self.len();
+        if b.len() < hl || b.len() > u16::MAX as usize {
+            return false;
+        }
+        b[..hl].copy_from_slice(&self.bytes[..hl]);
+        b[0..6].copy_from_slice(&dst_mac.0);
+        let l3 = ethernet::HEADER_LEN;
+        if hl == OUTER_LEN_V4 {
+            let total = (b.len() - l3) as u16;
+            set_be16(b, l3 + 2, total);
+            set_be16(b, l3 + 10, !super::checksum::fold(self.ip_sum + total as u32));
+            let u = l3 + ipv4::HEADER_LEN;
+            set_be16(b, u, src_port);
+            set_be16(b, u + 4, total - ipv4::HEADER_LEN as u16);
+        } else {
+            let payload = (b.len() - l3 - ipv6::HEADER_LEN) as u16;
+            set_be16(b, l3 + 4, payload);
+            let u = l3 + ipv6::HEADER_LEN;
+            set_be16(b, u, src_port);
+            set_be16(b, u + 4, payload);
+            set_be16(b, u + 6, 0);
+            udp::UdpPacket::new_unchecked(&mut b[u..]).fill_checksum(self.src, self.dst);
+        }
+        true
+    }
+}
+
 fn write_udp(b: &mut [u8], src_port: u16, len: u16) {
     set_be16(b, 0, src_port);
     set_be16(b, 2, PORT);
@@ -253,6 +330,30 @@ mod tests {
             let u = udp::UdpPacket::new_checked(&b[hl - 16..]).unwrap();
             assert!(u.src_port() >= 49152);
             assert!(u.verify_checksum(outer.src, outer.dst));
+        }
+    }
+
+    #[test]
+    fn template_writes_what_write_outer_writes() {
+        for (src, dst) in [("192.0.2.1", "192.0.2.2"), ("2001:db8:ffff::1", "2001:db8:ffff::2")] {
+            let outer = Outer {
+                dst_mac: "02:00:00:00:00:02".parse().unwrap(),
+                src_mac: "02:00:00:00:00:01".parse().unwrap(),
+                src: src.parse().unwrap(),
+                dst: dst.parse().unwrap(),
+                vni: 4242,
+                src_port: 51234,
+            };
+            let t = OuterTemplate::new(outer.src_mac, outer.src, outer.dst, outer.vni).unwrap();
+            for inner_len in [14usize, 60, 1400] {
+                let inner: Vec<u8> = (0..inner_len).map(|i| i as u8).collect();
+                let mut a = vec![0u8; outer.len()];
+                a.extend_from_slice(&inner);
+                let mut b = a.clone();
+                assert!(write_outer(&mut a, &outer));
+                assert!(t.write(&mut b, outer.dst_mac, outer.src_port));
+                assert_eq!(a, b, "{src} inner {inner_len}");
+            }
         }
     }
 

@@ -1,8 +1,8 @@
 //! Aggregator (POP): capture address -> demux alias, then into the VXLAN tunnel.
 
-use crate::packet::vxlan::{self, Outer};
+use crate::packet::vxlan;
 use crate::packet::{be32, ipv4};
-use crate::tables::{port_key_v4, Key, PortEntry, Snapshot};
+use crate::tables::{Key, PortEntry, Snapshot};
 
 use super::parse::{addr6, classify, Ip, L3};
 use super::rewrite::{decrement_ttl, rewrite_v4, rewrite_v6, set_macs};
@@ -81,20 +81,12 @@ fn one<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkt: &mut B, p: &Pending
     let Some(nh_mac) = nh.mac() else {
         return Verdict::Drop(DropReason::NoNeighbour);
     };
-    let out_mac = snap.ports[nh.port as usize].mac;
-    set_macs(b, t.inner_dst_mac, out_mac);
-    let outer = Outer {
-        dst_mac: nh_mac,
-        src_mac: out_mac,
-        src: t.local,
-        dst: t.remote,
-        vni: t.vni,
-        src_port: vxlan::flow_port(flow_hash(b, ip)),
-    };
-    if !pkt.prepend(outer.len()) {
+    set_macs(b, t.inner_dst_mac, snap.ports[nh.port as usize].mac);
+    let src_port = vxlan::flow_port(flow_hash(b, ip));
+    if !pkt.prepend(t.outer.len()) {
         return Verdict::Drop(DropReason::NoHeadroom);
     }
-    if !vxlan::write_outer(pkt.data_mut(), &outer) {
+    if !t.outer.write(pkt.data_mut(), nh_mac, src_port) {
         return Verdict::Drop(DropReason::Malformed);
     }
     Verdict::Forward(nh.port)
@@ -110,17 +102,19 @@ fn miss(local: bool) -> Verdict {
     }
 }
 
-/// A hash of the inner flow (addresses, protocol, ports) for the outer source port.
-#[inline]
+/// A hash of the inner flow (addresses, protocol, ports) for the outer source port:
+/// the same flow always takes the same port, so the receiver's RSS keeps it on one core.
+#[inline(always)]
 fn flow_hash(b: &[u8], ip: &Ip) -> u32 {
     let (s, d) = (ip.src_off(), ip.dst_off());
-    let mut h = if ip.v6 {
-        (u128::from_ne_bytes(addr6(b, s)) ^ u128::from_ne_bytes(addr6(b, d))).hash64()
+    let mut x = if ip.v6 {
+        let a = u128::from_ne_bytes(addr6(b, s)) ^ u128::from_ne_bytes(addr6(b, d)).rotate_left(17);
+        (a as u64) ^ (a >> 64) as u64
     } else {
-        ((be32(b, s) as u64) << 32 | be32(b, d) as u64).hash64()
+        ((be32(b, s) as u64) << 32) | be32(b, d) as u64
     };
     if ip.has_ports() {
-        h ^= port_key_v4(be32(b, ip.l4), ip.proto, 0).hash64();
+        x ^= (be32(b, ip.l4) as u64).rotate_left(7) ^ ip.proto as u64;
     }
-    (h ^ (h >> 32)) as u32
+    (x.hash64() >> 32) as u32
 }

@@ -53,14 +53,17 @@ impl VecBuf {
 }
 
 impl PacketBuf for VecBuf {
+    #[inline]
     fn data(&self) -> &[u8] {
         &self.buf[self.start..]
     }
 
+    #[inline]
     fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.start..]
     }
 
+    #[inline]
     fn prepend(&mut self, len: usize) -> bool {
         if len > self.start {
             return false;
@@ -69,6 +72,7 @@ impl PacketBuf for VecBuf {
         true
     }
 
+    #[inline]
     fn adj(&mut self, len: usize) -> bool {
         if len > self.buf.len() - self.start {
             return false;
@@ -77,6 +81,7 @@ impl PacketBuf for VecBuf {
         true
     }
 
+    #[inline]
     fn truncate(&mut self, len: usize) -> bool {
         if len > self.buf.len() - self.start {
             return false;

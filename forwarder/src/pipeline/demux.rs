@@ -31,20 +31,24 @@ pub(super) fn run<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkts: &mut [B
                 let mut p = Pending { ip, ..Pending::default() };
                 if ip.v6 {
                     p.dst6 = addr6(b, off);
-                    if ip.has_ports() {
+                    if ip.has_ports() && !snap.v6.demux_port.is_empty() {
                         p.port_key_hash = port_key_v6(p.dst6, ip.proto, ip.dst_port(b)).hash64();
                         snap.v6.demux_port.prefetch(p.port_key_hash);
                     }
-                    p.addr_hash = p.dst6.hash64();
-                    snap.v6.demux_addr.prefetch(p.addr_hash);
+                    if !snap.v6.demux_addr.is_empty() {
+                        p.addr_hash = p.dst6.hash64();
+                        snap.v6.demux_addr.prefetch(p.addr_hash);
+                    }
                 } else {
                     p.dst4 = be32(b, off);
-                    if ip.has_ports() {
+                    if ip.has_ports() && !snap.v4.demux_port.is_empty() {
                         p.port_key_hash = port_key_v4(p.dst4, ip.proto, ip.dst_port(b)).hash64();
                         snap.v4.demux_port.prefetch(p.port_key_hash);
                     }
-                    p.addr_hash = p.dst4.hash64();
-                    snap.v4.demux_addr.prefetch(p.addr_hash);
+                    if !snap.v4.demux_addr.is_empty() {
+                        p.addr_hash = p.dst4.hash64();
+                        snap.v4.demux_addr.prefetch(p.addr_hash);
+                    }
                 }
                 pending[i] = p;
                 todo[i] = true;

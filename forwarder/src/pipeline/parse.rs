@@ -71,7 +71,7 @@ pub(crate) enum L3 {
 
 /// Parses a frame received on a port with MAC `own_mac` (`None`: skip the destination
 /// MAC check, as for a tunnel's inner frame).
-#[inline]
+#[inline(always)]
 pub(crate) fn classify(b: &[u8], own_mac: Option<MacAddr>) -> Result<L3, DropReason> {
     let eth = EthernetFrame::new_checked(b).map_err(|_| DropReason::Malformed)?;
     if let Some(own) = own_mac {

@@ -7,7 +7,7 @@ use super::parse::Ip;
 
 /// Folds an address change into the upper-layer checksum (TCP, UDP, ICMPv6 all cover the
 /// pseudo-header; ICMPv4 does not). A non-first fragment carries no upper-layer header.
-#[inline]
+#[inline(always)]
 fn fix_l4(b: &mut [u8], ip: &Ip, delta: Delta) {
     if ip.later_frag {
         return;
@@ -30,7 +30,7 @@ fn fix_l4(b: &mut [u8], ip: &Ip, delta: Delta) {
 }
 
 /// Writes IPv4 address `new` at `off` (source or destination) and fixes the checksums.
-#[inline]
+#[inline(always)]
 pub(crate) fn rewrite_v4(b: &mut [u8], ip: &Ip, off: usize, new: u32, delta: Delta) {
     b[off..off + 4].copy_from_slice(&new.to_be_bytes());
     let at = ip.l3 + 10;
@@ -39,14 +39,14 @@ pub(crate) fn rewrite_v4(b: &mut [u8], ip: &Ip, off: usize, new: u32, delta: Del
 }
 
 /// Writes IPv6 address `new` at `off` and fixes the upper-layer checksum.
-#[inline]
+#[inline(always)]
 pub(crate) fn rewrite_v6(b: &mut [u8], ip: &Ip, off: usize, new: [u8; 16], delta: Delta) {
     b[off..off + 16].copy_from_slice(&new);
     fix_l4(b, ip, delta);
 }
 
 /// Decrements the TTL or hop limit; false (packet untouched) if it would reach zero.
-#[inline]
+#[inline(always)]
 pub(crate) fn decrement_ttl(b: &mut [u8], ip: &Ip) -> bool {
     if ip.v6 {
         let at = ip.l3 + 7;
@@ -69,7 +69,7 @@ pub(crate) fn decrement_ttl(b: &mut [u8], ip: &Ip) -> bool {
 }
 
 /// Rewrites the frame's MAC addresses for the next hop.
-#[inline]
+#[inline(always)]
 pub(crate) fn set_macs(b: &mut [u8], dst: MacAddr, src: MacAddr) {
     b[0..6].copy_from_slice(&dst.0);
     b[6..12].copy_from_slice(&src.0);

@@ -16,19 +16,16 @@ pub trait Key: Copy + Eq {
     fn hash64(&self) -> u64;
 }
 
-#[inline]
-const fn mix(mut x: u64) -> u64 {
-    // The finaliser of splitmix64: cheap and good enough for addresses and ports.
-    x ^= x >> 30;
-    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x ^= x >> 27;
-    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
+#[inline(always)]
+const fn mix(x: u64) -> u64 {
+    // Fibonacci hashing: one multiply by 2^64/phi. The table takes its slot from the
+    // product's high bits (a multiply-shift), which every key bit reaches.
+    (x ^ (x >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 impl Key for u32 {
     const EMPTY: u32 = 0;
-    #[inline]
+    #[inline(always)]
     fn hash64(&self) -> u64 {
         mix(*self as u64)
     }
@@ -36,7 +33,7 @@ impl Key for u32 {
 
 impl Key for u64 {
     const EMPTY: u64 = 0;
-    #[inline]
+    #[inline(always)]
     fn hash64(&self) -> u64 {
         mix(*self)
     }
@@ -44,15 +41,15 @@ impl Key for u64 {
 
 impl Key for u128 {
     const EMPTY: u128 = 0;
-    #[inline]
+    #[inline(always)]
     fn hash64(&self) -> u64 {
-        mix((*self as u64) ^ mix((*self >> 64) as u64))
+        mix((*self as u64) ^ (*self >> 64) as u64 ^ ((*self >> 64) as u64).rotate_left(31))
     }
 }
 
 impl Key for [u8; 16] {
     const EMPTY: [u8; 16] = [0; 16];
-    #[inline]
+    #[inline(always)]
     fn hash64(&self) -> u64 {
         u128::from_ne_bytes(*self).hash64()
     }
@@ -60,9 +57,10 @@ impl Key for [u8; 16] {
 
 impl Key for ([u8; 16], u32) {
     const EMPTY: ([u8; 16], u32) = ([0; 16], 0);
-    #[inline]
+    #[inline(always)]
     fn hash64(&self) -> u64 {
-        mix(self.0.hash64() ^ self.1 as u64)
+        let a = u128::from_ne_bytes(self.0);
+        mix((a as u64) ^ ((a >> 64) as u64).rotate_left(31) ^ ((self.1 as u64) << 13))
     }
 }
 

@@ -78,13 +78,13 @@ pub struct PortEntry {
 
 impl PortEntry {
     /// True if `a` is one of the port's own IPv4 addresses.
-    #[inline]
+    #[inline(always)]
     pub fn is_local_v4(&self, a: u32) -> bool {
         self.v4.contains(&a)
     }
 
     /// True if `a` is one of the port's own IPv6 addresses.
-    #[inline]
+    #[inline(always)]
     pub fn is_local_v6(&self, a: [u8; 16]) -> bool {
         self.v6.contains(&a)
     }
@@ -163,6 +163,8 @@ pub struct TunnelEntry {
     pub inner_dst_mac: MacAddr,
     /// Next hop towards `remote`.
     pub next_hop: NextHopId,
+    /// The outer headers, prebuilt (source MAC of the output port included).
+    pub outer: crate::packet::vxlan::OuterTemplate,
 }
 
 /// Inner destination MAC used when a tunnel does not name one (locally administered).
@@ -429,7 +431,11 @@ impl Snapshot {
                 return Err(RulesError::Duplicate(format!("tunnel id {}", t.id)));
             }
             let next_hop = b.resolve(t.remote)?;
+            let out_port = b.next_hops[next_hop as usize].0;
+            let outer = crate::packet::vxlan::OuterTemplate::new(ports[out_port as usize].mac, t.local, t.remote, t.vni)
+                .ok_or(RulesError::FamilyMismatch { what: "tunnel", a: t.local, b: t.remote })?;
             tunnels.push(TunnelEntry {
+                outer,
                 local: t.local,
                 remote: t.remote,
                 vni: t.vni,

@@ -7,6 +7,6 @@ P=${DEMO_PREFIX:-td}
 TOPO_DIR=${DEMO_DIR:-/tmp/tarp-demo}
 export P TOPO_DIR
 source scripts/lib/topo.sh
-NS_ALL=(deu dus inet app1 app2 dc fw)
+NS_ALL=(deu dus inet app1 app2 dc ctl pop-eu pop-us dc-dmx dc-rmx)
 topo_down
 echo "demo: torn down"

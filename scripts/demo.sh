@@ -54,7 +54,7 @@ TOPO_DIR=$DEMO_DIR
 export P TOPO_DIR TARP_BIN
 # shellcheck source=lib/topo.sh
 source scripts/lib/topo.sh
-NS_ALL=(deu dus inet app1 app2 dc fw)
+NS_ALL=(deu dus inet app1 app2 dc ctl pop-eu pop-us dc-dmx dc-rmx)
 KEEPER="unix:$DEMO_DIR/keeper.sock"
 
 cleanup() {
@@ -77,7 +77,7 @@ for n in "${NS_ALL[@]}"; do
   ip netns add "$(ns "$n")"
   nsx "$n" ip link set lo up
 done
-nsx fw sysctl -qw net.ipv4.ip_forward=0
+for n in ctl pop-eu pop-us dc-dmx dc-rmx; do fw_ns "$n"; done
 nsx inet sysctl -qw net.ipv4.ip_forward=1
 nsx inet sysctl -qw net.ipv4.conf.all.rp_filter=0
 nsx inet sysctl -qw net.ipv4.conf.default.rp_filter=0
@@ -97,28 +97,28 @@ done
 #   eu line0 .0/27   eu line1 .32/27   us line0 .64/27   us line1 .96/27
 line() { # line REGION N BASE
   local r=$1 n=$2 base=$3
-  veth_pair inet "$r-l$n" fw "$r-line$n"
+  veth_pair inet "$r-l$n" "pop-$r" "$r-line$n"
   nsx inet ip addr add "203.0.113.$((base + 30))/27" dev "$r-l$n"
   nsx inet sysctl -qw "net.ipv4.conf.$r-l$n.rp_filter=0"
-  dpdk_end "$r-line$n"
+  dpdk_end "pop-$r" "$r-line$n"
 }
 line eu 0 0
 line eu 1 32
 line us 0 64
 line us 1 96
 for r in eu us; do
-  veth_pair inet "c-$r" fw "$r-uplink"
+  veth_pair inet "c-$r" "pop-$r" "$r-uplink"
   enslave inet "c-$r" br-core
-  dpdk_end "$r-uplink"
+  dpdk_end "pop-$r" "$r-uplink"
 done
-veth_pair inet c-dmx fw dmx-tun
-veth_pair inet c-rmx fw rmx-out
+veth_pair inet c-dmx dc-dmx dmx-tun
+veth_pair inet c-rmx dc-rmx rmx-out
 enslave inet c-dmx br-core
 enslave inet c-rmx br-core
 nsx inet sysctl -qw net.ipv4.conf.br-core.rp_filter=0
 bridge dc br-dc
-veth_pair dc d-dmx fw dmx-dc
-veth_pair dc d-rmx fw rmx-dc
+veth_pair dc d-dmx dc-dmx dmx-dc
+veth_pair dc d-rmx dc-rmx rmx-dc
 i=2
 for a in app1 app2; do
   veth_pair "$a" eth0 dc "d-$a"
@@ -127,8 +127,11 @@ for a in app1 app2; do
   i=$((i + 1))
 done
 for x in d-dmx d-rmx d-app1 d-app2; do enslave dc "$x" br-dc; done
-for x in dmx-tun dmx-dc rmx-out rmx-dc; do dpdk_end "$x"; done
-okay "7 namespaces: devices deu (198.51.100.10) and dus (198.51.100.20), router inet, app hosts app1 (198.19.0.2) and app2 (198.19.0.3), dc, fw (forwarders + keeper)"
+dpdk_end dc-dmx dmx-tun
+dpdk_end dc-dmx dmx-dc
+dpdk_end dc-rmx rmx-out
+dpdk_end dc-rmx rmx-dc
+okay "11 namespaces: devices deu (198.51.100.10) and dus (198.51.100.20), router inet, app hosts app1 (198.19.0.2) and app2 (198.19.0.3), dc (switch), ctl (keeper), one per forwarder"
 
 step "Starting the circuit keeper ($KEEPER)"
 cat >"$DEMO_DIR/keeper.toml" <<EOF
@@ -195,7 +198,7 @@ id = "dc-rmx"
 routes = [{ prefix = "0.0.0.0/0", port = "out", via = "192.0.2.254" }]
 EOF
 start_keeper() {
-  bg keeper fw "$TARP_BIN/tarp-keeper" --config "$DEMO_DIR/keeper.toml"
+  bg keeper ctl "$TARP_BIN/tarp-keeper" --config "$DEMO_DIR/keeper.toml"
   for _ in $(seq 100); do [ -S "$DEMO_DIR/keeper.sock" ] && return 0; sleep 0.1; done
   bad "keeper did not start: $(tail -n 3 "$DEMO_DIR/keeper.log")"
   return 1
@@ -224,10 +227,10 @@ fwconf dc-dmx 9403 'tun:dmx-tun:demux:"192.0.2.2"' 'dc:dmx-dc:demux:"198.19.0.1"
 fwconf dc-rmx 9404 'dc:rmx-dc:remux:"198.19.0.254"' 'out:rmx-out:remux:"192.0.2.3"'
 declare -A MPORT=([pop-eu]=9401 [pop-us]=9402 [dc-dmx]=9403 [dc-rmx]=9404)
 for f in pop-eu pop-us dc-dmx dc-rmx; do
-  bg "$f" fw "$TARP_BIN/tarp-forwarder" --config "$DEMO_DIR/$f.toml"
+  bg "$f" "$f" "$TARP_BIN/tarp-forwarder" --config "$DEMO_DIR/$f.toml"
 done
 m() { # m NODE METRIC LABELS
-  { nsx fw curl -s --max-time 2 "http://127.0.0.1:${MPORT[$1]}/metrics" || true; } |
+  { nsx "$1" curl -s --max-time 2 "http://127.0.0.1:${MPORT[$1]}/metrics" || true; } |
     awk -v m="$2" -v l="$3" 'index($0, m "{") == 1 && index($0, l) { v = $NF } END { print v }'
 }
 for f in pop-eu pop-us dc-dmx dc-rmx; do
@@ -246,7 +249,7 @@ done
 tarpctl() { local n=$1; shift; nsx "$n" "$TARP_BIN/tarpctl" --keeper "$KEEPER" "$@"; }
 # circuit_field APPHOST FIELD: a field of the active circuit of an app host (JSON).
 circuit_field() {
-  tarpctl fw --json list --app-host "$1" 2>/dev/null | python3 -c '
+  tarpctl ctl --json list --app-host "$1" 2>/dev/null | python3 -c '
 import json, sys
 items = [json.loads(l) for l in sys.stdin if l.strip()]
 active = [c for c in items if c.get("state") == "active"]
@@ -268,7 +271,7 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 t1=$(date +%s%N)
-bg watch fw timeout 900 "$TARP_BIN/tarpctl" --keeper "$KEEPER" watch
+bg watch ctl timeout 900 "$TARP_BIN/tarpctl" --keeper "$KEEPER" watch
 if [ -n "$CAP_EU" ] && [ -n "$CAP_US" ]; then
   okay "app1 (UDP echo, address mode, region eu): capture address $CAP_EU:7000 — tarpctl put it on app1's loopback"
   okay "app2 (HTTP, port mode, region us): capture address $CAP_US:8080 -> 198.19.0.3:8080"
@@ -386,7 +389,7 @@ for r in "${SUMMARY[@]}"; do
 done
 
 if [ $KEEP = 1 ]; then
-  python3 - "$DEMO_DIR" "$P" "$KEEPER" "$(tarpctl fw --json list 2>/dev/null | python3 -c 'import json,sys; print(json.dumps([json.loads(l) for l in sys.stdin if l.strip()]))')" <<'EOF' >"$DEMO_DIR/topology.json"
+  python3 - "$DEMO_DIR" "$P" "$KEEPER" "$(tarpctl ctl --json list 2>/dev/null | python3 -c 'import json,sys; print(json.dumps([json.loads(l) for l in sys.stdin if l.strip()]))')" <<'EOF' >"$DEMO_DIR/topology.json"
 import json, sys
 d, p, keeper, circuits = sys.argv[1:5]
 ns = lambda n: p + n
@@ -398,11 +401,11 @@ print(json.dumps({
     ns("app1"): {"role": "app host", "addresses": ["198.19.0.2/24"]},
     ns("app2"): {"role": "app host", "addresses": ["198.19.0.3/24"]},
     ns("dc"): {"role": "data-center switch (bridge)"},
-    ns("fw"): {"role": "forwarders and keeper", "forwarders": {
-      "pop-eu": {"role": "aggregator", "metrics": "127.0.0.1:9401"},
-      "pop-us": {"role": "aggregator", "metrics": "127.0.0.1:9402"},
-      "dc-dmx": {"role": "demux", "metrics": "127.0.0.1:9403"},
-      "dc-rmx": {"role": "remux", "metrics": "127.0.0.1:9404"}}},
+    ns("ctl"): {"role": "circuit keeper", "keeper": keeper},
+    ns("pop-eu"): {"role": "forwarder: aggregator, region eu", "metrics": "127.0.0.1:9401", "ports": ["line0", "line1", "uplink"]},
+    ns("pop-us"): {"role": "forwarder: aggregator, region us", "metrics": "127.0.0.1:9402", "ports": ["line0", "line1", "uplink"]},
+    ns("dc-dmx"): {"role": "forwarder: demux", "metrics": "127.0.0.1:9403", "ports": ["tun", "dc"]},
+    ns("dc-rmx"): {"role": "forwarder: remux", "metrics": "127.0.0.1:9404", "ports": ["dc", "out"]},
   },
   "keeper": keeper,
   "circuits": json.loads(circuits),
@@ -412,8 +415,8 @@ EOF
   step "Left running (--keep)"
   info "topology: $DEMO_DIR/topology.json; logs: $DEMO_DIR/*.log"
   info "look around:   ip netns exec ${P}deu python3 tests/apps/udp_ask.py $NEW_EU 7000 hi"
-  info "               ip netns exec ${P}fw target/release/tarpctl --keeper $KEEPER list"
-  info "               ip netns exec ${P}fw curl -s 127.0.0.1:9403/metrics | grep tarp_port"
+  info "               ip netns exec ${P}app1 target/release/tarpctl --keeper $KEEPER list"
+  info "               ip netns exec ${P}dc-dmx curl -s 127.0.0.1:9403/metrics | grep tarp_port"
   info "tear down:     scripts/demo-down.sh"
 fi
 

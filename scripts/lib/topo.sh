@@ -5,9 +5,11 @@
 #                         inet ──br-core── [agg uplink] [dmx tun] [rmx out] kvx
 #   [dmx dc] [rmx dc] ──br-dc── app1, app2                           (the data center)
 #
-# [..] are DPDK ports (net_af_packet on veth ends) of three tarp-forwarder processes that
-# all run in the namespace ${P}fw, which has no addresses and no routes: the forwarders'
-# veth ends carry only what DPDK sends and receives. Every address is from the test
+# [..] are DPDK ports (net_af_packet on veth ends) of three tarp-forwarder processes, each
+# in a namespace of its own (${P}agg, ${P}dmx, ${P}rmx) with no addresses and no routes:
+# the forwarders' veth ends carry only what DPDK sends and receives. (One namespace per
+# forwarder also keeps the af_packet PMDs' PACKET_FANOUT group ids, which are per
+# namespace, from colliding.) Every address is from the test
 # ranges of ARCHITECTURE.md. Everything is removed by topo_down, by namespace name.
 #
 # Inputs: P (namespace prefix, short), TOPO_DIR (configs, logs, pids), TARP_BIN (dir with
@@ -16,7 +18,7 @@
 : "${P:=tt}"
 : "${TOPO_DIR:=/tmp/tarp-topo}"
 
-NS_ALL=(dev1 dev2 inet app1 app2 dc kvx fw)
+NS_ALL=(dev1 dev2 inet app1 app2 dc kvx agg dmx rmx)
 
 ns() { echo "${P}$1"; }
 nsx() { local n=$1; shift; ip netns exec "$(ns "$n")" "$@"; }
@@ -35,11 +37,18 @@ veth_pair() {
   nsx "$3" ethtool -K "$4" tx off rx off >/dev/null 2>&1 || true
 }
 
-# A DPDK end: no addresses, no IPv6, no forwarding, no ARP answers from the kernel.
+# dpdk_end NS IF: a DPDK end: no addresses, no IPv6, no forwarding, no ARP answers from
+# the kernel.
 dpdk_end() {
-  nsx fw sysctl -qw "net.ipv6.conf.$1.disable_ipv6=1"
-  nsx fw sysctl -qw "net.ipv4.conf.$1.forwarding=0"
-  nsx fw sysctl -qw "net.ipv4.conf.$1.arp_ignore=8"
+  nsx "$1" sysctl -qw "net.ipv6.conf.$2.disable_ipv6=1"
+  nsx "$1" sysctl -qw "net.ipv4.conf.$2.forwarding=0"
+  nsx "$1" sysctl -qw "net.ipv4.conf.$2.arp_ignore=8"
+}
+
+# fw_ns NS: a namespace for a forwarder (or the keeper): it routes nothing.
+fw_ns() {
+  nsx "$1" sysctl -qw net.ipv4.ip_forward=0
+  nsx "$1" sysctl -qw net.ipv6.conf.all.forwarding=0
 }
 
 bridge() { # bridge NS NAME
@@ -55,8 +64,7 @@ topo_up() {
     ip netns add "$(ns "$n")"
     nsx "$n" ip link set lo up
   done
-  nsx fw sysctl -qw net.ipv4.ip_forward=0
-  nsx fw sysctl -qw net.ipv6.conf.all.forwarding=0
+  for n in agg dmx rmx; do fw_ns "$n"; done
 
   # The Internet router.
   nsx inet sysctl -qw net.ipv4.ip_forward=1
@@ -85,15 +93,15 @@ topo_up() {
   done
 
   # The POP line: the aggregator's line0.
-  veth_pair inet line0 fw agg-line0
+  veth_pair inet line0 agg agg-line0
   nsx inet ip addr add 203.0.113.254/24 dev line0
   nsx inet ip addr add 2001:db8:113::fe/64 dev line0 nodad
   nsx inet sysctl -qw net.ipv4.conf.line0.rp_filter=0
 
   # The core: aggregator uplink, demux tunnel end, remux egress, a kernel VXLAN peer.
-  veth_pair inet c-agg fw agg-uplink
-  veth_pair inet c-dmx fw dmx-tun
-  veth_pair inet c-rmx fw rmx-out
+  veth_pair inet c-agg agg agg-uplink
+  veth_pair inet c-dmx dmx dmx-tun
+  veth_pair inet c-rmx rmx rmx-out
   veth_pair inet c-kvx kvx eth0
   for i in c-agg c-dmx c-rmx c-kvx; do enslave inet "$i" br-core; done
   nsx inet sysctl -qw net.ipv4.conf.br-core.rp_filter=0
@@ -107,8 +115,8 @@ topo_up() {
 
   # The data center.
   bridge dc br-dc
-  veth_pair dc d-dmx fw dmx-dc
-  veth_pair dc d-rmx fw rmx-dc
+  veth_pair dc d-dmx dmx dmx-dc
+  veth_pair dc d-rmx rmx rmx-dc
   i=2
   for d in app1 app2; do
     veth_pair "$d" eth0 dc "d-$d"
@@ -120,7 +128,9 @@ topo_up() {
   done
   for i in d-dmx d-rmx d-app1 d-app2; do enslave dc "$i" br-dc; done
 
-  for i in agg-line0 agg-uplink dmx-tun dmx-dc rmx-out rmx-dc; do dpdk_end "$i"; done
+  for i in agg-line0 agg-uplink; do dpdk_end agg "$i"; done
+  for i in dmx-tun dmx-dc; do dpdk_end dmx "$i"; done
+  for i in rmx-out rmx-dc; do dpdk_end rmx "$i"; done
 }
 
 # fw_config ROLE: writes $TOPO_DIR/ROLE.toml (static rules; KEEPER=url adds the keeper).
@@ -240,11 +250,11 @@ EOF
   esac
 }
 
-# fw_start ROLE: starts tarp-forwarder in ${P}fw, pid in $TOPO_DIR/ROLE.pid.
+# fw_start ROLE: starts tarp-forwarder in ${P}ROLE, pid in $TOPO_DIR/ROLE.pid.
 fw_start() {
   local role=$1
   fw_config "$role"
-  ip netns exec "$(ns fw)" "$TARP_BIN/tarp-forwarder" --config "$TOPO_DIR/$role.toml" \
+  ip netns exec "$(ns "$role")" "$TARP_BIN/tarp-forwarder" --config "$TOPO_DIR/$role.toml" \
     >"$TOPO_DIR/$role.log" 2>&1 &
   echo $! >"$TOPO_DIR/$role.pid"
 }
@@ -262,7 +272,7 @@ bg() {
 metric() {
   local port
   case $1 in agg) port=9301 ;; dmx) port=9302 ;; rmx) port=9303 ;; esac
-  { nsx fw curl -s --max-time 2 "http://127.0.0.1:$port/metrics" || true; } |
+  { nsx "$1" curl -s --max-time 2 "http://127.0.0.1:$port/metrics" || true; } |
     awk -v m="$2" -v l="$3" 'index($0, m "{") == 1 && index($0, l) { v = $NF } END { print v }'
 }
 

@@ -18,6 +18,14 @@ import sys, statistics
 v = sorted(float(x) for x in sys.stdin.read().split())
 print(f"n={len(v)} median={statistics.median(v):.1f} ms p90={v[int(len(v)*0.9)-1]:.1f} ms worst={v[-1]:.1f} ms")'; }
 
+echo "== baseline: tarpctl list (process start, connect, one call), 20 runs"
+: >/tmp/tarp-list.txt
+for i in $(seq 20); do
+  t0=$(date +%s%N); ctl list >/dev/null; t1=$(date +%s%N)
+  echo "scale=3; ($t1 - $t0) / 1000000" | bc >>/tmp/tarp-list.txt
+done
+stats </tmp/tarp-list.txt
+
 echo "== activation latency: $RUNS x (activate port-mode UDP circuit, all ACKs, answer; release)"
 : >/tmp/tarp-activate.txt
 for i in $(seq "$RUNS"); do
@@ -33,6 +41,9 @@ stats </tmp/tarp-activate.txt
 echo "== bounce recovery: $BOUNCES x (line down -> first reply from the replacement capture address)"
 : >/tmp/tarp-bounce.txt
 caps="203.0.113.2 203.0.113.3 203.0.113.34 203.0.113.35"
+# The demo left pop-eu's line0 down: bring it back so both lines can take the circuit.
+ip netns exec "${P}inet" ip link set eu-l0 up
+sleep 3
 for i in $(seq "$BOUNCES"); do
   cur=$(ctl --json list --app-host 198.19.0.2 | python3 -c '
 import json, sys

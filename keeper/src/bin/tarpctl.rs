@@ -261,10 +261,21 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Watch { circuit, app_host } => {
             let mut events = client.watch(circuit, app_host).await?;
-            while let Some(event) = events.next().await? {
-                print_event(&event, args.json);
+            loop {
+                match events.next().await {
+                    Ok(Some(event)) => print_event(&event, args.json),
+                    Ok(None) | Err(_) => {
+                        // The keeper restarted or the connection broke: watch again.
+                        eprintln!("tarpctl: lost the keeper's event stream; reconnecting");
+                        events = loop {
+                            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                            if let Ok(e) = client.watch(circuit, app_host).await {
+                                break e;
+                            }
+                        };
+                    }
+                }
             }
-            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -277,7 +288,7 @@ async fn run_with_circuit(
     on_loopback: bool,
     command: &[String],
 ) -> anyhow::Result<ExitCode> {
-    let mut events = client.watch(Some(circuit.id), None).await?;
+    let mut events = Some(client.watch(Some(circuit.id), None).await?);
     let mut child = tokio::process::Command::new(&command[0])
         .args(&command[1..])
         .env("TARP_CIRCUIT_ID", circuit.id.to_string())
@@ -294,30 +305,38 @@ async fn run_with_circuit(
         .with_context(|| format!("running {:?}", command[0]))?;
     // Every circuit this run held: the first and its replacements.
     let mut held: Vec<Circuit> = vec![circuit];
-    let mut watching = true;
+    let mut retry = tokio::time::Instant::now();
     let status = loop {
         tokio::select! {
             status = child.wait() => break status.context("waiting for the command")?,
             // CMD gets the same Ctrl-C (same process group); tarpctl stays to clean up.
             _ = tokio::signal::ctrl_c() => {}
-            event = events.next(), if watching => match event {
+            event = next_event(&mut events) => match event {
                 Ok(Some(e)) => {
                     eprintln!("tarpctl: {}", describe_event(&e));
                     if let (EventKind::Bounced, Some(r)) = (e.kind, e.replacement) {
-                        if on_loopback {
-                            if let Err(err) = loopback::add(r.capture).await {
-                                eprintln!("tarpctl: {err:#}");
-                            }
-                            let _ = loopback::remove(e.circuit.capture).await;
-                        }
-                        held.push(r);
+                        follow(&mut held, r, on_loopback).await;
                     }
                 }
                 Ok(None) | Err(_) => {
-                    eprintln!("tarpctl: lost the keeper's event stream; bounces will not be followed");
-                    watching = false;
+                    eprintln!("tarpctl: lost the keeper's event stream; reconnecting");
+                    events = None;
+                    retry = tokio::time::Instant::now() + std::time::Duration::from_millis(300);
                 }
             },
+            _ = tokio::time::sleep_until(retry), if events.is_none() => {
+                // `held` starts with the first circuit and only grows.
+                let last = held[held.len() - 1].id;
+                match client.watch(Some(last), None).await {
+                    Ok(stream) => {
+                        events = Some(stream);
+                        // Bounces that happened while the stream was down.
+                        catch_up(client, &mut held, on_loopback).await;
+                        eprintln!("tarpctl: following circuit {} again", held[held.len() - 1].id);
+                    }
+                    Err(_) => retry = tokio::time::Instant::now() + std::time::Duration::from_secs(1),
+                }
+            }
         }
     };
     for c in held.iter().rev() {
@@ -338,6 +357,41 @@ async fn run_with_circuit(
         }
     };
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// The next event of a watch, or never while there is no stream.
+async fn next_event(events: &mut Option<keeper::client::EventStream>) -> Result<Option<CircuitEvent>, keeper::client::ClientError> {
+    match events {
+        Some(e) => e.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Moves to replacement circuit `r`: its capture address onto the loopback, the old one off.
+async fn follow(held: &mut Vec<Circuit>, r: Circuit, on_loopback: bool) {
+    if on_loopback {
+        if let Err(err) = loopback::add(r.capture).await {
+            eprintln!("tarpctl: {err:#}");
+        }
+        if let Some(old) = held.last() {
+            if old.capture != r.capture {
+                let _ = loopback::remove(old.capture).await;
+            }
+        }
+    }
+    held.push(r);
+}
+
+/// Follows replacements made while tarpctl was not watching (the keeper was away).
+async fn catch_up(client: &mut AppClient, held: &mut Vec<Circuit>, on_loopback: bool) {
+    for _ in 0..64 {
+        let Some(last) = held.last() else { return };
+        let Ok(c) = client.get(last.id).await else { return };
+        let Some(next) = c.replaced_by else { return };
+        let Ok(r) = client.get(next).await else { return };
+        eprintln!("tarpctl: circuit {} was replaced by {} at {} meanwhile", c.id, r.id, r.capture);
+        follow(held, r, on_loopback).await;
+    }
 }
 
 fn ports(c: &Circuit) -> String {

@@ -5,7 +5,7 @@ use crate::packet::{be32, vxlan, Error};
 use crate::tables::{port_key_v4, port_key_v6, Key, PortEntry, Rewrite, Snapshot};
 
 use super::parse::{addr6, classify, Ip, L3};
-use super::rewrite::{decrement_ttl, rewrite_v4, rewrite_v6, set_macs};
+use super::rewrite::{decrement_ttl, miss, rewrite_v4, rewrite_v6, to_next_hop};
 use super::{DropReason, PacketBuf, Verdict, MAX_BURST};
 
 #[derive(Clone, Copy, Default)]
@@ -168,12 +168,7 @@ fn one<B: PacketBuf>(snap: &Snapshot, pkt: &mut B, p: &Pending) -> Verdict {
         rewrite_v4(b, ip, ip.dst_off(), r.addr, r.delta);
         r.next_hop
     };
-    let nh = &snap.next_hops[nh as usize];
-    let Some(mac) = nh.mac() else {
-        return Verdict::Drop(DropReason::NoNeighbour);
-    };
-    set_macs(b, mac, snap.ports[nh.port as usize].mac);
-    Verdict::Forward(nh.port)
+    to_next_hop(snap, b, nh)
 }
 
 /// True if the frame's destination MAC is the port's or a group address.
@@ -182,7 +177,3 @@ fn for_us(b: &[u8], port: &PortEntry) -> bool {
     b.len() >= 6 && (b[..6] == port.mac.0 || b[0] & 1 == 1)
 }
 
-#[inline]
-fn miss(ip: &Ip) -> Verdict {
-    Verdict::Drop(if ip.later_frag { DropReason::Fragment } else { DropReason::NoCircuit })
-}

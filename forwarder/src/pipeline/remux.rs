@@ -2,10 +2,10 @@
 //! its source (port mode); address-mode replies already carry it and pass unchanged.
 
 use crate::packet::be32;
-use crate::tables::{port_key_v4, port_key_v6, Key, PortEntry, Snapshot, ON_LINK};
+use crate::tables::{port_key_v4, port_key_v6, Key, PortEntry, Snapshot};
 
 use super::parse::{addr6, classify, Ip, L3};
-use super::rewrite::{decrement_ttl, rewrite_v4, rewrite_v6, set_macs};
+use super::rewrite::{decrement_ttl, miss, rewrite_v4, rewrite_v6, to_next_hop};
 use super::{DropReason, PacketBuf, Verdict, MAX_BURST};
 
 #[derive(Clone, Copy, Default)]
@@ -108,19 +108,7 @@ fn one<B: PacketBuf>(snap: &Snapshot, pkt: &mut B, p: &Pending) -> Verdict {
     let Some(nh) = nh else {
         return Verdict::Drop(DropReason::NoRoute);
     };
-    // A per-packet destination needs a gateway: on-link devices are not resolved here.
-    if nh == ON_LINK {
-        return Verdict::Drop(DropReason::NoNeighbour);
-    }
-    let nh = &snap.next_hops[nh as usize];
-    let Some(mac) = nh.mac() else {
-        return Verdict::Drop(DropReason::NoNeighbour);
-    };
-    set_macs(b, mac, snap.ports[nh.port as usize].mac);
-    Verdict::Forward(nh.port)
+    // A per-packet destination needs a gateway route: on-link devices are not resolved.
+    to_next_hop(snap, b, nh)
 }
 
-#[inline]
-fn miss(ip: &Ip) -> Verdict {
-    Verdict::Drop(if ip.later_frag { DropReason::Fragment } else { DropReason::NoCircuit })
-}

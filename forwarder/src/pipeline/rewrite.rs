@@ -4,6 +4,8 @@ use crate::packet::checksum::{self, Delta};
 use crate::packet::{be16, ip_proto, set_be16, tcp, udp, MacAddr};
 
 use super::parse::Ip;
+use super::{DropReason, Verdict};
+use crate::tables::{NextHopId, Snapshot, ON_LINK};
 
 /// Folds an address change into the upper-layer checksum (TCP, UDP, ICMPv6 all cover the
 /// pseudo-header; ICMPv4 does not). A non-first fragment carries no upper-layer header.
@@ -73,4 +75,26 @@ pub(crate) fn decrement_ttl(b: &mut [u8], ip: &Ip) -> bool {
 pub(crate) fn set_macs(b: &mut [u8], dst: MacAddr, src: MacAddr) {
     b[0..6].copy_from_slice(&dst.0);
     b[6..12].copy_from_slice(&src.0);
+}
+
+/// Addresses the frame to next hop `nh` (its MAC, the output port's MAC) and says where
+/// it goes; an unresolved neighbour (or an on-link next hop, which a per-packet
+/// destination cannot be resolved to here) drops it.
+#[inline(always)]
+pub(crate) fn to_next_hop(snap: &Snapshot, b: &mut [u8], nh: NextHopId) -> Verdict {
+    if nh == ON_LINK {
+        return Verdict::Drop(DropReason::NoNeighbour);
+    }
+    let nh = &snap.next_hops[nh as usize];
+    let Some(mac) = nh.mac() else {
+        return Verdict::Drop(DropReason::NoNeighbour);
+    };
+    set_macs(b, mac, snap.ports[nh.port as usize].mac);
+    Verdict::Forward(nh.port)
+}
+
+/// No circuit: a non-first fragment cannot be matched by port, anything else has none.
+#[inline(always)]
+pub(crate) fn miss(ip: &Ip) -> Verdict {
+    Verdict::Drop(if ip.later_frag { DropReason::Fragment } else { DropReason::NoCircuit })
 }

@@ -257,6 +257,7 @@ fw_start() {
   ip netns exec "$(ns "$role")" "$TARP_BIN/tarp-forwarder" --config "$TOPO_DIR/$role.toml" \
     >"$TOPO_DIR/$role.log" 2>&1 &
   echo $! >"$TOPO_DIR/$role.pid"
+  disown $!
 }
 
 # bg NAME NS CMD...: a background process in a namespace, pid in $TOPO_DIR/NAME.pid.
@@ -266,6 +267,7 @@ bg() {
   shift 2
   ip netns exec "$(ns "$n")" "$@" >"$TOPO_DIR/$name.log" 2>&1 &
   echo $! >"$TOPO_DIR/$name.pid"
+  disown $! # stopped by pid from topo_down; no job-control chatter when it is
 }
 
 # metric ROLE NAME LABELS: one value from a forwarder's metrics endpoint.

@@ -38,34 +38,46 @@ for i in $(seq "$RUNS"); do
 done
 stats </tmp/tarp-activate.txt
 
-echo "== bounce recovery: $BOUNCES x (line down -> first reply from the replacement capture address)"
+echo "== bounce recovery: $BOUNCES x (line down -> replacement active -> first device reply from its capture address)"
 : >/tmp/tarp-bounce.txt
-caps="203.0.113.2 203.0.113.3 203.0.113.34 203.0.113.35"
+: >/tmp/tarp-replaced.txt
 # The demo left pop-eu's line0 down: bring it back so both lines can take the circuit.
 ip netns exec "${P}inet" ip link set eu-l0 up
 sleep 3
+active() { # active FIELD: of app1's active circuit
+  ctl --json list --app-host 198.19.0.2 | python3 -c '
+import json, sys
+c = [json.loads(l) for l in sys.stdin if l.strip()]
+a = [x for x in c if x["state"] == "active"]
+print(a[-1][sys.argv[1]] if a else "")' "$1"
+}
 for i in $(seq "$BOUNCES"); do
-  cur=$(ctl --json list --app-host 198.19.0.2 | python3 -c '
-import json, sys
-c = [json.loads(l) for l in sys.stdin if l.strip()]
-print([x for x in c if x["state"] == "active"][-1]["capture"])')
-  line=$(ctl --json list --app-host 198.19.0.2 | python3 -c '
-import json, sys
-c = [json.loads(l) for l in sys.stdin if l.strip()]
-print([x for x in c if x["state"] == "active"][-1]["line"])')
-  iface=eu-l${line#line}
-  ip netns exec "${P}deu" python3 tests/apps/first_reply.py 7000 $caps --exclude "$cur" --timeout 20 >/tmp/tarp-first.txt &
-  probe=$!
-  sleep 0.05
+  cur=$(active capture)
+  line=$(active line)
+  iface=eu-l${line##*line}
+  t0=$(date +%s%N)
   ip netns exec "${P}inet" ip link set "$iface" down
-  if wait $probe; then
-    read -r ms new </tmp/tarp-first.txt
-    echo "$ms" >>/tmp/tarp-bounce.txt
-    printf '  %2d: %s on %s down -> %s answers after %s ms\n' "$i" "$cur" "$iface" "$new" "$ms"
+  new=
+  for _ in $(seq 500); do
+    new=$(active capture)
+    [ -n "$new" ] && [ "$new" != "$cur" ] && break
+    sleep 0.01
+  done
+  t1=$(date +%s%N)
+  # The device is told the new address (here: by us) and talks to it.
+  if out=$(ip netns exec "${P}deu" python3 tests/apps/first_reply.py 7000 "$new" --sport $((30000 + i)) --timeout 20); then
+    t2=$(date +%s%N)
+    echo "scale=1; ($t1 - $t0) / 1000000" | bc >>/tmp/tarp-replaced.txt
+    echo "scale=1; ($t2 - $t0) / 1000000" | bc >>/tmp/tarp-bounce.txt
+    printf '  %2d: %s (%s) down -> %s active after %s ms, answering the device after %s ms\n' "$i" "$cur" "$iface" "$new" \
+      "$(((t1 - t0) / 1000000))" "$(((t2 - t0) / 1000000))"
   else
-    echo "  $i: no replacement answered within 20 s" >&2
+    echo "  $i: $new did not answer within 20 s" >&2
   fi
   ip netns exec "${P}inet" ip link set "$iface" up
   sleep 2.5 # the line comes back and its addresses return to the pool
 done
+echo "replacement active (as seen by tarpctl list):"
+stats </tmp/tarp-replaced.txt
+echo "first device reply from the replacement capture address:"
 stats </tmp/tarp-bounce.txt

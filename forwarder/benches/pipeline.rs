@@ -7,7 +7,6 @@
 //! (alias or app host x port), which reaches 1M circuits in IPv4.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::hint::black_box;

@@ -186,9 +186,8 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
     for (i, pc) in cfg.ports.iter().enumerate() {
         let id = Port::find(pc.device_name()).with_context(|| format!("ports[{i}].device {:?}", pc.device))?;
         let socket = Port::socket_of(id).max(0);
-        if !pools.contains_key(&socket) {
-            let pool = Mempool::for_socket(n_mbufs, 256, socket as u32).context("mempool")?;
-            pools.insert(socket, pool);
+        if let std::collections::hash_map::Entry::Vacant(e) = pools.entry(socket) {
+            e.insert(Mempool::for_socket(n_mbufs, 256, socket as u32).context("mempool")?);
         }
         let conf = PortConf {
             rx_queues: workers,
@@ -322,7 +321,7 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
             let snap = snapshots.load();
             for nh in snap.next_hops.iter().filter(|n| n.mac().is_none()) {
                 let p = &infos[nh.port as usize];
-                let src = p.addrs.iter().find(|a| a.is_ipv4() == nh.ip.is_ipv4()).copied();
+                let src = source_for(&p.addrs, nh.ip.is_ipv4());
                 if let Some(frame) = src.and_then(|s| slowpath::solicit(p.mac, s, nh.ip)) {
                     send(pool, &control_tx[nh.port as usize], &frame);
                 }
@@ -402,7 +401,7 @@ fn kernel_carrier(device: &str) -> Option<bool> {
     Some(carrier.trim() == "1")
 }
 
-/// The first address of `family` on a port, for sourcing solicitations.
-pub fn source_for(addrs: &[IpAddr], v4: bool) -> Option<IpAddr> {
+/// The first address of a family on a port, for sourcing solicitations.
+fn source_for(addrs: &[IpAddr], v4: bool) -> Option<IpAddr> {
     addrs.iter().find(|a| a.is_ipv4() == v4).copied()
 }

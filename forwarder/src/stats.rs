@@ -164,7 +164,8 @@ pub fn render(s: &Scrape) -> String {
             );
         }
     }
-    let dev: [(&str, &str, fn(&DeviceCounters) -> u64); 8] = [
+    type Field = (&'static str, &'static str, fn(&DeviceCounters) -> u64);
+    let dev: [Field; 8] = [
         ("tarp_device_rx_packets_total", "Packets the device received.", |d| d.ipackets),
         ("tarp_device_tx_packets_total", "Packets the device sent.", |d| d.opackets),
         ("tarp_device_rx_bytes_total", "Bytes the device received.", |d| d.ibytes),

@@ -315,12 +315,12 @@ fn bursts_free_what_they_hold() {
 #[test]
 fn tx_cksum_prepares_the_headers() {
     let pool = pool("t_cksum", 127);
-    // Ethernet + IPv4 (checksum field non-zero) + UDP 10.0.0.1:1234 -> 10.0.0.2:80,
+    // Ethernet + IPv4 (checksum field non-zero) + UDP 192.0.2.1:1234 -> 192.0.2.2:80,
     // 4 bytes of payload.
     let mut packet = vec![0u8; 14];
     packet[12..14].copy_from_slice(&[0x08, 0x00]);
     packet.extend_from_slice(&[
-        0x45, 0, 0, 32, 0, 0, 0x40, 0, 64, 17, 0xab, 0xcd, 10, 0, 0, 1, 10, 0, 0, 2, //
+        0x45, 0, 0, 32, 0, 0, 0x40, 0, 64, 17, 0xab, 0xcd, 192, 0, 2, 1, 192, 0, 2, 2, //
         0x04, 0xd2, 0, 80, 0, 12, 0xff, 0xff, b'd', b'a', b't', b'a',
     ]);
     let mut m = Mbuf::from_bytes(&pool, &packet).unwrap();
@@ -342,7 +342,7 @@ fn tx_cksum_prepares_the_headers() {
     let d = m.data();
     assert_eq!(&d[24..26], &[0, 0], "IPv4 checksum zeroed for the NIC");
     // Pseudo-header sum: addresses, protocol, UDP length (not complemented).
-    let words = [0x0a00u32, 0x0001, 0x0a00, 0x0002, 17, 12];
+    let words = [0xc000u32, 0x0201, 0xc000, 0x0202, 17, 12];
     let mut sum: u32 = words.iter().sum();
     sum = (sum & 0xffff) + (sum >> 16);
     assert_eq!(u16::from_be_bytes([d[40], d[41]]), sum as u16);

@@ -114,7 +114,7 @@ mod tests {
 
     #[test]
     fn syn_fields_and_checksum() {
-        let mut v = vec![0u8; 20];
+        let mut v = [0u8; 20];
         v[0..2].copy_from_slice(&40000u16.to_be_bytes());
         v[2..4].copy_from_slice(&80u16.to_be_bytes());
         v[4..8].copy_from_slice(&1u32.to_be_bytes());
@@ -131,7 +131,7 @@ mod tests {
 
     #[test]
     fn data_offset_checked() {
-        let mut v = vec![0u8; 20];
+        let mut v = [0u8; 20];
         v[12] = 0x40;
         assert_eq!(TcpPacket::new_checked(&v[..]).err(), Some(Error::Malformed));
         v[12] = 0x60;

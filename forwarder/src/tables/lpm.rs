@@ -67,7 +67,7 @@ impl<A: Prefixable, V: Copy + Default> Lpm<A, V> {
                 None => by_len.push((len, vec![(a.mask(len), v)])),
             }
         }
-        by_len.sort_by(|a, b| b.0.cmp(&a.0));
+        by_len.sort_by_key(|l| std::cmp::Reverse(l.0));
         let mut levels = Vec::with_capacity(by_len.len());
         for (len, entries) in by_len {
             let first = entries[0].0;

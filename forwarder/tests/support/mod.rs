@@ -160,6 +160,7 @@ pub enum L4 {
 }
 
 /// Builds an Ethernet frame with etherparse: `src:sport -> dst:dport`, TTL/hop limit `ttl`.
+#[allow(clippy::too_many_arguments)]
 pub fn frame(
     eth_src: &str,
     eth_dst: &str,
@@ -208,10 +209,8 @@ pub fn check_checksums(frame: &[u8]) -> Result<(IpAddr, IpAddr, u8), String> {
                         return Err(format!("bad TCP checksum {:#06x}, want {c:#06x}", t.checksum));
                     }
                 }
-                Some(TransportHeader::Icmpv4(i)) => {
-                    if i.checksum != i.icmp_type.calc_checksum(payload) {
-                        return Err("bad ICMPv4 checksum".into());
-                    }
+                Some(TransportHeader::Icmpv4(i)) if i.checksum != i.icmp_type.calc_checksum(payload) => {
+                    return Err("bad ICMPv4 checksum".into());
                 }
                 _ => {}
             }

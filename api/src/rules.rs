@@ -22,6 +22,14 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// The lowercase name (`udp`, `tcp`), as in configs and on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Protocol::Udp => "udp",
+            Protocol::Tcp => "tcp",
+        }
+    }
+
     /// The IP protocol number.
     pub const fn number(self) -> u8 {
         match self {

@@ -17,7 +17,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use forwarder::packet::vxlan::{self, Outer};
 use forwarder::pipeline::{process, VecBuf, Verdict, MAX_BURST};
 use forwarder::tables::{
-    AggregatorRule, DemuxRule, NeighbourCache, PortInfo, Protocol, RemuxRule, Role, Route, Rules, Snapshot, Tunnel,
+    AggregatorRule, DemuxRule, NeighbourCache, PortInfo, Protocol, RemuxRule, Role, Route, Rules,
+    Snapshot, Tunnel,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -29,8 +30,18 @@ const PAYLOAD: [u8; 18] = [0x5a; 18]; // 14 + 20 + 8 + 18 = 60 bytes + FCS = 64 
 
 fn ports(role: Role) -> Vec<PortInfo> {
     vec![
-        PortInfo { name: "in".into(), role, mac: mac(support::AGG_LINE), addrs: vec![ip("192.0.2.2")] },
-        PortInfo { name: "out".into(), role, mac: mac(support::AGG_UPLINK), addrs: vec![ip("192.0.2.1")] },
+        PortInfo {
+            name: "in".into(),
+            role,
+            mac: mac(support::AGG_LINE),
+            addrs: vec![ip("192.0.2.2")],
+        },
+        PortInfo {
+            name: "out".into(),
+            role,
+            mac: mac(support::AGG_UPLINK),
+            addrs: vec![ip("192.0.2.1")],
+        },
     ]
 }
 
@@ -43,15 +54,23 @@ fn neighbours() -> NeighbourCache {
 }
 
 fn route(prefix: &str, via: Option<&str>) -> Route {
-    Route { prefix: prefix.parse().unwrap(), port: "out".into(), via: via.map(ip) }
+    Route {
+        prefix: prefix.parse().unwrap(),
+        port: "out".into(),
+        via: via.map(ip),
+    }
 }
 
 /// Circuit i's key address: IPv4 in 198.18.0.0/15 while it fits, else IPv6.
 fn capture(i: usize, n: usize) -> IpAddr {
     if n <= 1 << 17 {
-        IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i as u32))
+        IpAddr::V4(Ipv4Addr::from(
+            u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i as u32,
+        ))
     } else {
-        IpAddr::V6(Ipv6Addr::from(u128::from("2001:db8:113::".parse::<Ipv6Addr>().unwrap()) + i as u128))
+        IpAddr::V6(Ipv6Addr::from(
+            u128::from("2001:db8:113::".parse::<Ipv6Addr>().unwrap()) + i as u128,
+        ))
     }
 }
 
@@ -65,7 +84,10 @@ fn alias_of(c: IpAddr) -> IpAddr {
 /// (address, port) of port-mode circuit i: 16 ports per address in 198.18.0.0/16.
 fn port_circuit(i: usize) -> (IpAddr, u16) {
     let a = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + (i / 16) as u32);
-    (IpAddr::V4(a), 1024 + (i % 16) as u16 * 1000 + (i / (1 << 20)) as u16)
+    (
+        IpAddr::V4(a),
+        1024 + (i % 16) as u16 * 1000 + (i / (1 << 20)) as u16,
+    )
 }
 
 struct Case {
@@ -75,26 +97,61 @@ struct Case {
 
 fn pick(n: usize, zipf: bool, rng: &mut StdRng) -> Vec<usize> {
     let z = Zipf::new(n as u64, 1.0).unwrap();
-    (0..POOL).map(|_| if zipf { z.sample(rng) as usize - 1 } else { rng.gen_range(0..n) }).collect()
+    (0..POOL)
+        .map(|_| {
+            if zipf {
+                z.sample(rng) as usize - 1
+            } else {
+                rng.gen_range(0..n)
+            }
+        })
+        .collect()
 }
 
 fn aggregator_case(n: usize, zipf: bool) -> Case {
     let mut rules = Rules {
-        tunnels: vec![Tunnel { id: 1, local: ip("192.0.2.1"), remote: ip("192.0.2.2"), vni: 7, inner_dst_mac: None }],
+        tunnels: vec![Tunnel {
+            id: 1,
+            local: ip("192.0.2.1"),
+            remote: ip("192.0.2.2"),
+            vni: 7,
+            inner_dst_mac: None,
+        }],
         routes: vec![route("192.0.2.0/24", None)],
         ..Rules::default()
     };
     rules.aggregator = (0..n)
-        .map(|i| AggregatorRule { capture: capture(i, n), alias: alias_of(capture(i, n)), tunnel: 1, line: None })
+        .map(|i| AggregatorRule {
+            capture: capture(i, n),
+            alias: alias_of(capture(i, n)),
+            tunnel: 1,
+            line: None,
+        })
         .collect();
     let snap = Snapshot::build(&rules, &ports(Role::Aggregator), 1, &neighbours()).unwrap();
     let mut rng = StdRng::seed_from_u64(1);
-    let dev = |c: IpAddr| if c.is_ipv4() { ip("198.51.100.10") } else { ip("2001:db8:51::10") };
+    let dev = |c: IpAddr| {
+        if c.is_ipv4() {
+            ip("198.51.100.10")
+        } else {
+            ip("2001:db8:51::10")
+        }
+    };
     let pool = pick(n, zipf, &mut rng)
         .into_iter()
         .map(|i| {
             let c = capture(i, n);
-            frame(support::ROUTER, support::AGG_LINE, dev(c), c, 64, L4::Udp, 40000, 4000, &PAYLOAD)
+            frame(
+                support::ROUTER,
+                support::AGG_LINE,
+                dev(c),
+                c,
+                64,
+                L4::Udp,
+                40000,
+                4000,
+                &PAYLOAD,
+            )
         })
         .collect();
     Case { snap, pool }
@@ -105,7 +162,12 @@ fn demux_case(n: usize, zipf: bool) -> Case {
         demux: (0..n)
             .map(|i| {
                 let (alias, port) = port_circuit(i);
-                DemuxRule::Port { alias, protocol: Protocol::Udp, port, app_host: ip("198.19.0.2") }
+                DemuxRule::Port {
+                    alias,
+                    protocol: Protocol::Udp,
+                    port,
+                    app_host: ip("198.19.0.2"),
+                }
             })
             .collect(),
         tunnel_peers: vec![ip("192.0.2.1")],
@@ -118,7 +180,17 @@ fn demux_case(n: usize, zipf: bool) -> Case {
         .into_iter()
         .map(|i| {
             let (alias, port) = port_circuit(i);
-            let inner = frame(support::AGG_UPLINK, support::INNER, ip("198.51.100.10"), alias, 63, L4::Udp, 40000, port, &PAYLOAD);
+            let inner = frame(
+                support::AGG_UPLINK,
+                support::INNER,
+                ip("198.51.100.10"),
+                alias,
+                63,
+                L4::Udp,
+                40000,
+                port,
+                &PAYLOAD,
+            );
             let mut f = vec![0u8; vxlan::OUTER_LEN_V4];
             f.extend_from_slice(&inner);
             let outer = Outer {
@@ -141,7 +213,12 @@ fn remux_case(n: usize, zipf: bool) -> Case {
         remux: (0..n)
             .map(|i| {
                 let (app_host, port) = port_circuit(i);
-                RemuxRule::Port { app_host, protocol: Protocol::Udp, port, capture: ip("203.0.113.4") }
+                RemuxRule::Port {
+                    app_host,
+                    protocol: Protocol::Udp,
+                    port,
+                    capture: ip("203.0.113.4"),
+                }
             })
             .collect(),
         routes: vec![route("0.0.0.0/0", Some("192.0.2.254"))],
@@ -153,7 +230,17 @@ fn remux_case(n: usize, zipf: bool) -> Case {
         .into_iter()
         .map(|i| {
             let (app, port) = port_circuit(i);
-            frame(support::ROUTER, support::AGG_LINE, app, ip("198.51.100.10"), 64, L4::Udp, port, 40000, &PAYLOAD)
+            frame(
+                support::ROUTER,
+                support::AGG_LINE,
+                app,
+                ip("198.51.100.10"),
+                64,
+                L4::Udp,
+                port,
+                40000,
+                &PAYLOAD,
+            )
         })
         .collect();
     Case { snap, pool }
@@ -176,7 +263,8 @@ fn bench_role(c: &mut Criterion, name: &str, make: fn(usize, bool) -> Case) {
             let id = format!("{n}/{}", if zipf { "zipf" } else { "uniform" });
             // Each burst is refilled from the pool before it is processed (a pipeline
             // rewrites in place); `copy-only` below measures that refill alone.
-            let mut bufs: Vec<VecBuf> = (0..MAX_BURST).map(|k| VecBuf::new(&case.pool[k])).collect();
+            let mut bufs: Vec<VecBuf> =
+                (0..MAX_BURST).map(|k| VecBuf::new(&case.pool[k])).collect();
             let mut verdicts = [Verdict::SlowPath; MAX_BURST];
             let mut pos = 0usize;
             g.bench_function(id, |b| {
@@ -188,7 +276,10 @@ fn bench_role(c: &mut Criterion, name: &str, make: fn(usize, bool) -> Case) {
                         }
                         pos = pos.wrapping_add(MAX_BURST);
                         process(&case.snap, 0, &mut bufs, &mut verdicts);
-                        debug_assert!(verdicts.iter().all(|v| matches!(v, Verdict::Forward(1))), "{verdicts:?}");
+                        debug_assert!(
+                            verdicts.iter().all(|v| matches!(v, Verdict::Forward(1))),
+                            "{verdicts:?}"
+                        );
                         black_box(&mut verdicts);
                     }
                     start.elapsed()

@@ -55,11 +55,20 @@ pub fn eal_args(cfg: &Config) -> Vec<String> {
     let mut args = vec![
         "tarp-forwarder".to_string(),
         "-l".to_string(),
-        lcores.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+        lcores
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
         "--main-lcore".to_string(),
         cfg.eal.main_lcore.to_string(),
     ];
-    if !cfg.eal.args.iter().any(|a| a.starts_with("--file-prefix") || a == "--in-memory") {
+    if !cfg
+        .eal
+        .args
+        .iter()
+        .any(|a| a.starts_with("--file-prefix") || a == "--in-memory")
+    {
         // Several forwarders on one machine must not share DPDK's runtime files
         // (its lock files and sockets live under /var/run/dpdk/<prefix>).
         args.push(format!("--file-prefix=tarp-{}", cfg.node_id));
@@ -129,7 +138,10 @@ impl MetricsSource {
         let snap = self.snapshots.load();
         let resolved = snap.next_hops.iter().filter(|n| n.mac().is_some()).count();
         let polls = workers.iter().fold((0, 0), |(e, b), w| {
-            (e + w.empty_polls.load(Ordering::Relaxed), b + w.busy_polls.load(Ordering::Relaxed))
+            (
+                e + w.empty_polls.load(Ordering::Relaxed),
+                b + w.busy_polls.load(Ordering::Relaxed),
+            )
         });
         Scrape {
             node: self.node.clone(),
@@ -159,7 +171,9 @@ fn serve_metrics(listener: TcpListener, source: Arc<MetricsSource>, stop: Arc<At
                     "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()
                 );
-                let _ = conn.write_all(head.as_bytes()).and_then(|_| conn.write_all(body.as_bytes()));
+                let _ = conn
+                    .write_all(head.as_bytes())
+                    .and_then(|_| conn.write_all(body.as_bytes()));
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
@@ -173,18 +187,25 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
     let available = eal.worker_lcores();
     for l in &cfg.workers.lcores {
         if !available.contains(l) {
-            return Err(anyhow!("workers.lcores: lcore {l} is not available to DPDK"));
+            return Err(anyhow!(
+                "workers.lcores: lcore {l} is not available to DPDK"
+            ));
         }
     }
 
     // One mempool per NUMA socket the ports sit on, sized for every queue plus bursts in
     // flight and the slow-path ring.
-    let per_port = cfg.ports.iter().map(|p| (p.rx_desc as u32 + p.tx_desc as u32) * (workers as u32 + 1)).sum::<u32>();
+    let per_port = cfg
+        .ports
+        .iter()
+        .map(|p| (p.rx_desc as u32 + p.tx_desc as u32) * (workers as u32 + 1))
+        .sum::<u32>();
     let n_mbufs = (per_port + 4096).next_power_of_two() - 1;
     let mut pools: HashMap<i32, Mempool> = HashMap::new();
     let mut ports = Vec::with_capacity(cfg.ports.len());
     for (i, pc) in cfg.ports.iter().enumerate() {
-        let id = Port::find(pc.device_name()).with_context(|| format!("ports[{i}].device {:?}", pc.device))?;
+        let id = Port::find(pc.device_name())
+            .with_context(|| format!("ports[{i}].device {:?}", pc.device))?;
         let socket = Port::socket_of(id).max(0);
         if let std::collections::hash_map::Entry::Vacant(e) = pools.entry(socket) {
             e.insert(Mempool::for_socket(n_mbufs, 256, socket as u32).context("mempool")?);
@@ -197,7 +218,8 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
             mtu: None,
             promiscuous: true,
         };
-        let port = Port::configure(id, &conf, &pools[&socket]).with_context(|| format!("ports[{i}] {:?}", pc.name))?;
+        let port = Port::configure(id, &conf, &pools[&socket])
+            .with_context(|| format!("ports[{i}] {:?}", pc.name))?;
         ports.push(port);
     }
     let infos: Vec<PortInfo> = cfg
@@ -224,10 +246,15 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
     let snapshot = Snapshot::build(&cfg.rules, &infos, 0, &neighbours).context("rules")?;
     let snapshots = Arc::new(SnapshotHandle::new(snapshot));
     let slow = Arc::new(MbufQueue::new(4096));
-    let worker_stats: Vec<Arc<WorkerStats>> = (0..workers).map(|_| Arc::new(WorkerStats::new(ports.len()))).collect();
+    let worker_stats: Vec<Arc<WorkerStats>> = (0..workers)
+        .map(|_| Arc::new(WorkerStats::new(ports.len())))
+        .collect();
 
     // Frames from the control thread go out through the first worker's TX queues.
-    let control_tx: Vec<Arc<MbufQueue>> = ports.iter().map(|_| Arc::new(MbufQueue::new(1024))).collect();
+    let control_tx: Vec<Arc<MbufQueue>> = ports
+        .iter()
+        .map(|_| Arc::new(MbufQueue::new(1024)))
+        .collect();
     let worker_stop = Arc::new(AtomicBool::new(false));
     for (w, &lcore) in cfg.workers.lcores.iter().enumerate() {
         let rx = ports
@@ -235,31 +262,43 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
             .enumerate()
             .map(|(pid, p)| Ok((pid as PortId, p.rx_queue(w as u16)?)))
             .collect::<Result<Vec<_>, crate::dpdk::DpdkError>>()?;
-        let tx = ports.iter().map(|p| Ok(TxBuffer::new(p.tx_queue(w as u16)?))).collect::<Result<Vec<_>, crate::dpdk::DpdkError>>()?;
+        let tx = ports
+            .iter()
+            .map(|p| Ok(TxBuffer::new(p.tx_queue(w as u16)?)))
+            .collect::<Result<Vec<_>, crate::dpdk::DpdkError>>()?;
         let worker = Worker {
             rx,
             tx,
             snapshots: snapshots.clone(),
             slow_path: slow.clone(),
-            control_tx: if w == 0 { control_tx.clone() } else { Vec::new() },
+            control_tx: if w == 0 {
+                control_tx.clone()
+            } else {
+                Vec::new()
+            },
             stats: worker_stats[w].clone(),
             stop: worker_stop.clone(),
             idle: cfg.workers.idle,
         };
-        eal.launch_on_lcore(lcore, move || worker.run()).with_context(|| format!("launch worker on lcore {lcore}"))?;
+        eal.launch_on_lcore(lcore, move || worker.run())
+            .with_context(|| format!("launch worker on lcore {lcore}"))?;
     }
     tracing::info!(workers, lcores = ?cfg.workers.lcores, "workers running");
 
     let source = Arc::new(MetricsSource {
         node: cfg.node_id.clone(),
-        ports: infos.iter().map(|p| (p.name.clone(), role_name(p.role))).collect(),
+        ports: infos
+            .iter()
+            .map(|p| (p.name.clone(), role_name(p.role)))
+            .collect(),
         workers: worker_stats.clone(),
         devices: Mutex::new(vec![DeviceCounters::default(); ports.len()]),
         snapshots: snapshots.clone(),
     });
     let metrics_thread = match cfg.metrics {
         Some(addr) => {
-            let listener = TcpListener::bind(addr).with_context(|| format!("metrics: bind {addr}"))?;
+            let listener =
+                TcpListener::bind(addr).with_context(|| format!("metrics: bind {addr}"))?;
             tracing::info!(%addr, "metrics endpoint");
             let (s, st) = (source.clone(), stop.clone());
             Some(std::thread::spawn(move || serve_metrics(listener, s, st)))
@@ -272,7 +311,11 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
     let mut last_solicit = Instant::now() - Duration::from_secs(10);
     let mut last_devices = Instant::now() - Duration::from_secs(10);
     let mut links: Vec<Option<bool>> = vec![None; ports.len()];
-    let dpdk_to_port: HashMap<u16, PortId> = ports.iter().enumerate().map(|(i, p)| (p.id(), i as PortId)).collect();
+    let dpdk_to_port: HashMap<u16, PortId> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.id(), i as PortId))
+        .collect();
 
     while !stop.load(Ordering::Relaxed) {
         let mut busy = false;
@@ -280,7 +323,9 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
         for _ in 0..256 {
             let Some(m) = slow.pop() else { break };
             busy = true;
-            let Some(&port) = dpdk_to_port.get(&m.port()) else { continue };
+            let Some(&port) = dpdk_to_port.get(&m.port()) else {
+                continue;
+            };
             let snap = snapshots.load();
             let out = slowpath::handle(&snap, port, m.data());
             drop(m);
@@ -334,12 +379,16 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
             let mut devs = Vec::with_capacity(ports.len());
             for (i, p) in ports.iter().enumerate() {
                 let s = p.stats().unwrap_or_default();
-                let up = p.link().map(|l| l.up).unwrap_or(false) && kernel_carrier(&cfg.ports[i].device).unwrap_or(true);
+                let up = p.link().map(|l| l.up).unwrap_or(false)
+                    && kernel_carrier(&cfg.ports[i].device).unwrap_or(true);
                 if links[i] != Some(up) {
                     links[i] = Some(up);
                     tracing::info!(port = %infos[i].name, up, "link");
                     if let Some(h) = &hooks {
-                        let _ = h.links.send(LinkReport { port: infos[i].name.clone(), up });
+                        let _ = h.links.send(LinkReport {
+                            port: infos[i].name.clone(),
+                            up,
+                        });
                     }
                 }
                 devs.push(DeviceCounters {

@@ -123,7 +123,10 @@ impl PortConfig {
         let d = self.device.as_str();
         // dddd:bb:dd.f or bb:dd.f
         let parts: Vec<&str> = d.split([':', '.']).collect();
-        (parts.len() == 4 || parts.len() == 3) && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_hexdigit()))
+        (parts.len() == 4 || parts.len() == 3)
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_hexdigit()))
     }
 
     /// The DPDK name of the device: the part of a vdev string before the first comma.
@@ -144,15 +147,19 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError { key: key.into(), message: message.into() }
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(path.display().to_string(), format!("cannot read: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))
+        })?;
         Config::parse(&text)
     }
 
@@ -163,8 +170,20 @@ impl Config {
             let key = e.path().to_string();
             // toml's message carries a multi-line snippet; keep its first line.
             let inner = e.into_inner();
-            let message = inner.message().lines().next().unwrap_or("invalid value").to_string();
-            ConfigError::new(if key == "." { "(top level)".to_string() } else { key }, message)
+            let message = inner
+                .message()
+                .lines()
+                .next()
+                .unwrap_or("invalid value")
+                .to_string();
+            ConfigError::new(
+                if key == "." {
+                    "(top level)".to_string()
+                } else {
+                    key
+                },
+                message,
+            )
         })?;
         config.validate()?;
         Ok(config)
@@ -175,15 +194,24 @@ impl Config {
             return Err(ConfigError::new("node_id", "must not be empty"));
         }
         if self.workers.lcores.is_empty() {
-            return Err(ConfigError::new("workers.lcores", "needs at least one lcore"));
+            return Err(ConfigError::new(
+                "workers.lcores",
+                "needs at least one lcore",
+            ));
         }
         let mut seen = HashSet::new();
         for &l in &self.workers.lcores {
             if l == self.eal.main_lcore {
-                return Err(ConfigError::new("workers.lcores", format!("lcore {l} is the main lcore")));
+                return Err(ConfigError::new(
+                    "workers.lcores",
+                    format!("lcore {l} is the main lcore"),
+                ));
             }
             if !seen.insert(l) {
-                return Err(ConfigError::new("workers.lcores", format!("lcore {l} listed twice")));
+                return Err(ConfigError::new(
+                    "workers.lcores",
+                    format!("lcore {l} listed twice"),
+                ));
             }
         }
         if self.ports.is_empty() {
@@ -193,34 +221,58 @@ impl Config {
         let mut devices = HashSet::new();
         for (i, p) in self.ports.iter().enumerate() {
             if p.name.is_empty() {
-                return Err(ConfigError::new(format!("ports[{i}].name"), "must not be empty"));
+                return Err(ConfigError::new(
+                    format!("ports[{i}].name"),
+                    "must not be empty",
+                ));
             }
             if !names.insert(p.name.as_str()) {
-                return Err(ConfigError::new(format!("ports[{i}].name"), format!("{:?} used twice", p.name)));
+                return Err(ConfigError::new(
+                    format!("ports[{i}].name"),
+                    format!("{:?} used twice", p.name),
+                ));
             }
             if p.device.is_empty() {
-                return Err(ConfigError::new(format!("ports[{i}].device"), "must not be empty"));
+                return Err(ConfigError::new(
+                    format!("ports[{i}].device"),
+                    "must not be empty",
+                ));
             }
             if !devices.insert(p.device_name()) {
-                return Err(ConfigError::new(format!("ports[{i}].device"), format!("{:?} used twice", p.device_name())));
+                return Err(ConfigError::new(
+                    format!("ports[{i}].device"),
+                    format!("{:?} used twice", p.device_name()),
+                ));
             }
             for (j, a) in p.addresses.iter().enumerate() {
                 if a.is_unspecified() || a.is_multicast() {
-                    return Err(ConfigError::new(format!("ports[{i}].addresses[{j}]"), format!("{a} is not a unicast address")));
+                    return Err(ConfigError::new(
+                        format!("ports[{i}].addresses[{j}]"),
+                        format!("{a} is not a unicast address"),
+                    ));
                 }
             }
             if let Some(m) = p.mac {
                 if m.is_multicast() || m == MacAddr::ZERO {
-                    return Err(ConfigError::new(format!("ports[{i}].mac"), format!("{m} is not a unicast MAC")));
+                    return Err(ConfigError::new(
+                        format!("ports[{i}].mac"),
+                        format!("{m} is not a unicast MAC"),
+                    ));
                 }
             }
             if !p.rx_desc.is_power_of_two() || !p.tx_desc.is_power_of_two() {
-                return Err(ConfigError::new(format!("ports[{i}].rx_desc"), "descriptor counts must be powers of two"));
+                return Err(ConfigError::new(
+                    format!("ports[{i}].rx_desc"),
+                    "descriptor counts must be powers of two",
+                ));
             }
         }
         if let Some(k) = &self.keeper {
             if !(k.starts_with("http://") || k.starts_with("https://") || k.starts_with("unix:/")) {
-                return Err(ConfigError::new("keeper", format!("{k:?} is neither an http(s):// URL nor unix:/PATH")));
+                return Err(ConfigError::new(
+                    "keeper",
+                    format!("{k:?} is neither an http(s):// URL nor unix:/PATH"),
+                ));
             }
         }
         Ok(())
@@ -266,7 +318,10 @@ mod tests {
         assert!(c.ports[1].is_pci());
         assert_eq!(c.ports[0].device_name(), "net_af_packet0");
         assert_eq!(c.rules.aggregator.len(), 1);
-        assert_eq!(c.ports[1].neighbours[0].mac, "02:00:00:00:0d:01".parse().unwrap());
+        assert_eq!(
+            c.ports[1].neighbours[0].mac,
+            "02:00:00:00:0d:01".parse().unwrap()
+        );
     }
 
     fn key_of(text: &str) -> String {
@@ -275,21 +330,58 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        assert_eq!(key_of(&GOOD.replace("idle = \"backoff\"", "idle = \"sometimes\"")), "workers.idle");
-        assert_eq!(key_of(&GOOD.replace("role = \"aggregator\"\n        addresses = [\"192.0.2.1\"]", "role = \"router\"\n        addresses = [\"192.0.2.1\"]")), "ports[1].role");
-        assert_eq!(key_of(&GOOD.replace("addresses = [\"203.0.113.1\"]", "addresses = [\"203.0.113.300\"]")), "ports[0].addresses[0]");
-        assert_eq!(key_of(&GOOD.replace("node_id = \"pop1\"", "node_id = \"pop1\"\ncolour = \"red\"")), "colour");
-        assert_eq!(key_of(&GOOD.replace("vni = 7", "vni = 7, colour = 1")), "rules.tunnels[0].colour");
-        assert_eq!(key_of(&GOOD.replace("lcores = [1]", "lcores = []")), "workers.lcores");
-        assert_eq!(key_of(&GOOD.replace("lcores = [1]", "lcores = [0]")), "workers.lcores");
-        assert_eq!(key_of(&GOOD.replace("name = \"uplink\"", "name = \"line0\"")), "ports[1].name");
-        assert_eq!(key_of(&GOOD.replace("mac = \"02:00:00:00:0d:01\"", "mac = \"02:00:00\"")), "ports[1].neighbours[0].mac");
-        assert_eq!(key_of(&GOOD.replace("metrics = \"127.0.0.1:9101\"", "metrics = \"nowhere\"")), "metrics");
+        assert_eq!(
+            key_of(&GOOD.replace("idle = \"backoff\"", "idle = \"sometimes\"")),
+            "workers.idle"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace(
+                "role = \"aggregator\"\n        addresses = [\"192.0.2.1\"]",
+                "role = \"router\"\n        addresses = [\"192.0.2.1\"]"
+            )),
+            "ports[1].role"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace(
+                "addresses = [\"203.0.113.1\"]",
+                "addresses = [\"203.0.113.300\"]"
+            )),
+            "ports[0].addresses[0]"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace("node_id = \"pop1\"", "node_id = \"pop1\"\ncolour = \"red\"")),
+            "colour"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace("vni = 7", "vni = 7, colour = 1")),
+            "rules.tunnels[0].colour"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace("lcores = [1]", "lcores = []")),
+            "workers.lcores"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace("lcores = [1]", "lcores = [0]")),
+            "workers.lcores"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace("name = \"uplink\"", "name = \"line0\"")),
+            "ports[1].name"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace("mac = \"02:00:00:00:0d:01\"", "mac = \"02:00:00\"")),
+            "ports[1].neighbours[0].mac"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace("metrics = \"127.0.0.1:9101\"", "metrics = \"nowhere\"")),
+            "metrics"
+        );
     }
 
     #[test]
     fn messages_are_one_line() {
-        let e = Config::parse(&GOOD.replace("idle = \"backoff\"", "idle = \"sometimes\"")).unwrap_err();
+        let e =
+            Config::parse(&GOOD.replace("idle = \"backoff\"", "idle = \"sometimes\"")).unwrap_err();
         assert!(!e.to_string().contains('\n'), "{e}");
         assert!(e.to_string().starts_with("workers.idle: "), "{e}");
     }
@@ -304,14 +396,22 @@ mod example_tests {
     #[test]
     fn examples_are_valid() {
         for name in ["aggregator", "demux", "remux"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(format!("{name}.toml"));
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("examples")
+                .join(format!("{name}.toml"));
             let c = Config::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
             let ports: Vec<PortInfo> = c
                 .ports
                 .iter()
-                .map(|p| PortInfo { name: p.name.clone(), role: p.role, mac: MacAddr([2, 0, 0, 0, 0, 1]), addrs: p.addresses.clone() })
+                .map(|p| PortInfo {
+                    name: p.name.clone(),
+                    role: p.role,
+                    mac: MacAddr([2, 0, 0, 0, 0, 1]),
+                    addrs: p.addresses.clone(),
+                })
                 .collect();
-            let snap = Snapshot::build(&c.rules, &ports, 0, &NeighbourCache::new()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let snap = Snapshot::build(&c.rules, &ports, 0, &NeighbourCache::new())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(snap.entries() >= 2, "{name}");
         }
     }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use keeper::client::{ForwarderSession, PortState, Role as KeeperRole};
+use tarp_api::client::{ForwarderSession, PortState, Role as KeeperRole};
 
 use crate::app::{LinkReport, TableUpdate};
 use crate::tables::Role;
@@ -47,7 +47,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Runs the keeper link until `stop` is set.
 pub fn run(link: KeeperLink) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "keeper thread: no runtime; running on static tables only");
@@ -62,7 +65,14 @@ pub fn run(link: KeeperLink) {
         }
     }
     // Link state as last reported by the control thread, resent on every (re)connect.
-    let mut ports: Vec<PortState> = link.ports.iter().map(|p| PortState { name: p.clone(), up: true }).collect();
+    let mut ports: Vec<PortState> = link
+        .ports
+        .iter()
+        .map(|p| PortState {
+            name: p.clone(),
+            up: true,
+        })
+        .collect();
     let mut applied = 0u64;
     let mut backoff = Duration::from_millis(100);
     while !link.stop.load(Ordering::Relaxed) {
@@ -110,18 +120,32 @@ pub fn run(link: KeeperLink) {
                     tracing::warn!(error = %e, "keeper: link report failed");
                 }
             }
-            let next = rt.block_on(async { tokio::time::timeout(Duration::from_millis(100), session.next_update()).await });
+            let next = rt.block_on(async {
+                tokio::time::timeout(Duration::from_millis(100), session.next_update()).await
+            });
             match next {
                 Err(_) => continue, // nothing new; look at the links again
                 Ok(Ok((generation, rules))) => {
                     let (done_tx, done_rx) = mpsc::channel();
-                    if link.updates.send(TableUpdate { generation, rules, done: done_tx }).is_err() {
+                    if link
+                        .updates
+                        .send(TableUpdate {
+                            generation,
+                            rules,
+                            done: done_tx,
+                        })
+                        .is_err()
+                    {
                         return; // the control thread is gone: the forwarder is stopping
                     }
                     let verdict = loop {
                         match done_rx.recv_timeout(Duration::from_millis(100)) {
                             Ok(v) => break Some(v),
-                            Err(mpsc::RecvTimeoutError::Timeout) if !link.stop.load(Ordering::Relaxed) => continue,
+                            Err(mpsc::RecvTimeoutError::Timeout)
+                                if !link.stop.load(Ordering::Relaxed) =>
+                            {
+                                continue
+                            }
                             Err(_) => break None,
                         }
                     };

@@ -16,14 +16,14 @@ pub mod stats;
 pub mod tables;
 
 #[cfg(feature = "dpdk")]
+pub mod app;
+#[cfg(feature = "dpdk")]
+pub mod control;
+#[cfg(feature = "dpdk")]
 #[allow(unsafe_code)]
 pub mod dpdk;
 #[cfg(feature = "dpdk")]
 pub mod worker;
-#[cfg(feature = "dpdk")]
-pub mod app;
-#[cfg(feature = "dpdk")]
-pub mod control;
 
 /// Cache prefetch hints: part of the DPDK layer, compiled without DPDK as well.
 #[path = "dpdk/prefetch.rs"]

@@ -25,7 +25,9 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -36,7 +38,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = Snapshot::build(&cfg.rules, &app::offline_ports(&cfg), 0, &app::static_neighbours(&cfg)) {
+    if let Err(e) = Snapshot::build(
+        &cfg.rules,
+        &app::offline_ports(&cfg),
+        0,
+        &app::static_neighbours(&cfg),
+    ) {
         eprintln!("tarp-forwarder: {}: rules: {e}", args.config.display());
         return ExitCode::from(2);
     }
@@ -74,7 +81,13 @@ fn main() -> ExitCode {
             .name("keeper".into())
             .spawn(move || forwarder::control::run(link))
             .expect("spawn keeper thread");
-        (app::ControlHooks { updates: updates_rx, links: links_tx }, thread)
+        (
+            app::ControlHooks {
+                updates: updates_rx,
+                links: links_tx,
+            },
+            thread,
+        )
     });
     let (hooks, keeper_thread) = match hooks {
         Some((h, t)) => (Some(h), Some(t)),

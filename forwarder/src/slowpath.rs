@@ -23,9 +23,15 @@ pub struct Outcome {
 
 /// Handles one frame received on `port`.
 pub fn handle(snap: &Snapshot, port: PortId, frame: &[u8]) -> Outcome {
-    let Some(p) = snap.ports.get(port as usize) else { return Outcome::default() };
-    let Ok(eth) = EthernetFrame::new_checked(frame) else { return Outcome::default() };
-    let Ok(l2) = eth.payload_info() else { return Outcome::default() };
+    let Some(p) = snap.ports.get(port as usize) else {
+        return Outcome::default();
+    };
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return Outcome::default();
+    };
+    let Ok(l2) = eth.payload_info() else {
+        return Outcome::default();
+    };
     if l2.vlan.is_some() {
         return Outcome::default();
     }
@@ -39,7 +45,9 @@ pub fn handle(snap: &Snapshot, port: PortId, frame: &[u8]) -> Outcome {
 }
 
 fn handle_arp(snap: &Snapshot, port: PortId, own: MacAddr, body: &[u8]) -> Outcome {
-    let Ok(a) = arp::ArpPacket::new_checked(body) else { return Outcome::default() };
+    let Ok(a) = arp::ArpPacket::new_checked(body) else {
+        return Outcome::default();
+    };
     let sender = a.sender_ip();
     let mut out = Outcome::default();
     if !sender.is_unspecified() && !a.sender_mac().is_multicast() {
@@ -48,19 +56,30 @@ fn handle_arp(snap: &Snapshot, port: PortId, own: MacAddr, body: &[u8]) -> Outco
     if a.operation() == arp::OP_REQUEST && snap.answers_for(port, IpAddr::V4(a.target_ip())) {
         let mut f = vec![0u8; ethernet::HEADER_LEN + arp::PACKET_LEN];
         ethernet::write_header(&mut f, a.sender_mac(), own, EtherType::ARP);
-        arp::write(&mut f[ethernet::HEADER_LEN..], arp::OP_REPLY, own, a.target_ip(), a.sender_mac(), sender);
+        arp::write(
+            &mut f[ethernet::HEADER_LEN..],
+            arp::OP_REPLY,
+            own,
+            a.target_ip(),
+            a.sender_mac(),
+            sender,
+        );
         out.reply = Some(f);
     }
     out
 }
 
 fn handle_ipv4(snap: &Snapshot, port: PortId, own: MacAddr, peer: MacAddr, body: &[u8]) -> Outcome {
-    let Ok(ip) = Ipv4Packet::new_checked(body) else { return Outcome::default() };
+    let Ok(ip) = Ipv4Packet::new_checked(body) else {
+        return Outcome::default();
+    };
     let p = &snap.ports[port as usize];
     if ip.protocol() != ip_proto::ICMP || ip.is_fragment() || !p.is_local_v4(ip.dst().into()) {
         return Outcome::default();
     }
-    let Ok(req) = IcmpPacket::new_checked(ip.payload()) else { return Outcome::default() };
+    let Ok(req) = IcmpPacket::new_checked(ip.payload()) else {
+        return Outcome::default();
+    };
     if req.msg_type() != v4_type::ECHO_REQUEST || !req.verify_checksum_v4() {
         return Outcome::default();
     }
@@ -68,24 +87,40 @@ fn handle_ipv4(snap: &Snapshot, port: PortId, own: MacAddr, peer: MacAddr, body:
     let mut f = vec![0u8; ethernet::HEADER_LEN + ipv4::HEADER_LEN + icmp_len];
     ethernet::write_header(&mut f, peer, own, EtherType::IPV4);
     let l3 = ethernet::HEADER_LEN;
-    ipv4::write_header(&mut f[l3..], ip.dst(), ip.src(), ip_proto::ICMP, icmp_len as u16, 64);
+    ipv4::write_header(
+        &mut f[l3..],
+        ip.dst(),
+        ip.src(),
+        ip_proto::ICMP,
+        icmp_len as u16,
+        64,
+    );
     let l4 = l3 + ipv4::HEADER_LEN;
     f[l4..].copy_from_slice(ip.payload());
     let mut reply = IcmpPacket::new_checked(&mut f[l4..]).expect("length checked");
     reply.set_msg_type(v4_type::ECHO_REPLY);
     reply.fill_checksum_v4();
-    Outcome { reply: Some(f), learned: None }
+    Outcome {
+        reply: Some(f),
+        learned: None,
+    }
 }
 
 fn handle_ipv6(snap: &Snapshot, port: PortId, own: MacAddr, peer: MacAddr, body: &[u8]) -> Outcome {
-    let Ok(ip) = Ipv6Packet::new_checked(body) else { return Outcome::default() };
-    let Ok(ul) = ip.upper_layer() else { return Outcome::default() };
+    let Ok(ip) = Ipv6Packet::new_checked(body) else {
+        return Outcome::default();
+    };
+    let Ok(ul) = ip.upper_layer() else {
+        return Outcome::default();
+    };
     if ul.protocol != ip_proto::ICMPV6 || ul.fragment.is_some() {
         return Outcome::default();
     }
     let end = ipv6::HEADER_LEN + ip.payload_len() as usize;
     let msg = &body[ul.offset..end];
-    let Ok(m) = IcmpPacket::new_checked(msg) else { return Outcome::default() };
+    let Ok(m) = IcmpPacket::new_checked(msg) else {
+        return Outcome::default();
+    };
     if !m.verify_checksum_v6(ip.src(), ip.dst()) {
         return Outcome::default();
     }
@@ -93,7 +128,9 @@ fn handle_ipv6(snap: &Snapshot, port: PortId, own: MacAddr, peer: MacAddr, body:
     match m.msg_type() {
         v6_type::NEIGHBOR_SOLICIT => {
             // RFC 4861 7.1.1: hop limit 255, code 0.
-            let Ok(target) = m.nd_target() else { return Outcome::default() };
+            let Ok(target) = m.nd_target() else {
+                return Outcome::default();
+            };
             if ip.hop_limit() != 255 || m.code() != 0 {
                 return Outcome::default();
             }
@@ -104,7 +141,11 @@ fn handle_ipv6(snap: &Snapshot, port: PortId, own: MacAddr, peer: MacAddr, body:
             }
             if snap.answers_for(port, IpAddr::V6(target)) {
                 let (dst, dst_mac, solicited) = if src.is_unspecified() {
-                    (Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), MacAddr([0x33, 0x33, 0, 0, 0, 1]), false)
+                    (
+                        Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
+                        MacAddr([0x33, 0x33, 0, 0, 0, 1]),
+                        false,
+                    )
                 } else {
                     (src, peer, true)
                 };
@@ -115,34 +156,57 @@ fn handle_ipv6(snap: &Snapshot, port: PortId, own: MacAddr, peer: MacAddr, body:
             out
         }
         v6_type::NEIGHBOR_ADVERT => {
-            let (Ok(target), Some(mac)) = (m.nd_target(), m.nd_lladdr(2)) else { return Outcome::default() };
-            Outcome { reply: None, learned: Some((IpAddr::V6(target), mac)) }
+            let (Ok(target), Some(mac)) = (m.nd_target(), m.nd_lladdr(2)) else {
+                return Outcome::default();
+            };
+            Outcome {
+                reply: None,
+                learned: Some((IpAddr::V6(target), mac)),
+            }
         }
         v6_type::ECHO_REQUEST if p.is_local_v6(ip.dst().octets()) => {
             let mut f = vec![0u8; ethernet::HEADER_LEN + ipv6::HEADER_LEN + msg.len()];
             ethernet::write_header(&mut f, peer, own, EtherType::IPV6);
             let l3 = ethernet::HEADER_LEN;
-            ipv6::write_header(&mut f[l3..], ip.dst(), ip.src(), ip_proto::ICMPV6, msg.len() as u16, 64);
+            ipv6::write_header(
+                &mut f[l3..],
+                ip.dst(),
+                ip.src(),
+                ip_proto::ICMPV6,
+                msg.len() as u16,
+                64,
+            );
             let l4 = l3 + ipv6::HEADER_LEN;
             f[l4..].copy_from_slice(msg);
             let mut reply = IcmpPacket::new_checked(&mut f[l4..]).expect("length checked");
             reply.set_msg_type(v6_type::ECHO_REPLY);
             reply.fill_checksum_v6(ip.dst(), ip.src());
-            Outcome { reply: Some(f), learned: None }
+            Outcome {
+                reply: Some(f),
+                learned: None,
+            }
         }
         _ => Outcome::default(),
     }
 }
 
 /// An ND message (32 bytes written by `write`) from `src` to `dst`, hop limit 255.
-fn nd_frame(own: MacAddr, dst_mac: MacAddr, src: Ipv6Addr, dst: Ipv6Addr, write: impl FnOnce(&mut [u8])) -> Vec<u8> {
+fn nd_frame(
+    own: MacAddr,
+    dst_mac: MacAddr,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    write: impl FnOnce(&mut [u8]),
+) -> Vec<u8> {
     let mut f = vec![0u8; ethernet::HEADER_LEN + ipv6::HEADER_LEN + 32];
     ethernet::write_header(&mut f, dst_mac, own, EtherType::IPV6);
     let l3 = ethernet::HEADER_LEN;
     ipv6::write_header(&mut f[l3..], src, dst, ip_proto::ICMPV6, 32, 255);
     let l4 = l3 + ipv6::HEADER_LEN;
     write(&mut f[l4..]);
-    IcmpPacket::new_checked(&mut f[l4..]).expect("32 bytes").fill_checksum_v6(src, dst);
+    IcmpPacket::new_checked(&mut f[l4..])
+        .expect("32 bytes")
+        .fill_checksum_v6(src, dst);
     f
 }
 
@@ -153,9 +217,20 @@ pub fn solicit(own: MacAddr, src: IpAddr, target: IpAddr) -> Option<Vec<u8>> {
         (IpAddr::V4(s), IpAddr::V4(t)) => Some(arp_request(own, s, t)),
         (IpAddr::V6(s), IpAddr::V6(t)) => {
             let o = t.octets();
-            let group = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00 | o[13] as u16, u16::from_be_bytes([o[14], o[15]]));
+            let group = Ipv6Addr::new(
+                0xff02,
+                0,
+                0,
+                0,
+                0,
+                1,
+                0xff00 | o[13] as u16,
+                u16::from_be_bytes([o[14], o[15]]),
+            );
             let mac = MacAddr([0x33, 0x33, 0xff, o[13], o[14], o[15]]);
-            Some(nd_frame(own, mac, s, group, |b| icmp::write_neighbor_solicit(b, t, own)))
+            Some(nd_frame(own, mac, s, group, |b| {
+                icmp::write_neighbor_solicit(b, t, own)
+            }))
         }
         _ => None,
     }
@@ -164,7 +239,14 @@ pub fn solicit(own: MacAddr, src: IpAddr, target: IpAddr) -> Option<Vec<u8>> {
 fn arp_request(own: MacAddr, src: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
     let mut f = vec![0u8; ethernet::HEADER_LEN + arp::PACKET_LEN];
     ethernet::write_header(&mut f, MacAddr::BROADCAST, own, EtherType::ARP);
-    arp::write(&mut f[ethernet::HEADER_LEN..], arp::OP_REQUEST, own, src, MacAddr::ZERO, target);
+    arp::write(
+        &mut f[ethernet::HEADER_LEN..],
+        arp::OP_REQUEST,
+        own,
+        src,
+        MacAddr::ZERO,
+        target,
+    );
     f
 }
 
@@ -178,8 +260,21 @@ mod tests {
 
     fn snap() -> Snapshot {
         let ports = vec![
-            PortInfo { name: "line0".into(), role: Role::Aggregator, mac: OWN, addrs: vec!["203.0.113.1".parse().unwrap(), "2001:db8:113::1".parse().unwrap()] },
-            PortInfo { name: "line1".into(), role: Role::Aggregator, mac: OWN, addrs: vec![] },
+            PortInfo {
+                name: "line0".into(),
+                role: Role::Aggregator,
+                mac: OWN,
+                addrs: vec![
+                    "203.0.113.1".parse().unwrap(),
+                    "2001:db8:113::1".parse().unwrap(),
+                ],
+            },
+            PortInfo {
+                name: "line1".into(),
+                role: Role::Aggregator,
+                mac: OWN,
+                addrs: vec![],
+            },
         ];
         let rules: Rules = toml::from_str(
             r#"
@@ -196,7 +291,11 @@ mod tests {
     #[test]
     fn arp_for_capture_address_on_its_line_only() {
         let s = snap();
-        let req = arp_request(PEER, "203.0.113.254".parse().unwrap(), "203.0.113.2".parse().unwrap());
+        let req = arp_request(
+            PEER,
+            "203.0.113.254".parse().unwrap(),
+            "203.0.113.2".parse().unwrap(),
+        );
         let out = handle(&s, 0, &req);
         assert_eq!(out.learned, Some(("203.0.113.254".parse().unwrap(), PEER)));
         let reply = out.reply.expect("answered on the capture address's line");
@@ -208,7 +307,11 @@ mod tests {
         assert_eq!(&reply[0..6], &PEER.0);
         // Not on another line, not for an address nobody holds.
         assert!(handle(&s, 1, &req).reply.is_none());
-        let other = arp_request(PEER, "203.0.113.254".parse().unwrap(), "203.0.113.99".parse().unwrap());
+        let other = arp_request(
+            PEER,
+            "203.0.113.254".parse().unwrap(),
+            "203.0.113.99".parse().unwrap(),
+        );
         assert!(handle(&s, 0, &other).reply.is_none());
     }
 
@@ -226,11 +329,17 @@ mod tests {
         let m = IcmpPacket::new_checked(&na[54..]).unwrap();
         assert_eq!(m.msg_type(), v6_type::NEIGHBOR_ADVERT);
         assert!(m.verify_checksum_v6(ip.src(), ip.dst()));
-        assert_eq!(m.nd_target().unwrap(), "2001:db8:113::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            m.nd_target().unwrap(),
+            "2001:db8:113::2".parse::<Ipv6Addr>().unwrap()
+        );
         assert_eq!(m.nd_lladdr(2), Some(OWN));
         // The NA, fed back, teaches the target's MAC.
         let back = handle(&s, 0, &na);
-        assert_eq!(back.learned, Some(("2001:db8:113::2".parse().unwrap(), OWN)));
+        assert_eq!(
+            back.learned,
+            Some(("2001:db8:113::2".parse().unwrap(), OWN))
+        );
     }
 
     #[test]
@@ -238,9 +347,18 @@ mod tests {
         let s = snap();
         let mut f = vec![0u8; 14 + 20 + 12];
         ethernet::write_header(&mut f, OWN, PEER, EtherType::IPV4);
-        ipv4::write_header(&mut f[14..], "198.51.100.10".parse().unwrap(), "203.0.113.1".parse().unwrap(), 1, 12, 64);
+        ipv4::write_header(
+            &mut f[14..],
+            "198.51.100.10".parse().unwrap(),
+            "203.0.113.1".parse().unwrap(),
+            1,
+            12,
+            64,
+        );
         f[34..46].copy_from_slice(&[8, 0, 0, 0, 0, 7, 0, 1, b'a', b'b', b'c', b'd']);
-        IcmpPacket::new_checked(&mut f[34..]).unwrap().fill_checksum_v4();
+        IcmpPacket::new_checked(&mut f[34..])
+            .unwrap()
+            .fill_checksum_v4();
         let reply = handle(&s, 0, &f).reply.expect("echo reply");
         let ip = Ipv4Packet::new_checked(&reply[14..]).unwrap();
         assert!(ip.verify_checksum());
@@ -250,7 +368,14 @@ mod tests {
         assert_eq!((m.msg_type(), m.echo_ident(), m.echo_seq()), (0, 7, 1));
         assert!(m.verify_checksum_v4());
         // Not to a capture address (that is circuit traffic, never the slow path's).
-        ipv4::write_header(&mut f[14..], "198.51.100.10".parse().unwrap(), "203.0.113.2".parse().unwrap(), 1, 12, 64);
+        ipv4::write_header(
+            &mut f[14..],
+            "198.51.100.10".parse().unwrap(),
+            "203.0.113.2".parse().unwrap(),
+            1,
+            12,
+            64,
+        );
         assert!(handle(&s, 0, &f).reply.is_none());
     }
 }

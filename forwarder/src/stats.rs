@@ -137,23 +137,56 @@ pub fn render(s: &Scrape) -> String {
     let family = |o: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };
-    family(&mut o, "tarp_port_rx_packets_total", "counter", "Packets received on a port and run through its role's pipeline.");
+    family(
+        &mut o,
+        "tarp_port_rx_packets_total",
+        "counter",
+        "Packets received on a port and run through its role's pipeline.",
+    );
     for ((name, role), t) in s.ports.iter().zip(&s.totals) {
-        let _ = writeln!(o, "tarp_port_rx_packets_total{{node=\"{node}\",port=\"{name}\",role=\"{role}\"}} {}", t.rx);
+        let _ = writeln!(
+            o,
+            "tarp_port_rx_packets_total{{node=\"{node}\",port=\"{name}\",role=\"{role}\"}} {}",
+            t.rx
+        );
     }
-    family(&mut o, "tarp_port_tx_packets_total", "counter", "Packets a pipeline forwarded out of a port.");
+    family(
+        &mut o,
+        "tarp_port_tx_packets_total",
+        "counter",
+        "Packets a pipeline forwarded out of a port.",
+    );
     for ((name, role), t) in s.ports.iter().zip(&s.totals) {
-        let _ = writeln!(o, "tarp_port_tx_packets_total{{node=\"{node}\",port=\"{name}\",role=\"{role}\"}} {}", t.tx);
+        let _ = writeln!(
+            o,
+            "tarp_port_tx_packets_total{{node=\"{node}\",port=\"{name}\",role=\"{role}\"}} {}",
+            t.tx
+        );
     }
-    family(&mut o, "tarp_port_forwarded_packets_total", "counter", "Packets received on a port that a pipeline forwarded.");
+    family(
+        &mut o,
+        "tarp_port_forwarded_packets_total",
+        "counter",
+        "Packets received on a port that a pipeline forwarded.",
+    );
     for ((name, role), t) in s.ports.iter().zip(&s.totals) {
         let _ = writeln!(o, "tarp_port_forwarded_packets_total{{node=\"{node}\",port=\"{name}\",role=\"{role}\"}} {}", t.forwarded);
     }
-    family(&mut o, "tarp_port_slow_path_packets_total", "counter", "Packets handed to the slow path (ARP, ND, ICMP to the port).");
+    family(
+        &mut o,
+        "tarp_port_slow_path_packets_total",
+        "counter",
+        "Packets handed to the slow path (ARP, ND, ICMP to the port).",
+    );
     for ((name, role), t) in s.ports.iter().zip(&s.totals) {
         let _ = writeln!(o, "tarp_port_slow_path_packets_total{{node=\"{node}\",port=\"{name}\",role=\"{role}\"}} {}", t.slow_path);
     }
-    family(&mut o, "tarp_port_drops_total", "counter", "Packets received on a port and dropped, by reason.");
+    family(
+        &mut o,
+        "tarp_port_drops_total",
+        "counter",
+        "Packets received on a port and dropped, by reason.",
+    );
     for ((name, role), t) in s.ports.iter().zip(&s.totals) {
         for r in DropReason::ALL {
             let _ = writeln!(
@@ -166,14 +199,42 @@ pub fn render(s: &Scrape) -> String {
     }
     type Field = (&'static str, &'static str, fn(&DeviceCounters) -> u64);
     let dev: [Field; 8] = [
-        ("tarp_device_rx_packets_total", "Packets the device received.", |d| d.ipackets),
-        ("tarp_device_tx_packets_total", "Packets the device sent.", |d| d.opackets),
-        ("tarp_device_rx_bytes_total", "Bytes the device received.", |d| d.ibytes),
-        ("tarp_device_tx_bytes_total", "Bytes the device sent.", |d| d.obytes),
-        ("tarp_device_rx_missed_total", "Packets the device dropped for lack of RX descriptors.", |d| d.imissed),
-        ("tarp_device_rx_errors_total", "Receive errors.", |d| d.ierrors),
-        ("tarp_device_tx_errors_total", "Transmit errors.", |d| d.oerrors),
-        ("tarp_device_rx_nombuf_total", "RX mbuf allocation failures.", |d| d.rx_nombuf),
+        (
+            "tarp_device_rx_packets_total",
+            "Packets the device received.",
+            |d| d.ipackets,
+        ),
+        (
+            "tarp_device_tx_packets_total",
+            "Packets the device sent.",
+            |d| d.opackets,
+        ),
+        (
+            "tarp_device_rx_bytes_total",
+            "Bytes the device received.",
+            |d| d.ibytes,
+        ),
+        (
+            "tarp_device_tx_bytes_total",
+            "Bytes the device sent.",
+            |d| d.obytes,
+        ),
+        (
+            "tarp_device_rx_missed_total",
+            "Packets the device dropped for lack of RX descriptors.",
+            |d| d.imissed,
+        ),
+        ("tarp_device_rx_errors_total", "Receive errors.", |d| {
+            d.ierrors
+        }),
+        ("tarp_device_tx_errors_total", "Transmit errors.", |d| {
+            d.oerrors
+        }),
+        (
+            "tarp_device_rx_nombuf_total",
+            "RX mbuf allocation failures.",
+            |d| d.rx_nombuf,
+        ),
     ];
     for (metric, help, get) in dev {
         family(&mut o, metric, "counter", help);
@@ -181,20 +242,69 @@ pub fn render(s: &Scrape) -> String {
             let _ = writeln!(o, "{metric}{{node=\"{node}\",port=\"{name}\"}} {}", get(d));
         }
     }
-    family(&mut o, "tarp_port_link_up", "gauge", "1 if the port's link is up.");
+    family(
+        &mut o,
+        "tarp_port_link_up",
+        "gauge",
+        "1 if the port's link is up.",
+    );
     for ((name, _), d) in s.ports.iter().zip(&s.devices) {
-        let _ = writeln!(o, "tarp_port_link_up{{node=\"{node}\",port=\"{name}\"}} {}", d.link_up as u8);
+        let _ = writeln!(
+            o,
+            "tarp_port_link_up{{node=\"{node}\",port=\"{name}\"}} {}",
+            d.link_up as u8
+        );
     }
-    family(&mut o, "tarp_snapshot_generation", "gauge", "Generation of the tables in use.");
-    let _ = writeln!(o, "tarp_snapshot_generation{{node=\"{node}\"}} {}", s.generation);
-    family(&mut o, "tarp_snapshot_entries", "gauge", "Circuit-table entries in the snapshot in use.");
+    family(
+        &mut o,
+        "tarp_snapshot_generation",
+        "gauge",
+        "Generation of the tables in use.",
+    );
+    let _ = writeln!(
+        o,
+        "tarp_snapshot_generation{{node=\"{node}\"}} {}",
+        s.generation
+    );
+    family(
+        &mut o,
+        "tarp_snapshot_entries",
+        "gauge",
+        "Circuit-table entries in the snapshot in use.",
+    );
     let _ = writeln!(o, "tarp_snapshot_entries{{node=\"{node}\"}} {}", s.entries);
-    family(&mut o, "tarp_worker_polls_total", "counter", "Worker polls, by outcome.");
-    let _ = writeln!(o, "tarp_worker_polls_total{{node=\"{node}\",outcome=\"empty\"}} {}", s.polls.0);
-    let _ = writeln!(o, "tarp_worker_polls_total{{node=\"{node}\",outcome=\"busy\"}} {}", s.polls.1);
-    family(&mut o, "tarp_next_hops", "gauge", "Next hops in the snapshot, by resolution state.");
-    let _ = writeln!(o, "tarp_next_hops{{node=\"{node}\",state=\"resolved\"}} {}", s.neighbours.0);
-    let _ = writeln!(o, "tarp_next_hops{{node=\"{node}\",state=\"unresolved\"}} {}", s.neighbours.1 - s.neighbours.0);
+    family(
+        &mut o,
+        "tarp_worker_polls_total",
+        "counter",
+        "Worker polls, by outcome.",
+    );
+    let _ = writeln!(
+        o,
+        "tarp_worker_polls_total{{node=\"{node}\",outcome=\"empty\"}} {}",
+        s.polls.0
+    );
+    let _ = writeln!(
+        o,
+        "tarp_worker_polls_total{{node=\"{node}\",outcome=\"busy\"}} {}",
+        s.polls.1
+    );
+    family(
+        &mut o,
+        "tarp_next_hops",
+        "gauge",
+        "Next hops in the snapshot, by resolution state.",
+    );
+    let _ = writeln!(
+        o,
+        "tarp_next_hops{{node=\"{node}\",state=\"resolved\"}} {}",
+        s.neighbours.0
+    );
+    let _ = writeln!(
+        o,
+        "tarp_next_hops{{node=\"{node}\",state=\"unresolved\"}} {}",
+        s.neighbours.1 - s.neighbours.0
+    );
     o
 }
 
@@ -216,7 +326,10 @@ mod tests {
         assert_eq!(t[0].drops[DropReason::NoCircuit as usize], 2);
         let s = Scrape {
             node: "pop1".into(),
-            ports: vec![("line0".into(), "aggregator"), ("uplink".into(), "aggregator")],
+            ports: vec![
+                ("line0".into(), "aggregator"),
+                ("uplink".into(), "aggregator"),
+            ],
             totals: t,
             devices: vec![DeviceCounters::default(); 2],
             generation: 9,
@@ -225,7 +338,9 @@ mod tests {
             neighbours: (1, 2),
         };
         let text = render(&s);
-        assert!(text.contains("tarp_port_rx_packets_total{node=\"pop1\",port=\"line0\",role=\"aggregator\"} 7\n"));
+        assert!(text.contains(
+            "tarp_port_rx_packets_total{node=\"pop1\",port=\"line0\",role=\"aggregator\"} 7\n"
+        ));
         assert!(text.contains("tarp_port_drops_total{node=\"pop1\",port=\"line0\",role=\"aggregator\",reason=\"no_circuit\"} 2\n"));
         assert!(text.contains("tarp_snapshot_generation{node=\"pop1\"} 9\n"));
         assert!(text.contains("tarp_next_hops{node=\"pop1\",state=\"unresolved\"} 1\n"));

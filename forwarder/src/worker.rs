@@ -99,14 +99,20 @@ impl Worker {
                 while let Some(m) = q.pop() {
                     let dropped = self.tx[port].push(m);
                     if dropped > 0 {
-                        bump(&stats.ports[port].drops[DropReason::TxFull as usize], dropped as u64);
+                        bump(
+                            &stats.ports[port].drops[DropReason::TxFull as usize],
+                            dropped as u64,
+                        );
                     }
                 }
             }
             for (port, tx) in self.tx.iter_mut().enumerate() {
                 let dropped = tx.flush();
                 if dropped > 0 {
-                    bump(&stats.ports[port].drops[DropReason::TxFull as usize], dropped as u64);
+                    bump(
+                        &stats.ports[port].drops[DropReason::TxFull as usize],
+                        dropped as u64,
+                    );
                 }
             }
             if got > 0 {

@@ -19,8 +19,8 @@ mod support;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use etherparse::{
-    IpHeaders, IpNumber, Ipv4Header, Ipv4Options, Ipv6Header, NetHeaders, PacketBuilder, PacketHeaders,
-    TransportHeader, VlanId,
+    IpHeaders, IpNumber, Ipv4Header, Ipv4Options, Ipv6Header, NetHeaders, PacketBuilder,
+    PacketHeaders, TransportHeader, VlanId,
 };
 use forwarder::packet::checksum::{self, Delta};
 use forwarder::pipeline::{DropReason, Verdict};
@@ -78,7 +78,12 @@ impl Pkt {
 
     /// The answer to this packet: same shape, ports swapped, another payload.
     fn reply(&self, payload: Vec<u8>) -> Pkt {
-        Pkt { sport: self.dport, dport: self.sport, payload, ..self.clone() }
+        Pkt {
+            sport: self.dport,
+            dport: self.sport,
+            payload,
+            ..self.clone()
+        }
     }
 }
 
@@ -92,7 +97,12 @@ fn build(p: &Pkt, eth_src: &str, eth_dst: &str, src: IpAddr, dst: IpAddr, ttl: u
             IpHeaders::Ipv4(h, Default::default())
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => IpHeaders::Ipv6(
-            Ipv6Header { hop_limit: ttl, source: s.octets(), destination: d.octets(), ..Default::default() },
+            Ipv6Header {
+                hop_limit: ttl,
+                source: s.octets(),
+                destination: d.octets(),
+                ..Default::default()
+            },
             Default::default(),
         ),
         _ => panic!("mixed families"),
@@ -105,13 +115,22 @@ fn build(p: &Pkt, eth_src: &str, eth_dst: &str, src: IpAddr, dst: IpAddr, ttl: u
     let mut out = Vec::new();
     let (ty, code, rest) = p.icmp;
     match p.transport {
-        Transport::Udp | Transport::UdpNoChecksum => b.udp(p.sport, p.dport).write(&mut out, &p.payload),
+        Transport::Udp | Transport::UdpNoChecksum => {
+            b.udp(p.sport, p.dport).write(&mut out, &p.payload)
+        }
         Transport::Tcp => {
             let (seq, ack, window) = p.tcp;
-            b.tcp(p.sport, p.dport, seq, window).ack(ack).psh().write(&mut out, &p.payload)
+            b.tcp(p.sport, p.dport, seq, window)
+                .ack(ack)
+                .psh()
+                .write(&mut out, &p.payload)
         }
-        Transport::Icmp if src.is_ipv4() => b.icmpv4_raw(ICMPV4_TYPES[ty], code, rest).write(&mut out, &p.payload),
-        Transport::Icmp => b.icmpv6_raw(ICMPV6_TYPES[ty], code, rest).write(&mut out, &p.payload),
+        Transport::Icmp if src.is_ipv4() => b
+            .icmpv4_raw(ICMPV4_TYPES[ty], code, rest)
+            .write(&mut out, &p.payload),
+        Transport::Icmp => b
+            .icmpv6_raw(ICMPV6_TYPES[ty], code, rest)
+            .write(&mut out, &p.payload),
     }
     .unwrap();
     if p.transport == Transport::UdpNoChecksum && src.is_ipv4() {
@@ -123,7 +142,12 @@ fn build(p: &Pkt, eth_src: &str, eth_dst: &str, src: IpAddr, dst: IpAddr, ttl: u
 
 fn pkt() -> impl Strategy<Value = Pkt> {
     (
-        prop_oneof![Just(Transport::Udp), Just(Transport::UdpNoChecksum), Just(Transport::Tcp), Just(Transport::Icmp)],
+        prop_oneof![
+            Just(Transport::Udp),
+            Just(Transport::UdpNoChecksum),
+            Just(Transport::Tcp),
+            Just(Transport::Icmp)
+        ],
         proptest::option::of(0u16..=4095),
         (0usize..=10).prop_flat_map(|words| vec(any::<u8>(), words * 4)),
         any::<u16>(),
@@ -132,16 +156,18 @@ fn pkt() -> impl Strategy<Value = Pkt> {
         any::<(u32, u32, u16)>(),
         vec(any::<u8>(), 0..1400),
     )
-        .prop_map(|(transport, vlan, options, sport, dport, icmp, tcp, payload)| Pkt {
-            transport,
-            vlan,
-            options,
-            sport,
-            dport,
-            icmp,
-            tcp,
-            payload,
-        })
+        .prop_map(
+            |(transport, vlan, options, sport, dport, icmp, tcp, payload)| Pkt {
+                transport,
+                vlan,
+                options,
+                sport,
+                dport,
+                icmp,
+                tcp,
+                payload,
+            },
+        )
 }
 
 /// TTLs, with the ones that expire on the way (0..=2) well represented.
@@ -161,7 +187,9 @@ fn v6(prefix: u64, low: u64) -> IpAddr {
 /// A device on the Internet: 198.51.100.0/24 or 2001:db8:51::/48.
 fn device(is_v6: bool) -> BoxedStrategy<IpAddr> {
     if is_v6 {
-        (any::<u16>(), any::<u64>()).prop_map(|(net, low)| v6(0x2001_0db8_0051_0000 | net as u64, low)).boxed()
+        (any::<u16>(), any::<u64>())
+            .prop_map(|(net, low)| v6(0x2001_0db8_0051_0000 | net as u64, low))
+            .boxed()
     } else {
         any::<u8>().prop_map(|h| v4([198, 51, 100, h])).boxed()
     }
@@ -172,7 +200,8 @@ fn device(is_v6: bool) -> BoxedStrategy<IpAddr> {
 fn test_range_addr(is_v6: bool) -> BoxedStrategy<IpAddr> {
     if is_v6 {
         let net = prop_oneof![
-            select(vec![0x113u64, 0x18, 0x19, 0xffff, 0x51]).prop_map(|n| 0x2001_0db8_0000_0000 | n << 16),
+            select(vec![0x113u64, 0x18, 0x19, 0xffff, 0x51])
+                .prop_map(|n| 0x2001_0db8_0000_0000 | n << 16),
             any::<u32>().prop_map(|n| 0x2001_0db8_0000_0000 | n as u64),
         ];
         let low = prop_oneof![0u64..16, any::<u64>()];
@@ -195,23 +224,31 @@ fn circuit(is_v6: bool, p: &Pkt) -> impl Strategy<Value = Circuit> {
     let addrs = if is_v6 {
         (
             (2u64..).prop_map(|l| v6(0x2001_0db8_0113_0000, l)).boxed(),
-            (any::<u16>(), any::<u64>()).prop_map(|(n, l)| v6(0x2001_0db8_0018_0000 | n as u64, l)).boxed(),
-            (0x100u64..).prop_map(|l| v6(0x2001_0db8_0019_0000, l)).boxed(),
+            (any::<u16>(), any::<u64>())
+                .prop_map(|(n, l)| v6(0x2001_0db8_0018_0000 | n as u64, l))
+                .boxed(),
+            (0x100u64..)
+                .prop_map(|l| v6(0x2001_0db8_0019_0000, l))
+                .boxed(),
         )
     } else {
         (
             (2u8..=254).prop_map(|h| v4([203, 0, 113, h])).boxed(),
-            any::<[u8; 2]>().prop_map(|[c, d]| v4([198, 18, c, d])).boxed(),
+            any::<[u8; 2]>()
+                .prop_map(|[c, d]| v4([198, 18, c, d]))
+                .boxed(),
             (2u8..=253).prop_map(|h| v4([198, 19, 0, h])).boxed(),
         )
     };
-    (addrs, any::<bool>(), any::<bool>()).prop_map(move |((capture, alias, app_host), port_mode, outer_v6)| Circuit {
-        capture,
-        alias,
-        app_host,
-        port: port.filter(|_| port_mode),
-        outer_v6,
-    })
+    (addrs, any::<bool>(), any::<bool>()).prop_map(
+        move |((capture, alias, app_host), port_mode, outer_v6)| Circuit {
+            capture,
+            alias,
+            app_host,
+            port: port.filter(|_| port_mode),
+            outer_v6,
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -220,7 +257,11 @@ fn circuit(is_v6: bool, p: &Pkt) -> impl Strategy<Value = Circuit> {
 /// Fails with the first differing byte instead of two 1400-byte dumps.
 fn same_frame(what: &str, got: &[u8], want: &[u8]) -> Result<(), TestCaseError> {
     if got != want {
-        let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+        let at = got
+            .iter()
+            .zip(want)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(want.len()));
         return Err(TestCaseError::fail(format!(
             "{what}: frames differ at byte {at} (got {} bytes, want {}): got {:02x?}, want {:02x?}",
             got.len(),
@@ -260,8 +301,16 @@ fn inner_of(tunnelled: &[u8], outer_v6: bool) -> Result<&[u8], TestCaseError> {
         return Err(TestCaseError::fail(format!("outer: {e}")));
     }
     let h = PacketHeaders::from_ethernet_slice(tunnelled).unwrap();
-    prop_assert_eq!(matches!(h.net, Some(NetHeaders::Ipv6(..))), outer_v6, "outer family");
-    let n = if outer_v6 { 14 + 40 + 8 + 8 } else { 14 + 20 + 8 + 8 };
+    prop_assert_eq!(
+        matches!(h.net, Some(NetHeaders::Ipv6(..))),
+        outer_v6,
+        "outer family"
+    );
+    let n = if outer_v6 {
+        14 + 40 + 8 + 8
+    } else {
+        14 + 20 + 8 + 8
+    };
     prop_assert!(tunnelled.len() > n);
     Ok(&tunnelled[n..])
 }
@@ -278,11 +327,21 @@ fn circuit_case() -> impl Strategy<Value = (Pkt, Circuit, IpAddr, u8, Vec<u8>)> 
 }
 
 /// Device -> aggregator -> demux -> app host, and the app host's reply through the remux.
-fn end_to_end(p: &Pkt, c: &Circuit, device: IpAddr, ttl: u8, reply_payload: Vec<u8>) -> Result<(), TestCaseError> {
+fn end_to_end(
+    p: &Pkt,
+    c: &Circuit,
+    device: IpAddr,
+    ttl: u8,
+    reply_payload: Vec<u8>,
+) -> Result<(), TestCaseError> {
     let (agg, dmx, rmx) = boxes(c);
 
     let sent = build(p, ROUTER, AGG_LINE, device, c.capture, ttl);
-    prop_assert_eq!(check_checksums(&sent).err(), None, "the generator builds valid packets");
+    prop_assert_eq!(
+        check_checksums(&sent).err(),
+        None,
+        "the generator builds valid packets"
+    );
     let (v, tunnelled) = agg.run(0, &sent);
     if ttl <= 1 {
         prop_assert_eq!(v, Verdict::Drop(DropReason::TtlExpired));
@@ -290,7 +349,12 @@ fn end_to_end(p: &Pkt, c: &Circuit, device: IpAddr, ttl: u8, reply_payload: Vec<
     }
     prop_assert_eq!(v, Verdict::Forward(1), "aggregator");
     let inner = inner_of(&tunnelled, c.outer_v6)?;
-    check_hop("aggregator", &sent, inner, &build(p, AGG_UPLINK, INNER, device, c.alias, ttl - 1))?;
+    check_hop(
+        "aggregator",
+        &sent,
+        inner,
+        &build(p, AGG_UPLINK, INNER, device, c.alias, ttl - 1),
+    )?;
 
     let (v, delivered) = dmx.run(0, &tunnelled);
     if ttl - 1 <= 1 {
@@ -298,8 +362,17 @@ fn end_to_end(p: &Pkt, c: &Circuit, device: IpAddr, ttl: u8, reply_payload: Vec<
         return Ok(());
     }
     prop_assert_eq!(v, Verdict::Forward(1), "demux");
-    let dst = if c.port.is_some() { c.app_host } else { c.capture };
-    check_hop("demux", &sent, &delivered, &build(p, DMX_DC, APP2, device, dst, ttl - 2))?;
+    let dst = if c.port.is_some() {
+        c.app_host
+    } else {
+        c.capture
+    };
+    check_hop(
+        "demux",
+        &sent,
+        &delivered,
+        &build(p, DMX_DC, APP2, device, dst, ttl - 2),
+    )?;
 
     // Address mode: the app host answers from the capture address it carries; port mode:
     // from its own, which the remux turns back into the capture address.
@@ -307,7 +380,12 @@ fn end_to_end(p: &Pkt, c: &Circuit, device: IpAddr, ttl: u8, reply_payload: Vec<
     let reply = build(&r, APP2, RMX_DC, dst, device, ttl);
     let (v, out) = rmx.run(0, &reply);
     prop_assert_eq!(v, Verdict::Forward(1), "remux");
-    check_hop("remux", &reply, &out, &build(&r, RMX_OUT, ROUTER, c.capture, device, ttl - 1))
+    check_hop(
+        "remux",
+        &reply,
+        &out,
+        &build(&r, RMX_OUT, ROUTER, c.capture, device, ttl - 1),
+    )
 }
 
 proptest! {
@@ -356,10 +434,16 @@ const AGG_MAP: &[(&str, &str, bool)] = &[
     ("203.0.113.9", "198.18.0.9", true),
 ];
 /// Aggregator ports' own addresses (slow path), by port.
-const AGG_OWN: [&[&str]; 2] = [&["203.0.113.1", "2001:db8:113::1"], &["192.0.2.1", "2001:db8:ffff::1"]];
+const AGG_OWN: [&[&str]; 2] = [
+    &["203.0.113.1", "2001:db8:113::1"],
+    &["192.0.2.1", "2001:db8:ffff::1"],
+];
 /// Demux address mode: alias -> capture (delivered to APP2).
-const DMX_ADDR: &[(&str, &str)] =
-    &[("198.18.0.3", "203.0.113.2"), ("198.18.0.9", "203.0.113.9"), ("2001:db8:18::3", "2001:db8:113::2")];
+const DMX_ADDR: &[(&str, &str)] = &[
+    ("198.18.0.3", "203.0.113.2"),
+    ("198.18.0.9", "203.0.113.9"),
+    ("2001:db8:18::3", "2001:db8:113::2"),
+];
 /// Demux port mode: (alias, protocol, port) -> app host.
 const DMX_PORT: &[(&str, L4, u16, &str)] = &[
     ("198.18.0.4", L4::Udp, 4000, "198.19.0.2"),
@@ -397,9 +481,14 @@ fn app_mac(app: IpAddr) -> &'static str {
 /// else another of the fixtures' (captures, aliases, app hosts, own addresses) or any
 /// test-range one.
 fn addr_pool(is_v6: bool, hits: &[&str]) -> BoxedStrategy<IpAddr> {
-    let family = |v: Vec<IpAddr>| -> Vec<IpAddr> { v.into_iter().filter(|a| a.is_ipv6() == is_v6).collect() };
+    let family = |v: Vec<IpAddr>| -> Vec<IpAddr> {
+        v.into_iter().filter(|a| a.is_ipv6() == is_v6).collect()
+    };
     let hits = family(hits.iter().map(|&a| ip(a)).collect());
-    let mut known: Vec<IpAddr> = AGG_MAP.iter().flat_map(|&(c, a, _)| [ip(c), ip(a)]).collect();
+    let mut known: Vec<IpAddr> = AGG_MAP
+        .iter()
+        .flat_map(|&(c, a, _)| [ip(c), ip(a)])
+        .collect();
     known.extend(AGG_OWN.iter().flat_map(|own| own.iter().map(|&a| ip(a))));
     known.extend(RMX_PORT.iter().map(|&(app, ..)| ip(app)));
     prop_oneof![2 => select(hits), 1 => select(family(known)), 1 => test_range_addr(is_v6)].boxed()
@@ -411,9 +500,18 @@ fn fixture_or_random_port() -> impl Strategy<Value = u16> {
 }
 
 /// A packet, an address from `addr_pool(hits)`, a device, a port, a TTL, an in-port.
-fn fixture_case(hits: Vec<&'static str>) -> impl Strategy<Value = (Pkt, IpAddr, IpAddr, u16, u8, u16)> {
+fn fixture_case(
+    hits: Vec<&'static str>,
+) -> impl Strategy<Value = (Pkt, IpAddr, IpAddr, u16, u8, u16)> {
     (any::<bool>(), pkt()).prop_flat_map(move |(is_v6, p)| {
-        (Just(p), addr_pool(is_v6, &hits), device(is_v6), fixture_or_random_port(), ttl(), 0u16..2)
+        (
+            Just(p),
+            addr_pool(is_v6, &hits),
+            device(is_v6),
+            fixture_or_random_port(),
+            ttl(),
+            0u16..2,
+        )
     })
 }
 
@@ -500,7 +598,9 @@ proptest! {
 
 /// etherparse's Internet checksum of `data`, as the big-endian value on the wire.
 fn etherparse_checksum(data: &[u8]) -> u16 {
-    let c = etherparse::checksum::Sum16BitWords::new().add_slice(data).ones_complement();
+    let c = etherparse::checksum::Sum16BitWords::new()
+        .add_slice(data)
+        .ones_complement();
     u16::from_be_bytes(c.to_ne_bytes())
 }
 
@@ -509,8 +609,9 @@ type Region = (usize, Vec<u8>);
 
 /// A replacement inside `len` bytes.
 fn region(len: usize) -> impl Strategy<Value = Region> {
-    (1usize..=8, any::<Index>(), any::<[u8; 16]>())
-        .prop_map(move |(words, at, new)| (at.index(len / 2 - words + 1) * 2, new[..words * 2].to_vec()))
+    (1usize..=8, any::<Index>(), any::<[u8; 16]>()).prop_map(move |(words, at, new)| {
+        (at.index(len / 2 - words + 1) * 2, new[..words * 2].to_vec())
+    })
 }
 
 /// Data and two replacements in it.

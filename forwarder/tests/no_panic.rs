@@ -12,10 +12,14 @@ mod support;
 use std::net::IpAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use etherparse::{EtherType, Ethernet2Header, Ipv4Header, Ipv6Header, PacketBuilder, SingleVlanHeader};
+use etherparse::{
+    EtherType, Ethernet2Header, Ipv4Header, Ipv6Header, PacketBuilder, SingleVlanHeader,
+};
 use forwarder::packet::arp::{self, ArpPacket};
 use forwarder::packet::icmp::IcmpPacket;
-use forwarder::packet::{vxlan, EthernetFrame, Ipv4Packet, Ipv6Packet, MacAddr, TcpPacket, UdpPacket, VxlanPacket};
+use forwarder::packet::{
+    vxlan, EthernetFrame, Ipv4Packet, Ipv6Packet, MacAddr, TcpPacket, UdpPacket, VxlanPacket,
+};
 use forwarder::pipeline::{process, DropReason, PacketBuf, VecBuf, Verdict};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -24,7 +28,10 @@ use support::*;
 
 /// Packets through the pipelines, all roles together; views get a fifth as many inputs.
 fn packets() -> usize {
-    std::env::var("TARP_NO_PANIC_PACKETS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000)
+    std::env::var("TARP_NO_PANIC_PACKETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -38,12 +45,21 @@ fn seeds(role: &str) -> Vec<Vec<u8>> {
         "aggregator" => (
             AGG_LINE,
             ROUTER,
-            vec!["203.0.113.2", "203.0.113.4", "203.0.113.9", "203.0.113.77", "203.0.113.1"],
+            vec![
+                "203.0.113.2",
+                "203.0.113.4",
+                "203.0.113.9",
+                "203.0.113.77",
+                "203.0.113.1",
+            ],
             vec!["198.51.100.10"],
         ),
-        "remux" => {
-            (RMX_DC, APP2, vec!["198.51.100.10", "198.19.0.254"], vec!["203.0.113.2", "198.19.0.2", "198.19.0.3"])
-        }
+        "remux" => (
+            RMX_DC,
+            APP2,
+            vec!["198.51.100.10", "198.19.0.254"],
+            vec!["203.0.113.2", "198.19.0.2", "198.19.0.3"],
+        ),
         _ => unreachable!("demux seeds are the aggregator's output"),
     };
     let v6 = |a: &str| -> String {
@@ -60,10 +76,23 @@ fn seeds(role: &str) -> Vec<Vec<u8>> {
     for &d in &dsts {
         for &s in &srcs {
             for (s, d) in [(ip(s), ip(d)), (ip(&v6(s)), ip(&v6(d)))] {
-                for (l4, sp, dp) in
-                    [(L4::Udp, 40000, 4000), (L4::Tcp, 40000, 5000), (L4::Udp, 4000, 40000), (L4::Tcp, 5000, 40000)]
-                {
-                    out.push(frame(peer_mac, own_mac, s, d, 64, l4, sp, dp, b"no panic seed"));
+                for (l4, sp, dp) in [
+                    (L4::Udp, 40000, 4000),
+                    (L4::Tcp, 40000, 5000),
+                    (L4::Udp, 4000, 40000),
+                    (L4::Tcp, 5000, 40000),
+                ] {
+                    out.push(frame(
+                        peer_mac,
+                        own_mac,
+                        s,
+                        d,
+                        64,
+                        l4,
+                        sp,
+                        dp,
+                        b"no panic seed",
+                    ));
                 }
                 out.push(icmp_echo(peer_mac, own_mac, s, d, true));
                 out.push(icmp_echo(peer_mac, own_mac, s, d, false));
@@ -80,11 +109,40 @@ fn seeds(role: &str) -> Vec<Vec<u8>> {
     udp[14 + 6] = 0x20;
     udp[14 + 7] = 0x00;
     out.push(udp);
-    out.push(with_ipv4_options(&frame(peer_mac, own_mac, s, d, 64, L4::Tcp, 1, 4000, b"options")));
-    out.push(vlan_tagged(&frame(peer_mac, own_mac, s, d, 64, L4::Udp, 1, 4000, b"tagged")));
+    out.push(with_ipv4_options(&frame(
+        peer_mac,
+        own_mac,
+        s,
+        d,
+        64,
+        L4::Tcp,
+        1,
+        4000,
+        b"options",
+    )));
+    out.push(vlan_tagged(&frame(
+        peer_mac,
+        own_mac,
+        s,
+        d,
+        64,
+        L4::Udp,
+        1,
+        4000,
+        b"tagged",
+    )));
     // IPv6 with a hop-by-hop header and a fragment header.
-    out.push(ipv6_with_extensions(peer_mac, own_mac, ip(&v6(srcs[0])), ip(&v6(dsts[0]))));
-    out.push(neighbour_solicitation(peer_mac, ip(&v6(srcs[0])), ip(&v6(dsts[0]))));
+    out.push(ipv6_with_extensions(
+        peer_mac,
+        own_mac,
+        ip(&v6(srcs[0])),
+        ip(&v6(dsts[0])),
+    ));
+    out.push(neighbour_solicitation(
+        peer_mac,
+        ip(&v6(srcs[0])),
+        ip(&v6(dsts[0])),
+    ));
     out.push(arp_request(peer_mac, srcs[0], dsts[0]));
     out
 }
@@ -100,13 +158,43 @@ fn demux_seeds() -> Vec<Vec<u8>> {
         .map(|(_, f)| f)
         .collect();
     assert!(out.len() > 20, "the aggregator forwards most of its seeds");
-    let inner = frame(AGG_UPLINK, INNER, ip("198.51.100.10"), ip("198.18.0.4"), 64, L4::Udp, 1, 5000, b"inner");
+    let inner = frame(
+        AGG_UPLINK,
+        INNER,
+        ip("198.51.100.10"),
+        ip("198.18.0.4"),
+        64,
+        L4::Udp,
+        1,
+        5000,
+        b"inner",
+    );
     out.push(vxlan(ip("192.0.2.1"), ip("192.0.2.2"), 100, &inner));
-    out.push(vxlan(ip("2001:db8:ffff::1"), ip("2001:db8:ffff::2"), 100, &vlan_tagged(&inner)));
-    out.push(vxlan(ip("192.0.2.1"), ip("192.0.2.2"), 100, &arp_request(AGG_UPLINK, "198.51.100.10", "198.18.0.4")));
+    out.push(vxlan(
+        ip("2001:db8:ffff::1"),
+        ip("2001:db8:ffff::2"),
+        100,
+        &vlan_tagged(&inner),
+    ));
+    out.push(vxlan(
+        ip("192.0.2.1"),
+        ip("192.0.2.2"),
+        100,
+        &arp_request(AGG_UPLINK, "198.51.100.10", "198.18.0.4"),
+    ));
     out.push(arp_request(ROUTER, "192.0.2.1", "192.0.2.2"));
-    out.push(neighbour_solicitation(ROUTER, ip("2001:db8:ffff::1"), ip("2001:db8:ffff::2")));
-    out.push(icmp_echo(ROUTER, DMX_TUN, ip("192.0.2.1"), ip("192.0.2.2"), true));
+    out.push(neighbour_solicitation(
+        ROUTER,
+        ip("2001:db8:ffff::1"),
+        ip("2001:db8:ffff::2"),
+    ));
+    out.push(icmp_echo(
+        ROUTER,
+        DMX_TUN,
+        ip("192.0.2.1"),
+        ip("192.0.2.2"),
+        true,
+    ));
     out
 }
 
@@ -116,12 +204,20 @@ fn icmp_echo(src_mac: &str, dst_mac: &str, src: IpAddr, dst: IpAddr, request: bo
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let b = b.ipv4(s.octets(), d.octets(), 64);
-            let b = if request { b.icmpv4_echo_request(7, 1) } else { b.icmpv4_echo_reply(7, 1) };
+            let b = if request {
+                b.icmpv4_echo_request(7, 1)
+            } else {
+                b.icmpv4_echo_reply(7, 1)
+            };
             b.write(&mut out, b"ping").unwrap();
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let b = b.ipv6(s.octets(), d.octets(), 64);
-            let b = if request { b.icmpv6_echo_request(7, 1) } else { b.icmpv6_echo_reply(7, 1) };
+            let b = if request {
+                b.icmpv6_echo_request(7, 1)
+            } else {
+                b.icmpv6_echo_reply(7, 1)
+            };
             b.write(&mut out, b"ping").unwrap();
         }
         _ => unreachable!(),
@@ -151,7 +247,17 @@ fn vlan_tagged(f: &[u8]) -> Vec<u8> {
 }
 
 fn ipv6_with_extensions(src_mac: &str, dst_mac: &str, src: IpAddr, dst: IpAddr) -> Vec<u8> {
-    let udp = frame(src_mac, dst_mac, src, dst, 64, L4::Udp, 1, 4000, b"extensions");
+    let udp = frame(
+        src_mac,
+        dst_mac,
+        src,
+        dst,
+        64,
+        L4::Udp,
+        1,
+        4000,
+        b"extensions",
+    );
     let mut out = udp[..54].to_vec();
     out[14 + 6] = 0; // hop-by-hop
     out.extend_from_slice(&[44, 0, 1, 4, 0, 0, 0, 0]); // -> fragment, PadN
@@ -163,7 +269,9 @@ fn ipv6_with_extensions(src_mac: &str, dst_mac: &str, src: IpAddr, dst: IpAddr) 
 }
 
 fn neighbour_solicitation(src_mac: &str, src: IpAddr, target: IpAddr) -> Vec<u8> {
-    let (IpAddr::V6(s), IpAddr::V6(t)) = (src, target) else { unreachable!() };
+    let (IpAddr::V6(s), IpAddr::V6(t)) = (src, target) else {
+        unreachable!()
+    };
     let mut body = t.octets().to_vec();
     body.extend_from_slice(&[1, 1]);
     body.extend_from_slice(&mac(src_mac).0);
@@ -177,12 +285,21 @@ fn neighbour_solicitation(src_mac: &str, src: IpAddr, target: IpAddr) -> Vec<u8>
 }
 
 fn arp_request(src_mac: &str, sender: &str, target: &str) -> Vec<u8> {
-    let (IpAddr::V4(s), IpAddr::V4(t)) = (ip(sender), ip(target)) else { unreachable!() };
+    let (IpAddr::V4(s), IpAddr::V4(t)) = (ip(sender), ip(target)) else {
+        unreachable!()
+    };
     let mut out = vec![0xff; 6];
     out.extend_from_slice(&mac(src_mac).0);
     out.extend_from_slice(&[0x08, 0x06]);
     out.resize(14 + arp::PACKET_LEN, 0);
-    arp::write(&mut out[14..], arp::OP_REQUEST, mac(src_mac), s, MacAddr::ZERO, t);
+    arp::write(
+        &mut out[14..],
+        arp::OP_REQUEST,
+        mac(src_mac),
+        s,
+        MacAddr::ZERO,
+        t,
+    );
     out
 }
 
@@ -201,8 +318,15 @@ fn input(rng: &mut StdRng, seeds: &[Vec<u8>], own_mac: &str) -> Vec<u8> {
         2 => {
             let mut f = mac(own_mac).0.to_vec();
             f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
-            let et: &[u8] =
-                [&[0x08, 0x00][..], &[0x86, 0xdd], &[0x81, 0x00], &[0x88, 0xa8], &[0x08, 0x06]].choose(rng).unwrap();
+            let et: &[u8] = [
+                &[0x08, 0x00][..],
+                &[0x86, 0xdd],
+                &[0x81, 0x00],
+                &[0x88, 0xa8],
+                &[0x08, 0x06],
+            ]
+            .choose(rng)
+            .unwrap();
             f.extend_from_slice(et);
             // A plausible first byte for the IP version, then noise.
             f.push(*[0x45u8, 0x46, 0x4f, 0x60, 0x00].choose(rng).unwrap());
@@ -231,7 +355,11 @@ fn mutate(rng: &mut StdRng, f: &mut Vec<u8>, seeds: &[Vec<u8>]) {
         // Change a few bytes, mostly in the headers.
         0 if n > 0 => {
             for _ in 0..rng.gen_range(1..=4) {
-                let at = if rng.gen_bool(0.8) { rng.gen_range(0..n.min(120)) } else { rng.gen_range(0..n) };
+                let at = if rng.gen_bool(0.8) {
+                    rng.gen_range(0..n.min(120))
+                } else {
+                    rng.gen_range(0..n)
+                };
                 f[at] = rng.gen();
             }
         }
@@ -244,7 +372,11 @@ fn mutate(rng: &mut StdRng, f: &mut Vec<u8>, seeds: &[Vec<u8>]) {
         2 if n > 1 => {
             let at = rng.gen_range(0..n.min(120) - 1);
             let v = *EDGES.choose(rng).unwrap();
-            let v = if rng.gen_bool(0.5) { v } else { v.wrapping_add(n as u16).wrapping_sub(rng.gen_range(0..64)) };
+            let v = if rng.gen_bool(0.5) {
+                v
+            } else {
+                v.wrapping_add(n as u16).wrapping_sub(rng.gen_range(0..64))
+            };
             f[at..at + 2].copy_from_slice(&v.to_be_bytes());
         }
         3 => f.truncate(rng.gen_range(0..=n)),
@@ -288,14 +420,22 @@ fn ip_of(frame: &[u8]) -> Result<(IpAddr, IpAddr), String> {
             let (h, _) = Ipv4Header::from_slice(rest).map_err(|e| e.to_string())?;
             h.payload_len().map_err(|e| e.to_string())?;
             if h.total_len as usize > rest.len() {
-                return Err(format!("IPv4 total length {} > {} bytes", h.total_len, rest.len()));
+                return Err(format!(
+                    "IPv4 total length {} > {} bytes",
+                    h.total_len,
+                    rest.len()
+                ));
             }
             Ok((IpAddr::from(h.source), IpAddr::from(h.destination)))
         }
         EtherType::IPV6 => {
             let (h, _) = Ipv6Header::from_slice(rest).map_err(|e| e.to_string())?;
             if 40 + h.payload_length as usize > rest.len() {
-                return Err(format!("IPv6 payload length {} > {} bytes", h.payload_length, rest.len() - 40));
+                return Err(format!(
+                    "IPv6 payload length {} > {} bytes",
+                    h.payload_length,
+                    rest.len() - 40
+                ));
             }
             Ok((IpAddr::from(h.source), IpAddr::from(h.destination)))
         }
@@ -324,8 +464,20 @@ struct Expect {
 impl Expect {
     fn new() -> Expect {
         Expect {
-            captures: ips(&["203.0.113.2", "2001:db8:113::2", "203.0.113.4", "2001:db8:113::4", "203.0.113.9"]),
-            aliases: ips(&["198.18.0.3", "2001:db8:18::3", "198.18.0.4", "2001:db8:18::4", "198.18.0.9"]),
+            captures: ips(&[
+                "203.0.113.2",
+                "2001:db8:113::2",
+                "203.0.113.4",
+                "2001:db8:113::4",
+                "203.0.113.9",
+            ]),
+            aliases: ips(&[
+                "198.18.0.3",
+                "2001:db8:18::3",
+                "198.18.0.4",
+                "2001:db8:18::4",
+                "198.18.0.9",
+            ]),
             tunnel_ends: ips(&["192.0.2.2", "2001:db8:ffff::2"]),
             delivered: ips(&[
                 "203.0.113.2",
@@ -336,7 +488,12 @@ impl Expect {
                 "2001:db8:19::2",
                 "2001:db8:19::3",
             ]),
-            reply_sources: ips(&["203.0.113.2", "2001:db8:113::2", "203.0.113.4", "2001:db8:113::4"]),
+            reply_sources: ips(&[
+                "203.0.113.2",
+                "2001:db8:113::2",
+                "203.0.113.4",
+                "2001:db8:113::4",
+            ]),
             remux_keys: ips(&[
                 "203.0.113.2",
                 "2001:db8:113::2",
@@ -354,24 +511,43 @@ impl Expect {
 fn vxlan_inner(frame: &[u8], to_end: bool) -> Result<(IpAddr, &[u8]), String> {
     let (_, dst) = ip_of(frame)?;
     let h = etherparse::PacketHeaders::from_ethernet_slice(frame).map_err(|e| e.to_string())?;
-    let Some(etherparse::TransportHeader::Udp(u)) = h.transport else { return Err("outer is not UDP".into()) };
+    let Some(etherparse::TransportHeader::Udp(u)) = h.transport else {
+        return Err("outer is not UDP".into());
+    };
     let vx = h.payload.slice();
     if u.destination_port != 4789 || vx.len() < 8 + 14 || vx[0] & 0x08 == 0 {
         return Err("not VXLAN".into());
     }
     let at = vx.as_ptr() as usize - frame.as_ptr() as usize + 8;
-    let end = if to_end { frame.len() } else { at + vx.len() - 8 };
+    let end = if to_end {
+        frame.len()
+    } else {
+        at + vx.len() - 8
+    };
     Ok((dst, &frame[at..end]))
 }
 
 /// Checks one verdict of `role` for input `before` (output `after`) received on `in_port`.
-fn check(role: &str, e: &Expect, in_port: u16, before: &[u8], v: Verdict, after: &[u8]) -> Result<(), String> {
+fn check(
+    role: &str,
+    e: &Expect,
+    in_port: u16,
+    before: &[u8],
+    v: Verdict,
+    after: &[u8],
+) -> Result<(), String> {
     if in_port > 1 {
-        return (v == Verdict::Drop(DropReason::Unsupported)).then_some(()).ok_or(format!("unknown port: {v:?}"));
+        return (v == Verdict::Drop(DropReason::Unsupported))
+            .then_some(())
+            .ok_or(format!("unknown port: {v:?}"));
     }
-    let Verdict::Forward(out_port) = v else { return Ok(()) };
+    let Verdict::Forward(out_port) = v else {
+        return Ok(());
+    };
     if out_port != 1 {
-        return Err(format!("forwarded to port {out_port}, which sends no traffic of this role"));
+        return Err(format!(
+            "forwarded to port {out_port}, which sends no traffic of this role"
+        ));
     }
     // The packet that was rewritten: before and after.
     let (old, new) = match role {
@@ -397,7 +573,9 @@ fn check(role: &str, e: &Expect, in_port: u16, before: &[u8], v: Verdict, after:
             if !e.aliases.contains(&d0) || !e.delivered.contains(&d1) {
                 return Err(format!("{d0} -> {d1} is no circuit"));
             }
-            if ![mac(APP2).0, mac(APP3).0].contains(&after[..6].try_into().unwrap()) || after[6..12] != mac(DMX_DC).0 {
+            if ![mac(APP2).0, mac(APP3).0].contains(&after[..6].try_into().unwrap())
+                || after[6..12] != mac(DMX_DC).0
+            {
                 return Err("delivered with wrong MACs".into());
             }
             (inner, after)
@@ -426,25 +604,42 @@ fn check(role: &str, e: &Expect, in_port: u16, before: &[u8], v: Verdict, after:
 
 /// Feeds `n` inputs in bursts of 1..=70 (more than one pipeline pass) with random
 /// headroom, on random ports (port 2 does not exist).
-fn run_role(role: &str, bx: &Box_, seeds: &[Vec<u8>], own_mac: &str, n: usize, seed: u64) -> [usize; 3] {
+fn run_role(
+    role: &str,
+    bx: &Box_,
+    seeds: &[Vec<u8>],
+    own_mac: &str,
+    n: usize,
+    seed: u64,
+) -> [usize; 3] {
     let mut rng = StdRng::seed_from_u64(seed);
     let e = Expect::new();
     let mut tally = [0usize; 3]; // forwarded, dropped, slow path
     let mut done = 0;
     while done < n {
-        let burst: Vec<Vec<u8>> =
-            (0..rng.gen_range(1..=70).min(n - done)).map(|_| input(&mut rng, seeds, own_mac)).collect();
+        let burst: Vec<Vec<u8>> = (0..rng.gen_range(1..=70).min(n - done))
+            .map(|_| input(&mut rng, seeds, own_mac))
+            .collect();
         let in_port = *[0u16, 0, 0, 1, 2].choose(&mut rng).unwrap();
         let headroom = *[0usize, 49, 50, 69, 70, 128].choose(&mut rng).unwrap();
-        let mut pkts: Vec<VecBuf> = burst.iter().map(|b| VecBuf::with_headroom(b, headroom)).collect();
+        let mut pkts: Vec<VecBuf> = burst
+            .iter()
+            .map(|b| VecBuf::with_headroom(b, headroom))
+            .collect();
         let mut verdicts = vec![Verdict::SlowPath; pkts.len()];
-        let run = catch_unwind(AssertUnwindSafe(|| process(&bx.snap, in_port, &mut pkts, &mut verdicts)));
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            process(&bx.snap, in_port, &mut pkts, &mut verdicts)
+        }));
         if run.is_err() {
             culprit(role, bx, in_port, headroom, &burst);
         }
         for ((b, p), &v) in burst.iter().zip(&pkts).zip(&verdicts) {
             if let Err(err) = check(role, &e, in_port, b, v, p.data()) {
-                panic!("{role}: {err}\nverdict {v:?} on port {in_port}\ninput  {}\noutput {}", hex(b), hex(p.data()));
+                panic!(
+                    "{role}: {err}\nverdict {v:?} on port {in_port}\ninput  {}\noutput {}",
+                    hex(b),
+                    hex(p.data())
+                );
             }
             tally[match v {
                 Verdict::Forward(_) => 0,
@@ -462,11 +657,21 @@ fn culprit(role: &str, bx: &Box_, in_port: u16, headroom: usize, burst: &[Vec<u8
     for b in burst {
         let mut pkt = [VecBuf::with_headroom(b, headroom)];
         let mut v = [Verdict::SlowPath];
-        if catch_unwind(AssertUnwindSafe(|| process(&bx.snap, in_port, &mut pkt, &mut v))).is_err() {
-            panic!("{role} panics on port {in_port}, headroom {headroom}: {}", hex(b));
+        if catch_unwind(AssertUnwindSafe(|| {
+            process(&bx.snap, in_port, &mut pkt, &mut v)
+        }))
+        .is_err()
+        {
+            panic!(
+                "{role} panics on port {in_port}, headroom {headroom}: {}",
+                hex(b)
+            );
         }
     }
-    panic!("{role} panics on a burst of {} on port {in_port}, on no packet alone", burst.len());
+    panic!(
+        "{role} panics on a burst of {} on port {in_port}, on no packet alone",
+        burst.len()
+    );
 }
 
 fn hex(b: &[u8]) -> String {
@@ -480,7 +685,13 @@ fn pipelines_survive_arbitrary_bytes() {
     let dmx_seeds = demux_seeds();
     let rmx_seeds = seeds("remux");
     for (role, bx, seeds, own_mac, seed) in [
-        ("aggregator", aggregator(), &agg_seeds, AGG_LINE, 0x7a59_0001),
+        (
+            "aggregator",
+            aggregator(),
+            &agg_seeds,
+            AGG_LINE,
+            0x7a59_0001,
+        ),
         ("demux", demux(), &dmx_seeds, DMX_TUN, 0x7a59_0002),
         ("remux", remux(), &rmx_seeds, RMX_DC, 0x7a59_0003),
     ] {
@@ -497,18 +708,33 @@ fn pipelines_survive_arbitrary_bytes() {
 /// Every checked constructor and every getter on `b`, and the setters on a copy: no
 /// panic, and what a view computes agrees with itself (fill then verify).
 fn views(b: &[u8]) {
-    let v4 = (IpAddr::from([198, 51, 100, 1]), IpAddr::from([203, 0, 113, 2]));
+    let v4 = (
+        IpAddr::from([198, 51, 100, 1]),
+        IpAddr::from([203, 0, 113, 2]),
+    );
     let v6 = (ip("2001:db8:51::1"), ip("2001:db8:113::2"));
     if let Ok(f) = EthernetFrame::new_checked(b) {
         let _ = (f.dst(), f.src(), f.ethertype(), f.dst().is_multicast());
         if let Ok(info) = f.payload_info() {
-            assert!(info.l3_offset <= b.len(), "L3 offset {} past {} bytes", info.l3_offset, b.len());
+            assert!(
+                info.l3_offset <= b.len(),
+                "L3 offset {} past {} bytes",
+                info.l3_offset,
+                b.len()
+            );
             views_l3(&b[info.l3_offset..]);
         }
     }
     views_l3(b);
     if let Ok(p) = UdpPacket::new_checked(b) {
-        let _ = (p.src_port(), p.dst_port(), p.len(), p.is_empty(), p.checksum(), p.payload().len());
+        let _ = (
+            p.src_port(),
+            p.dst_port(),
+            p.len(),
+            p.is_empty(),
+            p.checksum(),
+            p.payload().len(),
+        );
         let _ = (p.verify_checksum(v4.0, v4.1), p.verify_checksum(v6.0, v6.1));
         for (s, d) in [v4, v6] {
             let mut c = b.to_vec();
@@ -521,7 +747,15 @@ fn views(b: &[u8]) {
         }
     }
     if let Ok(p) = TcpPacket::new_checked(b) {
-        let _ = (p.src_port(), p.dst_port(), p.seq(), p.ack(), p.header_len(), p.flags(), p.checksum());
+        let _ = (
+            p.src_port(),
+            p.dst_port(),
+            p.seq(),
+            p.ack(),
+            p.header_len(),
+            p.flags(),
+            p.checksum(),
+        );
         for (s, d) in [v4, v6] {
             let mut c = b.to_vec();
             let mut p = TcpPacket::new_checked(&mut c[..]).unwrap();
@@ -530,9 +764,23 @@ fn views(b: &[u8]) {
         }
     }
     if let Ok(p) = IcmpPacket::new_checked(b) {
-        let (IpAddr::V6(s), IpAddr::V6(d)) = v6 else { unreachable!() };
-        let _ = (p.msg_type(), p.code(), p.checksum(), p.echo_ident(), p.echo_seq(), p.verify_checksum_v4());
-        let _ = (p.verify_checksum_v6(s, d), p.nd_target(), p.nd_lladdr(1), p.nd_lladdr(2));
+        let (IpAddr::V6(s), IpAddr::V6(d)) = v6 else {
+            unreachable!()
+        };
+        let _ = (
+            p.msg_type(),
+            p.code(),
+            p.checksum(),
+            p.echo_ident(),
+            p.echo_seq(),
+            p.verify_checksum_v4(),
+        );
+        let _ = (
+            p.verify_checksum_v6(s, d),
+            p.nd_target(),
+            p.nd_lladdr(1),
+            p.nd_lladdr(2),
+        );
         let mut c = b.to_vec();
         let mut p = IcmpPacket::new_checked(&mut c[..]).unwrap();
         p.set_msg_type(8);
@@ -543,7 +791,13 @@ fn views(b: &[u8]) {
         assert!(p.verify_checksum_v6(s, d), "ICMPv6 fill then verify");
     }
     if let Ok(p) = ArpPacket::new_checked(b) {
-        let _ = (p.operation(), p.sender_mac(), p.sender_ip(), p.target_mac(), p.target_ip());
+        let _ = (
+            p.operation(),
+            p.sender_mac(),
+            p.sender_ip(),
+            p.target_mac(),
+            p.target_ip(),
+        );
     }
     if let Ok(p) = VxlanPacket::new_checked(b) {
         assert_eq!(p.inner().len(), b.len() - vxlan::HEADER_LEN);
@@ -551,15 +805,34 @@ fn views(b: &[u8]) {
     }
     if let Ok(o) = vxlan::parse_outer(b) {
         // The inner frame holds at least an Ethernet header.
-        assert!(o.inner_offset + 14 <= b.len(), "inner offset {} of {} bytes", o.inner_offset, b.len());
+        assert!(
+            o.inner_offset + 14 <= b.len(),
+            "inner offset {} of {} bytes",
+            o.inner_offset,
+            b.len()
+        );
         let _ = (o.src, o.dst, o.vni);
     }
 }
 
 fn views_l3(b: &[u8]) {
     if let Ok(p) = Ipv4Packet::new_checked(b) {
-        let _ = (p.version(), p.ident(), p.more_frags(), p.dont_frag(), p.frag_offset(), p.is_fragment());
-        let _ = (p.ttl(), p.protocol(), p.checksum(), p.src(), p.dst(), p.verify_checksum());
+        let _ = (
+            p.version(),
+            p.ident(),
+            p.more_frags(),
+            p.dont_frag(),
+            p.frag_offset(),
+            p.is_fragment(),
+        );
+        let _ = (
+            p.ttl(),
+            p.protocol(),
+            p.checksum(),
+            p.src(),
+            p.dst(),
+            p.verify_checksum(),
+        );
         assert_eq!(p.payload().len(), p.total_len() as usize - p.header_len());
         let mut c = b.to_vec();
         let mut p = Ipv4Packet::new_checked(&mut c[..]).unwrap();
@@ -574,10 +847,21 @@ fn views_l3(b: &[u8]) {
         views(p.payload());
     }
     if let Ok(p) = Ipv6Packet::new_checked(b) {
-        let _ = (p.version(), p.payload_len(), p.next_header(), p.hop_limit(), p.src(), p.dst());
+        let _ = (
+            p.version(),
+            p.payload_len(),
+            p.next_header(),
+            p.hop_limit(),
+            p.src(),
+            p.dst(),
+        );
         if let Ok(ul) = p.upper_layer() {
             let end = 40 + p.payload_len() as usize;
-            assert!(ul.offset <= end, "upper layer at {} past the payload end {end}", ul.offset);
+            assert!(
+                ul.offset <= end,
+                "upper layer at {} past the payload end {end}",
+                ul.offset
+            );
             let _ = ul.is_later_fragment();
             views_l4(&b[ul.offset..end]);
         }
@@ -608,7 +892,11 @@ fn packet_views_survive_arbitrary_bytes() {
     // The seeds from every offset where a header could start.
     let starts = [0usize, 14, 18, 34, 42, 54, 62, 64, 70, 72, 78];
     for i in 0..packets() / 5 {
-        let mut b = if i % 4 == 0 { random_bytes(&mut rng, 0..128) } else { input(&mut rng, &seeds, AGG_LINE) };
+        let mut b = if i % 4 == 0 {
+            random_bytes(&mut rng, 0..128)
+        } else {
+            input(&mut rng, &seeds, AGG_LINE)
+        };
         let at = starts.choose(&mut rng).unwrap().min(&b.len()).to_owned();
         if i % 2 == 0 {
             b.drain(..at);
@@ -626,11 +914,24 @@ fn packet_views_survive_arbitrary_bytes() {
 #[test]
 fn demux_ends_the_inner_frame_at_the_udp_length() {
     let dmx = demux();
-    let inner = frame(AGG_UPLINK, INNER, ip("198.51.100.10"), ip("198.18.0.3"), 64, L4::Udp, 1, 4000, b"0123456789");
+    let inner = frame(
+        AGG_UPLINK,
+        INNER,
+        ip("198.51.100.10"),
+        ip("198.18.0.3"),
+        64,
+        L4::Udp,
+        1,
+        4000,
+        b"0123456789",
+    );
     // The tunnel carries the inner frame without its last 10 bytes; they trail the outer
     // IP packet, outside every length field of the tunnel.
     let cut = inner.len() - 10;
     let mut tunnelled = vxlan(ip("192.0.2.1"), ip("192.0.2.2"), 100, &inner[..cut]);
     tunnelled.extend_from_slice(&inner[cut..]);
-    assert_eq!(dmx.run(0, &tunnelled).0, Verdict::Drop(DropReason::Malformed));
+    assert_eq!(
+        dmx.run(0, &tunnelled).0,
+        Verdict::Drop(DropReason::Malformed)
+    );
 }

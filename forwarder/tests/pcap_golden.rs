@@ -48,7 +48,11 @@ fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn metric(port: u16, name: &str, label: &str) -> Option<u64> {
@@ -67,14 +71,23 @@ struct Run {
 
 impl Drop for Run {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 }
 
 /// Runs one forwarder over `input` received on port 0 (`in_role` rules in `rules`) and
 /// returns what it wrote on port 1.
-fn run_pcap(name: &str, ports: [(&str, &str, &str); 2], rules: &str, neighbours: &str, input: &[Vec<u8>]) -> Vec<Vec<u8>> {
+fn run_pcap(
+    name: &str,
+    ports: [(&str, &str, &str); 2],
+    rules: &str,
+    neighbours: &str,
+    input: &[Vec<u8>],
+) -> Vec<Vec<u8>> {
     let dir = std::env::temp_dir().join(format!("tarp-pcap-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     write_pcap(&dir.join("in.pcap"), input);
@@ -121,11 +134,19 @@ neighbours = [{neighbours}]
     let deadline = Instant::now() + Duration::from_secs(30);
     let n = input.len() as u64;
     loop {
-        let tx = metric(metrics, "tarp_device_tx_packets_total", &format!("port=\"{p1}\""));
+        let tx = metric(
+            metrics,
+            "tarp_device_tx_packets_total",
+            &format!("port=\"{p1}\""),
+        );
         if tx == Some(n) {
             break;
         }
-        assert!(Instant::now() < deadline, "forwarder sent {tx:?} of {n}; log: {}", std::fs::read_to_string(dir.join("fw.log")).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "forwarder sent {tx:?} of {n}; log: {}",
+            std::fs::read_to_string(dir.join("fw.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(run); // SIGTERM: the pcap is complete once the port is closed
@@ -136,7 +157,10 @@ neighbours = [{neighbours}]
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -144,11 +168,61 @@ fn is_root() -> bool {
 fn device_frames() -> Vec<Vec<u8>> {
     let mut v = Vec::new();
     for l4 in [L4::Udp, L4::Tcp] {
-        v.push(frame(ROUTER, AGG_LINE, ip("198.51.100.10"), ip("203.0.113.2"), 64, l4, 40000, 4000, b"fig6"));
-        v.push(frame(ROUTER, AGG_LINE, ip("2001:db8:51::10"), ip("2001:db8:113::2"), 64, l4, 40000, 4000, b"fig6v6"));
-        v.push(frame(ROUTER, AGG_LINE, ip("198.51.100.10"), ip("203.0.113.4"), 64, l4, 41004, 4000, b"fig8a"));
-        v.push(frame(ROUTER, AGG_LINE, ip("198.51.100.20"), ip("203.0.113.4"), 64, l4, 41005, 5000, b"fig8b"));
-        v.push(frame(ROUTER, AGG_LINE, ip("2001:db8:51::20"), ip("2001:db8:113::4"), 64, l4, 41005, 5000, b"fig8v6"));
+        v.push(frame(
+            ROUTER,
+            AGG_LINE,
+            ip("198.51.100.10"),
+            ip("203.0.113.2"),
+            64,
+            l4,
+            40000,
+            4000,
+            b"fig6",
+        ));
+        v.push(frame(
+            ROUTER,
+            AGG_LINE,
+            ip("2001:db8:51::10"),
+            ip("2001:db8:113::2"),
+            64,
+            l4,
+            40000,
+            4000,
+            b"fig6v6",
+        ));
+        v.push(frame(
+            ROUTER,
+            AGG_LINE,
+            ip("198.51.100.10"),
+            ip("203.0.113.4"),
+            64,
+            l4,
+            41004,
+            4000,
+            b"fig8a",
+        ));
+        v.push(frame(
+            ROUTER,
+            AGG_LINE,
+            ip("198.51.100.20"),
+            ip("203.0.113.4"),
+            64,
+            l4,
+            41005,
+            5000,
+            b"fig8b",
+        ));
+        v.push(frame(
+            ROUTER,
+            AGG_LINE,
+            ip("2001:db8:51::20"),
+            ip("2001:db8:113::4"),
+            64,
+            l4,
+            41005,
+            5000,
+            b"fig8v6",
+        ));
     }
     v
 }
@@ -161,7 +235,14 @@ fn pcap_golden_through_dpdk() {
     }
     let (agg, dmx, rmx) = (aggregator(), demux(), remux());
     let input = device_frames();
-    let expected: Vec<Vec<u8>> = input.iter().map(|f| { let (v, o) = agg.run(0, f); assert_eq!(v, Verdict::Forward(1)); o }).collect();
+    let expected: Vec<Vec<u8>> = input
+        .iter()
+        .map(|f| {
+            let (v, o) = agg.run(0, f);
+            assert_eq!(v, Verdict::Forward(1));
+            o
+        })
+        .collect();
     let agg_rules = r#"
 tunnels = [{ id = 1, local = "192.0.2.1", remote = "192.0.2.2", vni = 100, inner_dst_mac = "02:00:00:00:0f:0f" }]
 aggregator = [
@@ -174,7 +255,10 @@ routes = [{ prefix = "192.0.2.0/24", port = "uplink" }]
 "#;
     let got = run_pcap(
         "agg",
-        [("line0", "aggregator", AGG_LINE), ("uplink", "aggregator", AGG_UPLINK)],
+        [
+            ("line0", "aggregator", AGG_LINE),
+            ("uplink", "aggregator", AGG_UPLINK),
+        ],
         agg_rules,
         &format!(r#"{{ address = "192.0.2.2", mac = "{DMX_TUN}" }}"#),
         &input,
@@ -186,7 +270,14 @@ routes = [{ prefix = "192.0.2.0/24", port = "uplink" }]
 
     // The tunnel frames into the demux.
     let tunnelled = expected;
-    let expected: Vec<Vec<u8>> = tunnelled.iter().map(|f| { let (v, o) = dmx.run(0, f); assert_eq!(v, Verdict::Forward(1)); o }).collect();
+    let expected: Vec<Vec<u8>> = tunnelled
+        .iter()
+        .map(|f| {
+            let (v, o) = dmx.run(0, f);
+            assert_eq!(v, Verdict::Forward(1));
+            o
+        })
+        .collect();
     let dmx_rules = r#"
 tunnel_peers = ["192.0.2.1"]
 demux = [
@@ -205,17 +296,70 @@ routes = [{ prefix = "198.19.0.0/24", port = "dc" }, { prefix = "2001:db8:19::/6
         r#"{{ address = "198.19.0.2", mac = "{APP2}" }}, {{ address = "198.19.0.3", mac = "{APP3}" }},
            {{ address = "2001:db8:19::2", mac = "{APP2}" }}, {{ address = "2001:db8:19::3", mac = "{APP3}" }}"#
     );
-    let got = run_pcap("dmx", [("tun", "demux", DMX_TUN), ("dc", "demux", DMX_DC)], dmx_rules, &nb, &tunnelled);
+    let got = run_pcap(
+        "dmx",
+        [("tun", "demux", DMX_TUN), ("dc", "demux", DMX_DC)],
+        dmx_rules,
+        &nb,
+        &tunnelled,
+    );
     assert_eq!(got, expected, "demux output");
 
     // The app hosts' replies into the remux.
     let replies: Vec<Vec<u8>> = vec![
-        frame(APP2, RMX_DC, ip("203.0.113.2"), ip("198.51.100.10"), 64, L4::Udp, 4000, 40000, b"r6"),
-        frame(APP2, RMX_DC, ip("198.19.0.2"), ip("198.51.100.10"), 64, L4::Udp, 4000, 41004, b"r8a"),
-        frame(APP3, RMX_DC, ip("198.19.0.3"), ip("198.51.100.20"), 64, L4::Tcp, 5000, 41005, b"r8b"),
-        frame(APP3, RMX_DC, ip("2001:db8:19::3"), ip("2001:db8:51::20"), 64, L4::Tcp, 5000, 41005, b"r8v6"),
+        frame(
+            APP2,
+            RMX_DC,
+            ip("203.0.113.2"),
+            ip("198.51.100.10"),
+            64,
+            L4::Udp,
+            4000,
+            40000,
+            b"r6",
+        ),
+        frame(
+            APP2,
+            RMX_DC,
+            ip("198.19.0.2"),
+            ip("198.51.100.10"),
+            64,
+            L4::Udp,
+            4000,
+            41004,
+            b"r8a",
+        ),
+        frame(
+            APP3,
+            RMX_DC,
+            ip("198.19.0.3"),
+            ip("198.51.100.20"),
+            64,
+            L4::Tcp,
+            5000,
+            41005,
+            b"r8b",
+        ),
+        frame(
+            APP3,
+            RMX_DC,
+            ip("2001:db8:19::3"),
+            ip("2001:db8:51::20"),
+            64,
+            L4::Tcp,
+            5000,
+            41005,
+            b"r8v6",
+        ),
     ];
-    let expected: Vec<Vec<u8>> = replies.iter().map(|f| { let (v, o) = rmx.run(0, f); assert_eq!(v, Verdict::Forward(1)); o }).collect();
+    let expected: Vec<Vec<u8>> = replies
+        .iter()
+        .map(|f| {
+            let (v, o) = rmx.run(0, f);
+            assert_eq!(v, Verdict::Forward(1));
+            o
+        })
+        .collect();
     let rmx_rules = r#"
 remux = [
   { mode = "address", capture = "203.0.113.2" },
@@ -225,7 +369,15 @@ remux = [
 ]
 routes = [{ prefix = "0.0.0.0/0", port = "out", via = "192.0.2.254" }, { prefix = "::/0", port = "out", via = "2001:db8:ffff::fe" }]
 "#;
-    let nb = format!(r#"{{ address = "192.0.2.254", mac = "{ROUTER}" }}, {{ address = "2001:db8:ffff::fe", mac = "{ROUTER}" }}"#);
-    let got = run_pcap("rmx", [("dc", "remux", RMX_DC), ("out", "remux", RMX_OUT)], rmx_rules, &nb, &replies);
+    let nb = format!(
+        r#"{{ address = "192.0.2.254", mac = "{ROUTER}" }}, {{ address = "2001:db8:ffff::fe", mac = "{ROUTER}" }}"#
+    );
+    let got = run_pcap(
+        "rmx",
+        [("dc", "remux", RMX_DC), ("out", "remux", RMX_OUT)],
+        rmx_rules,
+        &nb,
+        &replies,
+    );
     assert_eq!(got, expected, "remux output");
 }

@@ -81,10 +81,21 @@ fn build(g: u64, ports: &[PortInfo], neighbours: &NeighbourCache) -> Snapshot {
         inner_dst_mac: Some(mac(INNER)),
     };
     let mut rules = Rules {
-        tunnels: vec![tunnel(1, "192.0.2.1", "192.0.2.2"), tunnel(2, "2001:db8:ffff::1", "2001:db8:ffff::2")],
+        tunnels: vec![
+            tunnel(1, "192.0.2.1", "192.0.2.2"),
+            tunnel(2, "2001:db8:ffff::1", "2001:db8:ffff::2"),
+        ],
         routes: vec![
-            Route { prefix: "192.0.2.0/24".parse().unwrap(), port: "uplink".into(), via: None },
-            Route { prefix: "2001:db8:ffff::/64".parse().unwrap(), port: "uplink".into(), via: None },
+            Route {
+                prefix: "192.0.2.0/24".parse().unwrap(),
+                port: "uplink".into(),
+                via: None,
+            },
+            Route {
+                prefix: "2001:db8:ffff::/64".parse().unwrap(),
+                port: "uplink".into(),
+                via: None,
+            },
         ],
         ..Rules::default()
     };
@@ -110,10 +121,21 @@ fn build(g: u64, ports: &[PortInfo], neighbours: &NeighbourCache) -> Snapshot {
 fn traffic() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for x in 0..MAX_CIRCUITS {
-        for (src, dst) in
-            [(ip("198.51.100.10"), IpAddr::from(capture_v4(x))), (ip("2001:db8:51::10"), IpAddr::from(capture_v6(x)))]
-        {
-            out.push(frame(ROUTER, AGG_LINE, src, dst, 64, L4::Udp, 40000 + x as u16, 4000, b"swap"));
+        for (src, dst) in [
+            (ip("198.51.100.10"), IpAddr::from(capture_v4(x))),
+            (ip("2001:db8:51::10"), IpAddr::from(capture_v6(x))),
+        ] {
+            out.push(frame(
+                ROUTER,
+                AGG_LINE,
+                src,
+                dst,
+                64,
+                L4::Udp,
+                40000 + x as u16,
+                4000,
+                b"swap",
+            ));
         }
     }
     out
@@ -121,19 +143,48 @@ fn traffic() -> Vec<Vec<u8>> {
 
 /// Checks that everything `snap` answers belongs to one generation, `snap.generation()`:
 /// table lookups, and packets run through the aggregator. Returns the generation.
-fn check_whole(snap: &Snapshot, traffic: &[Vec<u8>], bufs: &mut [VecBuf], verdicts: &mut [Verdict]) -> u64 {
+fn check_whole(
+    snap: &Snapshot,
+    traffic: &[Vec<u8>],
+    bufs: &mut [VecBuf],
+    verdicts: &mut [Verdict],
+) -> u64 {
     let g = snap.generation();
     for x in 0..MAX_CIRCUITS {
         let present = x < circuits(g);
         let e4 = snap.v4.aggregator.get(&u32::from(capture_v4(x)));
         let e6 = snap.v6.aggregator.get(&capture_v6(x).octets());
-        assert_eq!(e4.is_some(), present, "generation {g}: circuit {x} (IPv4) present");
-        assert_eq!(e6.is_some(), present, "generation {g}: circuit {x} (IPv6) present");
+        assert_eq!(
+            e4.is_some(),
+            present,
+            "generation {g}: circuit {x} (IPv4) present"
+        );
+        assert_eq!(
+            e6.is_some(),
+            present,
+            "generation {g}: circuit {x} (IPv6) present"
+        );
         if let (Some(e4), Some(e6)) = (e4, e6) {
-            assert_eq!(Ipv4Addr::from(e4.alias), alias_v4(g, x), "generation {g}: IPv4 alias of circuit {x}");
-            assert_eq!(Ipv6Addr::from(e6.alias), alias_v6(g, x), "generation {g}: IPv6 alias of circuit {x}");
-            assert_eq!(snap.tunnels[e4.tunnel as usize].vni, vni(g), "generation {g}: VNI");
-            assert_eq!(snap.tunnels[e6.tunnel as usize].vni, vni(g), "generation {g}: VNI");
+            assert_eq!(
+                Ipv4Addr::from(e4.alias),
+                alias_v4(g, x),
+                "generation {g}: IPv4 alias of circuit {x}"
+            );
+            assert_eq!(
+                Ipv6Addr::from(e6.alias),
+                alias_v6(g, x),
+                "generation {g}: IPv6 alias of circuit {x}"
+            );
+            assert_eq!(
+                snap.tunnels[e4.tunnel as usize].vni,
+                vni(g),
+                "generation {g}: VNI"
+            );
+            assert_eq!(
+                snap.tunnels[e6.tunnel as usize].vni,
+                vni(g),
+                "generation {g}: VNI"
+            );
         }
     }
 
@@ -142,7 +193,11 @@ fn check_whole(snap: &Snapshot, traffic: &[Vec<u8>], bufs: &mut [VecBuf], verdic
     for (i, (b, &v)) in bufs.iter().zip(verdicts.iter()).enumerate() {
         let (x, is_v6) = (i as u32 / 2, i % 2 == 1);
         if x >= circuits(g) {
-            assert_eq!(v, Verdict::Drop(DropReason::NoCircuit), "generation {g}: circuit {x} is not in it");
+            assert_eq!(
+                v,
+                Verdict::Drop(DropReason::NoCircuit),
+                "generation {g}: circuit {x} is not in it"
+            );
             continue;
         }
         assert_eq!(v, Verdict::Forward(1), "generation {g}: circuit {x}");
@@ -153,8 +208,15 @@ fn check_whole(snap: &Snapshot, traffic: &[Vec<u8>], bufs: &mut [VecBuf], verdic
         assert_eq!(got_vni, vni(g), "generation {g}: VNI on the wire");
         let inner = &out[outer + 8..];
         let (_, dst, _) = check_checksums(inner).unwrap();
-        let want = if is_v6 { IpAddr::from(alias_v6(g, x)) } else { IpAddr::from(alias_v4(g, x)) };
-        assert_eq!(dst, want, "generation {g}: rewritten destination of circuit {x}");
+        let want = if is_v6 {
+            IpAddr::from(alias_v6(g, x))
+        } else {
+            IpAddr::from(alias_v4(g, x))
+        };
+        assert_eq!(
+            dst, want,
+            "generation {g}: rewritten destination of circuit {x}"
+        );
     }
     g
 }
@@ -204,7 +266,11 @@ fn readers_see_whole_snapshots_in_order() {
 
         for g in 2..=last {
             let old = handle.publish(build(g, &ports, &neighbours));
-            assert_eq!(old.generation(), g - 1, "publish returns the snapshot it replaces");
+            assert_eq!(
+                old.generation(),
+                g - 1,
+                "publish returns the snapshot it replaces"
+            );
         }
         done.store(true, Ordering::Release);
 

@@ -6,45 +6,21 @@
 //! every error is one line that names the key at fault.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tarp_api::rules::{Route, Tunnel};
 use tarp_api::MacAddr;
 
 pub use crate::transport::ListenAddr;
 
-/// A forwarder's identity in the inventory (its `node` / `node_id`).
-pub type NodeId = String;
+pub use tarp_api::circuit::{NodeId, Role};
 
 /// The largest number of addresses one prefix in a pool may expand to.
 pub const MAX_POOL_PREFIX: u128 = 1 << 16;
-
-/// What a forwarder does with its ports; one node may play several roles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// POP side: capture address -> demux alias, into the tunnel.
-    Aggregator,
-    /// DC side: out of the tunnel, alias -> application host.
-    Demux,
-    /// DC egress: application host's reply -> capture address as source.
-    Remux,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::Aggregator => "aggregator",
-            Role::Demux => "demux",
-            Role::Remux => "remux",
-        })
-    }
-}
 
 /// The keeper's own settings (`[keeper]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

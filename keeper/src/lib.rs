@@ -7,16 +7,15 @@
 //! * [`compiler`]: circuits -> each forwarder's [`Rules`](tarp_api::Rules).
 //! * [`store`]: durable state in an embedded redb database.
 //! * [`server`]: the keeper and its gRPC services for applications and forwarders.
-//! * [`client`]: [`client::AppClient`] for applications, [`client::ForwarderSession`]
-//!   for forwarders.
-//! * [`transport`]: TCP or Unix-domain socket, for the server and every client.
+//! * [`transport`]: where the server listens (TCP or a Unix-domain socket).
+//!
+//! The circuit types, the gRPC contract and the clients ([`tarp_api::client`]) live in
+//! `tarp-api`, which forwarders and `tarpctl` use without linking any of this.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod circuits;
-pub mod client;
 pub mod compiler;
-pub mod convert;
 pub mod inventory;
 pub mod server;
 pub mod store;

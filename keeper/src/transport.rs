@@ -1,4 +1,5 @@
-//! How the keeper and its clients reach each other: TCP, or a Unix-domain socket.
+//! Where the keeper listens: TCP, or a Unix-domain socket (the client side, and the
+//! endpoint syntax both share, is [`tarp_api::endpoint`]).
 //!
 //! A Unix socket lets forwarders, application hosts and the keeper live in different
 //! network namespaces of one machine: each namespace has its own loopback, but they
@@ -17,45 +18,13 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
-use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
+use tarp_api::endpoint::{check_socket_path, unix_path};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
-use tonic::transport::{Channel, Endpoint, Uri};
 
 /// The permissions the keeper gives a socket file it creates: owner and group may
 /// connect.
 pub const SOCKET_MODE: u32 = 0o660;
-
-/// The longest Unix socket path the kernel takes (`sun_path` less its final NUL).
-const MAX_SOCKET_PATH: usize = 107;
-
-/// The path of a `unix:` address, `None` when it is not one. `unix:///run/k.sock` and
-/// `unix:/run/k.sock` name the same file.
-fn unix_path(s: &str) -> Option<&str> {
-    s.strip_prefix("unix://")
-        .or_else(|| s.strip_prefix("unix:"))
-}
-
-fn check_socket_path(path: &str) -> Result<PathBuf, String> {
-    if path.is_empty() {
-        return Err("empty socket path after \"unix:\"".into());
-    }
-    if path.contains('\0') {
-        return Err("socket path contains a NUL byte".into());
-    }
-    if path.len() > MAX_SOCKET_PATH {
-        return Err(format!(
-            "socket path is {} bytes long; the limit is {MAX_SOCKET_PATH}",
-            path.len()
-        ));
-    }
-    if path.ends_with('/') {
-        return Err(format!("{path:?} names a directory, not a socket file"));
-    }
-    Ok(PathBuf::from(path))
-}
 
 /// Where the keeper listens: the `[keeper] listen` setting.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -272,55 +241,6 @@ async fn bind_unix(path: &Path) -> io::Result<(UnixListener, SocketFile)> {
     Ok((listener, file))
 }
 
-/// What is wrong with a client endpoint.
-pub(crate) enum EndpointError {
-    /// Not an endpoint at all.
-    Invalid(String),
-    /// Could not connect.
-    Connect(tonic::transport::Error),
-}
-
-/// Dials a keeper at `http://HOST:PORT` (or `https://`) or `unix:/PATH`. The channel
-/// reconnects by itself (over the same transport) when the connection drops.
-pub(crate) async fn connect(
-    endpoint: &str,
-    connect_timeout: Duration,
-) -> Result<Channel, EndpointError> {
-    let tune = |ep: Endpoint| {
-        ep.connect_timeout(connect_timeout)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-    };
-    if let Some(path) = unix_path(endpoint) {
-        let path: Arc<Path> = check_socket_path(path)
-            .map_err(EndpointError::Invalid)?
-            .into();
-        // The URI only fills in the :authority header; the connector ignores it.
-        let ep = tune(Endpoint::from_static("http://localhost"));
-        let connector = tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { Ok::<_, io::Error>(TokioIo::new(UnixStream::connect(&*path).await?)) }
-        });
-        return ep
-            .connect_with_connector(connector)
-            .await
-            .map_err(EndpointError::Connect);
-    }
-    let ep = Endpoint::from_shared(endpoint.to_string()).map_err(|e| {
-        EndpointError::Invalid(format!("{e}; expected http://HOST:PORT or unix:/PATH"))
-    })?;
-    match ep.uri().scheme_str() {
-        Some("http" | "https") => {}
-        _ => {
-            return Err(EndpointError::Invalid(
-                "expected http://HOST:PORT or unix:/PATH".into(),
-            ))
-        }
-    }
-    tune(ep).connect().await.map_err(EndpointError::Connect)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,30 +319,5 @@ mod tests {
         let _other = std::os::unix::net::UnixListener::bind(&path).unwrap();
         drop(first);
         assert!(path.exists());
-    }
-
-    #[tokio::test]
-    async fn client_endpoints_are_checked() {
-        for (bad, why) in [
-            ("unix:", "empty socket path"),
-            ("127.0.0.1:50551", "expected http://HOST:PORT or unix:/PATH"),
-            (
-                "ftp://127.0.0.1:1",
-                "expected http://HOST:PORT or unix:/PATH",
-            ),
-            ("http://bad host", "expected http://HOST:PORT or unix:/PATH"),
-        ] {
-            match connect(bad, Duration::from_secs(1)).await {
-                Err(EndpointError::Invalid(e)) => assert!(e.contains(why), "{bad:?}: {e}"),
-                Err(EndpointError::Connect(e)) => panic!("{bad:?}: connect error {e}"),
-                Ok(_) => panic!("{bad:?} accepted"),
-            }
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let missing = format!("unix:{}", dir.path().join("none.sock").display());
-        assert!(matches!(
-            connect(&missing, Duration::from_secs(1)).await,
-            Err(EndpointError::Connect(_))
-        ));
     }
 }

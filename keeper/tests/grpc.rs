@@ -3,86 +3,19 @@
 //! over TCP on loopback (`NAME::tcp`) and over a Unix socket in its temp dir
 //! (`NAME::unix`), the way forwarders in other network namespaces reach the keeper.
 
-use std::net::IpAddr;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keeper::client::{
+use keeper::transport::Listener;
+use tarp_api::client::{
     ActivateRequest, AppClient, Circuit, CircuitState, EventKind, ForwarderSession, ListFilter,
-    Mode, PortRange, PortState, Protocol, Role, SessionOptions,
+    Mode, Role,
 };
-use keeper::inventory::Config;
-use keeper::server::Server;
-use keeper::transport::{ListenAddr, Listener};
-use tarp_api::rules::{AggregatorRule, DemuxRule, RemuxRule, Rules};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tarp_api::rules::{AggregatorRule, DemuxRule, RemuxRule};
 use tonic::Code;
 
-const EXAMPLE: &str = include_str!("../examples/keeper.toml");
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn config(db: &Path, ack_timeout_ms: u64, heartbeat_timeout_ms: u64) -> Config {
-    let mut c = Config::parse("keeper.toml", EXAMPLE).unwrap();
-    c.settings.db = db.to_path_buf();
-    c.settings.ack_timeout_ms = ack_timeout_ms;
-    c.settings.heartbeat_interval_ms = 100;
-    c.settings.heartbeat_timeout_ms = heartbeat_timeout_ms;
-    c
-}
-
-/// How the test's clients reach the keeper.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Transport {
-    /// TCP on 127.0.0.1, any free port.
-    Tcp,
-    /// A Unix socket next to the database, in the test's temp dir.
-    Unix,
-}
-
-/// Starts a keeper on a fresh address of the given transport.
-async fn start(config: Config, transport: Transport) -> Server {
-    let addr = match transport {
-        Transport::Tcp => ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()),
-        Transport::Unix => ListenAddr::Unix(config.settings.db.with_file_name("keeper.sock")),
-    };
-    start_at(config, &addr).await
-}
-
-async fn start_at(config: Config, addr: &ListenAddr) -> Server {
-    let listener = Listener::bind(addr).await.unwrap();
-    Server::start(config, listener).await.unwrap()
-}
-
-fn endpoint(s: &Server) -> String {
-    let e = s.endpoint();
-    assert!(
-        e.starts_with("http://127.0.0.1:") || e.starts_with("unix:/"),
-        "{e}"
-    );
-    e
-}
-
-/// Runs each scenario once per transport, as the tests `NAME::tcp` and `NAME::unix`.
-macro_rules! over_both_transports {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn tcp() {
-                super::$name(super::Transport::Tcp).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn unix() {
-                super::$name(super::Transport::Unix).await
-            }
-        }
-    )*};
-}
+#[macro_use]
+mod support;
+use support::*;
 
 over_both_transports!(
     activate_watch_bounce_release,
@@ -91,169 +24,9 @@ over_both_transports!(
     lost_heartbeats_bounce_and_reconnect_recovers,
     forwarder_hello_is_checked,
     restart_keeps_circuits_and_resyncs_by_generation,
-    tarpctl_runs_a_command_with_its_circuit,
     app_client_redials_a_restarted_keeper,
     shutdown_lets_an_activation_under_way_finish,
 );
-
-/// Polls `f` until it yields, failing after 10 s.
-async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    for _ in 0..1000 {
-        if let Some(v) = f() {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Behaviour {
-    /// Acknowledge everything.
-    Ack,
-    /// Acknowledge the first table set, reject the rest.
-    NackAfterFirst,
-    /// Acknowledge the first table set, ignore the rest.
-    SilentAfterFirst,
-    /// Acknowledge the first table set at once, the rest after a while.
-    SlowAfterFirst(Duration),
-}
-
-/// A forwarder that records every table set it receives.
-struct Fake {
-    updates: Arc<Mutex<Vec<(u64, Rules)>>>,
-    links: mpsc::Sender<(String, bool)>,
-    task: JoinHandle<()>,
-}
-
-impl Fake {
-    async fn connect(
-        keeper: &str,
-        node: &str,
-        roles: &[Role],
-        ports: &[&str],
-        last: u64,
-        behaviour: Behaviour,
-    ) -> Fake {
-        let ports: Vec<PortState> = ports
-            .iter()
-            .map(|p| PortState {
-                name: p.to_string(),
-                up: true,
-            })
-            .collect();
-        let options = SessionOptions {
-            heartbeat_interval: Some(Duration::from_millis(100)),
-            ..Default::default()
-        };
-        let mut session =
-            ForwarderSession::connect_with(keeper, node, roles, &ports, last, options)
-                .await
-                .unwrap();
-        let updates = Arc::new(Mutex::new(Vec::new()));
-        let (links, mut link_rx) = mpsc::channel::<(String, bool)>(8);
-        let seen = updates.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    update = session.next_update() => {
-                        let Ok((generation, rules)) = update else { return };
-                        let first = seen.lock().unwrap().is_empty();
-                        seen.lock().unwrap().push((generation, rules));
-                        match behaviour {
-                            Behaviour::Ack => session.ack(generation).await.unwrap(),
-                            _ if first => session.ack(generation).await.unwrap(),
-                            Behaviour::NackAfterFirst => session.nack(generation, "demux[0]: test says no").await.unwrap(),
-                            Behaviour::SilentAfterFirst => {}
-                            Behaviour::SlowAfterFirst(delay) => {
-                                tokio::time::sleep(delay).await;
-                                session.ack(generation).await.unwrap();
-                            }
-                        }
-                    }
-                    Some((port, up)) = link_rx.recv() => session.report_link(&port, up).await.unwrap(),
-                }
-            }
-        });
-        Fake {
-            updates,
-            links,
-            task,
-        }
-    }
-
-    fn last(&self) -> Option<(u64, Rules)> {
-        self.updates.lock().unwrap().last().cloned()
-    }
-
-    fn all(&self) -> Vec<(u64, Rules)> {
-        self.updates.lock().unwrap().clone()
-    }
-
-    /// Waits for a table set satisfying `f`.
-    async fn wait(&self, what: &str, f: impl Fn(&Rules) -> bool) -> (u64, Rules) {
-        until(what, || self.last().filter(|(_, r)| f(r))).await
-    }
-}
-
-impl Drop for Fake {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// dc-1 (demux + remux), and the aggregators of ams and fra, all acknowledging.
-async fn network(keeper: &str) -> (Fake, Fake, Fake) {
-    let dc = Fake::connect(
-        keeper,
-        "dc-1",
-        &[Role::Demux, Role::Remux],
-        &["apps", "internet"],
-        0,
-        Behaviour::Ack,
-    )
-    .await;
-    let ams = Fake::connect(
-        keeper,
-        "pop-ams-1",
-        &[Role::Aggregator],
-        &["line0", "line1", "uplink"],
-        0,
-        Behaviour::Ack,
-    )
-    .await;
-    let fra = Fake::connect(
-        keeper,
-        "pop-fra-1",
-        &[Role::Aggregator],
-        &["line0", "uplink"],
-        0,
-        Behaviour::Ack,
-    )
-    .await;
-    for f in [&dc, &ams, &fra] {
-        f.wait("the initial table set", |_| true).await;
-    }
-    (dc, ams, fra)
-}
-
-fn address_req(app: &str) -> ActivateRequest {
-    ActivateRequest {
-        region: Some("eu".into()),
-        pop: None,
-        protocol: Protocol::Tcp,
-        ports: PortRange::single(4000),
-        mode: Mode::Address,
-        app_host: ip(app),
-        idempotency_key: None,
-        capture: None,
-    }
-}
-
-fn captures(r: &Rules) -> Vec<IpAddr> {
-    r.aggregator.iter().map(|a| a.capture).collect()
-}
-
 async fn activate_watch_bounce_release(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let server = start(config(&dir.path().join("k.redb"), 5_000, 60_000), t).await;
@@ -708,65 +481,6 @@ async fn restart_keeps_circuits_and_resyncs_by_generation(t: Transport) {
     server.shutdown().await;
 }
 
-async fn tarpctl_runs_a_command_with_its_circuit(t: Transport) {
-    let dir = tempfile::tempdir().unwrap();
-    let server = start(config(&dir.path().join("k.redb"), 5_000, 60_000), t).await;
-    let keeper = endpoint(&server);
-    let (_dc, _ams, _fra) = network(&keeper).await;
-    let tarpctl = env!("CARGO_BIN_EXE_tarpctl");
-    let script = r#"test "$TARP_MODE" = port && test "$TARP_BIND_ADDR" = 198.19.0.2 && test "$TARP_PORT" = 4000 && echo "$TARP_CIRCUIT_ID $TARP_CAPTURE_ADDR"; exit 3"#;
-    let out = tokio::process::Command::new(tarpctl)
-        .args([
-            "--keeper",
-            &keeper,
-            "activate",
-            "--mode",
-            "port",
-            "--port",
-            "4000",
-            "--app-host",
-            "198.19.0.2",
-        ])
-        .args(["--region", "eu", "--", "sh", "-c", script])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(stdout.trim(), "1 203.0.113.1");
-    // Released when the command exited. (The endpoint from the environment.)
-    let out = tokio::process::Command::new(tarpctl)
-        .env("TARP_KEEPER", &keeper)
-        .args(["--json", "list", "--all"])
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success());
-    let line = String::from_utf8(out.stdout).unwrap();
-    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
-    assert_eq!(
-        (v["id"].as_u64(), v["state"].as_str()),
-        (Some(1), Some("released"))
-    );
-    // Errors: one line, non-zero exit.
-    let out = tokio::process::Command::new(tarpctl)
-        .args(["--keeper", &keeper, "get", "7"])
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr).trim(),
-        "tarpctl: keeper: NotFound: no circuit 7"
-    );
-    server.shutdown().await;
-}
-
 /// The application's channel dials the keeper again, over the same transport, when a
 /// keeper comes back at the same address.
 async fn app_client_redials_a_restarted_keeper(t: Transport) {
@@ -883,7 +597,6 @@ async fn tarp_keeper_serves_a_unix_socket_and_stops_on_signals() {
     let socket = dir.path().join("run/keeper.sock");
     let endpoint = format!("unix:{}", socket.display());
     let bin = env!("CARGO_BIN_EXE_tarp-keeper");
-    let tarpctl = env!("CARGO_BIN_EXE_tarpctl");
     for signal in ["TERM", "INT"] {
         let mut child = tokio::process::Command::new(bin)
             .arg("--config")
@@ -902,17 +615,6 @@ async fn tarp_keeper_serves_a_unix_socket_and_stops_on_signals() {
         assert!(app.list(&ListFilter::default()).await.unwrap().is_empty());
         let e = app.get(1).await.unwrap_err();
         assert_eq!(e.code(), Some(Code::NotFound));
-        let out = tokio::process::Command::new(tarpctl)
-            .env("TARP_KEEPER", &endpoint)
-            .args(["get", "1"])
-            .output()
-            .await
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stderr).trim(),
-            "tarpctl: keeper: NotFound: no circuit 1"
-        );
-
         let pid = child.id().unwrap().to_string();
         let kill = std::process::Command::new("kill")
             .args([&format!("-{signal}"), &pid])

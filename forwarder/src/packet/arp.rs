@@ -37,7 +37,10 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
         if b.len() < PACKET_LEN {
             return Err(Error::Truncated);
         }
-        if be16(b, field::HTYPE) != 1 || be16(b, field::PTYPE) != 0x0800 || b[field::HLEN] != 6 || b[field::PLEN] != 4
+        if be16(b, field::HTYPE) != 1
+            || be16(b, field::PTYPE) != 0x0800
+            || b[field::HLEN] != 6
+            || b[field::PLEN] != 4
         {
             return Err(Error::Unsupported);
         }
@@ -97,14 +100,27 @@ mod tests {
     fn round_trip() {
         let mut b = [0u8; 28];
         let mac: MacAddr = "02:00:00:00:00:01".parse().unwrap();
-        write(&mut b, OP_REQUEST, mac, Ipv4Addr::new(192, 0, 2, 1), MacAddr::ZERO, Ipv4Addr::new(192, 0, 2, 2));
+        write(
+            &mut b,
+            OP_REQUEST,
+            mac,
+            Ipv4Addr::new(192, 0, 2, 1),
+            MacAddr::ZERO,
+            Ipv4Addr::new(192, 0, 2, 2),
+        );
         let p = ArpPacket::new_checked(&b[..]).unwrap();
         assert_eq!(p.operation(), OP_REQUEST);
         assert_eq!(p.sender_mac(), mac);
         assert_eq!(p.sender_ip(), Ipv4Addr::new(192, 0, 2, 1));
         assert_eq!(p.target_ip(), Ipv4Addr::new(192, 0, 2, 2));
-        assert_eq!(ArpPacket::new_checked(&b[..27]).err(), Some(Error::Truncated));
+        assert_eq!(
+            ArpPacket::new_checked(&b[..27]).err(),
+            Some(Error::Truncated)
+        );
         b[1] = 6;
-        assert_eq!(ArpPacket::new_checked(&b[..]).err(), Some(Error::Unsupported));
+        assert_eq!(
+            ArpPacket::new_checked(&b[..]).err(),
+            Some(Error::Unsupported)
+        );
     }
 }

@@ -100,7 +100,11 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
         if ethertype == EtherType::VLAN || ethertype == EtherType::QINQ {
             return Err(Error::Unsupported);
         }
-        Ok(L2Info { ethertype, l3_offset: off, vlan })
+        Ok(L2Info {
+            ethertype,
+            l3_offset: off,
+            vlan,
+        })
     }
 }
 
@@ -148,19 +152,42 @@ mod tests {
     fn untagged_and_tagged() {
         let mut f = [0u8; 22];
         f[12..14].copy_from_slice(&[0x08, 0x00]);
-        let info = EthernetFrame::new_checked(&f[..]).unwrap().payload_info().unwrap();
-        assert_eq!(info, L2Info { ethertype: 0x0800, l3_offset: 14, vlan: None });
+        let info = EthernetFrame::new_checked(&f[..])
+            .unwrap()
+            .payload_info()
+            .unwrap();
+        assert_eq!(
+            info,
+            L2Info {
+                ethertype: 0x0800,
+                l3_offset: 14,
+                vlan: None
+            }
+        );
 
         f[12..14].copy_from_slice(&[0x81, 0x00]);
         f[14..16].copy_from_slice(&[0x20, 0x64]); // PCP 1, VLAN 100
         f[16..18].copy_from_slice(&[0x86, 0xdd]);
-        let info = EthernetFrame::new_checked(&f[..]).unwrap().payload_info().unwrap();
-        assert_eq!(info, L2Info { ethertype: 0x86dd, l3_offset: 18, vlan: Some(100) });
+        let info = EthernetFrame::new_checked(&f[..])
+            .unwrap()
+            .payload_info()
+            .unwrap();
+        assert_eq!(
+            info,
+            L2Info {
+                ethertype: 0x86dd,
+                l3_offset: 18,
+                vlan: Some(100)
+            }
+        );
     }
 
     #[test]
     fn short_inputs_are_errors() {
-        assert_eq!(EthernetFrame::new_checked(&[0u8; 13][..]).err(), Some(Error::Truncated));
+        assert_eq!(
+            EthernetFrame::new_checked(&[0u8; 13][..]).err(),
+            Some(Error::Truncated)
+        );
         let mut f = [0u8; 16];
         f[12..14].copy_from_slice(&[0x81, 0x00]);
         let e = EthernetFrame::new_checked(&f[..]).unwrap();

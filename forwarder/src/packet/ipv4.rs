@@ -185,7 +185,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 }
 
 /// Writes a 20-byte IPv4 header (no options, DF set, checksum filled) into `b`.
-pub fn write_header(b: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, payload_len: u16, ttl: u8) {
+pub fn write_header(
+    b: &mut [u8],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: u8,
+    payload_len: u16,
+    ttl: u8,
+) {
     b[field::VER_IHL] = 0x45;
     b[1] = 0;
     set_be16(b, field::LENGTH, payload_len + HEADER_LEN as u16);
@@ -247,14 +254,26 @@ mod tests {
     #[test]
     fn rejects_bad_headers() {
         let v = packet();
-        assert_eq!(Ipv4Packet::new_checked(&v[..19]).err(), Some(Error::Truncated));
-        assert_eq!(Ipv4Packet::new_checked(&v[..30]).err(), Some(Error::Truncated));
+        assert_eq!(
+            Ipv4Packet::new_checked(&v[..19]).err(),
+            Some(Error::Truncated)
+        );
+        assert_eq!(
+            Ipv4Packet::new_checked(&v[..30]).err(),
+            Some(Error::Truncated)
+        );
         let mut bad = v.clone();
         bad[0] = 0x65;
-        assert_eq!(Ipv4Packet::new_checked(&bad[..]).err(), Some(Error::Malformed));
+        assert_eq!(
+            Ipv4Packet::new_checked(&bad[..]).err(),
+            Some(Error::Malformed)
+        );
         let mut bad = v.clone();
         bad[0] = 0x44;
-        assert_eq!(Ipv4Packet::new_checked(&bad[..]).err(), Some(Error::Malformed));
+        assert_eq!(
+            Ipv4Packet::new_checked(&bad[..]).err(),
+            Some(Error::Malformed)
+        );
         let mut bad = v.clone();
         bad[0] = 0x4f; // 60-byte header in a 33-byte packet
         assert!(Ipv4Packet::new_checked(&bad[..]).is_err());

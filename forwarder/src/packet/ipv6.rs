@@ -139,7 +139,13 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
                     }
                     (b[off + 1] as usize + 2) * 4
                 }
-                protocol => return Ok(UpperLayer { protocol, offset: off, fragment }),
+                protocol => {
+                    return Ok(UpperLayer {
+                        protocol,
+                        offset: off,
+                        fragment,
+                    })
+                }
             };
             if off + len > end {
                 return Err(Error::Truncated);
@@ -148,7 +154,11 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
             off += len;
             // Behind a non-first fragment the next header is data, not a header.
             if matches!(fragment, Some((o, _)) if o != 0) {
-                return Ok(UpperLayer { protocol: next, offset: off, fragment });
+                return Ok(UpperLayer {
+                    protocol: next,
+                    offset: off,
+                    fragment,
+                });
             }
         }
         Err(Error::Malformed)
@@ -173,7 +183,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
 }
 
 /// Writes a 40-byte IPv6 header into `b`.
-pub fn write_header(b: &mut [u8], src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload_len: u16, hop_limit: u8) {
+pub fn write_header(
+    b: &mut [u8],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    next: u8,
+    payload_len: u16,
+    hop_limit: u8,
+) {
     b[0..4].copy_from_slice(&[0x60, 0, 0, 0]);
     set_be16(b, field::LENGTH, payload_len);
     b[field::NXT_HDR] = next;
@@ -202,7 +219,14 @@ mod tests {
         let p = Ipv6Packet::new_checked(&v[..]).unwrap();
         assert_eq!(p.hop_limit(), 64);
         assert_eq!(p.dst(), "2001:db8:2::2".parse::<Ipv6Addr>().unwrap());
-        assert_eq!(p.upper_layer().unwrap(), UpperLayer { protocol: 17, offset: 40, fragment: None });
+        assert_eq!(
+            p.upper_layer().unwrap(),
+            UpperLayer {
+                protocol: 17,
+                offset: 40,
+                fragment: None
+            }
+        );
     }
 
     #[test]
@@ -210,8 +234,18 @@ mod tests {
         // Hop-by-hop (8 bytes, next = fragment), fragment (next = TCP, offset 0, M=1).
         let ext = [44, 0, 1, 4, 0, 0, 0, 0, 6, 0, 0x00, 0x01, 0, 0, 0, 1];
         let v = packet(0, &ext, &[0u8; 20]);
-        let ul = Ipv6Packet::new_checked(&v[..]).unwrap().upper_layer().unwrap();
-        assert_eq!(ul, UpperLayer { protocol: 6, offset: 56, fragment: Some((0, true)) });
+        let ul = Ipv6Packet::new_checked(&v[..])
+            .unwrap()
+            .upper_layer()
+            .unwrap();
+        assert_eq!(
+            ul,
+            UpperLayer {
+                protocol: 6,
+                offset: 56,
+                fragment: Some((0, true))
+            }
+        );
         assert!(!ul.is_later_fragment());
     }
 
@@ -219,7 +253,10 @@ mod tests {
     fn later_fragment_is_recognised() {
         let ext = [17, 0, 0x00, 0xb8, 0, 0, 0, 1]; // offset 184 bytes
         let v = packet(44, &ext, &[0u8; 8]);
-        let ul = Ipv6Packet::new_checked(&v[..]).unwrap().upper_layer().unwrap();
+        let ul = Ipv6Packet::new_checked(&v[..])
+            .unwrap()
+            .upper_layer()
+            .unwrap();
         assert!(ul.is_later_fragment());
     }
 
@@ -229,6 +266,9 @@ mod tests {
         let v = packet(60, &ext, &[]);
         let p = Ipv6Packet::new_checked(&v[..]).unwrap();
         assert_eq!(p.upper_layer(), Err(Error::Truncated));
-        assert_eq!(Ipv6Packet::new_checked(&v[..41]).err(), Some(Error::Truncated));
+        assert_eq!(
+            Ipv6Packet::new_checked(&v[..41]).err(),
+            Some(Error::Truncated)
+        );
     }
 }

@@ -124,7 +124,10 @@ mod tests {
         let dst: IpAddr = "203.0.113.2".parse().unwrap();
         let mut p = TcpPacket::new_checked(&mut v[..]).unwrap();
         p.fill_checksum(src, dst);
-        assert_eq!((p.src_port(), p.dst_port(), p.seq(), p.flags()), (40000, 80, 1, 2));
+        assert_eq!(
+            (p.src_port(), p.dst_port(), p.seq(), p.flags()),
+            (40000, 80, 1, 2)
+        );
         assert!(p.verify_checksum(src, dst));
         assert!(!p.verify_checksum(dst, dst));
     }

@@ -128,7 +128,9 @@ mod tests {
 
     #[test]
     fn fill_then_verify() {
-        let mut v = vec![0x0f, 0xa0, 0x13, 0x88, 0, 13, 0, 0, b'h', b'e', b'l', b'l', b'o'];
+        let mut v = vec![
+            0x0f, 0xa0, 0x13, 0x88, 0, 13, 0, 0, b'h', b'e', b'l', b'l', b'o',
+        ];
         let src: IpAddr = "198.51.100.10".parse().unwrap();
         let dst: IpAddr = "203.0.113.2".parse().unwrap();
         let mut p = UdpPacket::new_checked(&mut v[..]).unwrap();
@@ -142,8 +144,17 @@ mod tests {
 
     #[test]
     fn bad_lengths() {
-        assert_eq!(UdpPacket::new_checked(&[0u8; 7][..]).err(), Some(Error::Truncated));
-        assert_eq!(UdpPacket::new_checked(&[0, 1, 0, 2, 0, 4, 0, 0][..]).err(), Some(Error::Malformed));
-        assert_eq!(UdpPacket::new_checked(&[0, 1, 0, 2, 0, 9, 0, 0][..]).err(), Some(Error::Truncated));
+        assert_eq!(
+            UdpPacket::new_checked(&[0u8; 7][..]).err(),
+            Some(Error::Truncated)
+        );
+        assert_eq!(
+            UdpPacket::new_checked(&[0, 1, 0, 2, 0, 4, 0, 0][..]).err(),
+            Some(Error::Malformed)
+        );
+        assert_eq!(
+            UdpPacket::new_checked(&[0, 1, 0, 2, 0, 9, 0, 0][..]).err(),
+            Some(Error::Truncated)
+        );
     }
 }

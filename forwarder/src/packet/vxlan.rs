@@ -5,8 +5,10 @@
 
 use std::net::IpAddr;
 
-use super::ethernet::{self, EthernetFrame, EtherType};
-use super::{be32, ip_proto, ipv4, ipv6, set_be16, udp, Error, Ipv4Packet, Ipv6Packet, MacAddr, Result};
+use super::ethernet::{self, EtherType, EthernetFrame};
+use super::{
+    be32, ip_proto, ipv4, ipv6, set_be16, udp, Error, Ipv4Packet, Ipv6Packet, MacAddr, Result,
+};
 
 mod field {
     pub const FLAGS: usize = 0;
@@ -18,9 +20,11 @@ pub const PORT: u16 = 4789;
 /// Length of the VXLAN header.
 pub const HEADER_LEN: usize = 8;
 /// Bytes an IPv4 outer adds: Ethernet, IPv4, UDP, VXLAN.
-pub const OUTER_LEN_V4: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN + udp::HEADER_LEN + HEADER_LEN;
+pub const OUTER_LEN_V4: usize =
+    ethernet::HEADER_LEN + ipv4::HEADER_LEN + udp::HEADER_LEN + HEADER_LEN;
 /// Bytes an IPv6 outer adds.
-pub const OUTER_LEN_V6: usize = ethernet::HEADER_LEN + ipv6::HEADER_LEN + udp::HEADER_LEN + HEADER_LEN;
+pub const OUTER_LEN_V6: usize =
+    ethernet::HEADER_LEN + ipv6::HEADER_LEN + udp::HEADER_LEN + HEADER_LEN;
 /// TTL / hop limit of the outer header.
 pub const OUTER_TTL: u8 = 64;
 /// The "valid VNI" flag.
@@ -155,7 +159,14 @@ impl OuterTemplate {
     /// The outer headers from `src` (on a port with MAC `src_mac`) to `dst` with `vni`;
     /// `None` if the families differ.
     pub fn new(src_mac: MacAddr, src: IpAddr, dst: IpAddr, vni: u32) -> Option<OuterTemplate> {
-        let outer = Outer { dst_mac: MacAddr::ZERO, src_mac, src, dst, vni, src_port: 0 };
+        let outer = Outer {
+            dst_mac: MacAddr::ZERO,
+            src_mac,
+            src,
+            dst,
+            vni,
+            src_port: 0,
+        };
         let len = outer.len();
         let mut bytes = [0u8; OUTER_LEN_V6];
         // Lay the headers out for an empty inner frame; lengths are fixed per packet.
@@ -170,7 +181,13 @@ impl OuterTemplate {
         } else {
             0
         };
-        Some(OuterTemplate { bytes, len: len as u8, ip_sum, src, dst })
+        Some(OuterTemplate {
+            bytes,
+            len: len as u8,
+            ip_sum,
+            src,
+            dst,
+        })
     }
 
     /// Bytes the outer headers take.
@@ -198,7 +215,11 @@ impl OuterTemplate {
         if hl == OUTER_LEN_V4 {
             let total = (b.len() - l3) as u16;
             set_be16(b, l3 + 2, total);
-            set_be16(b, l3 + 10, !super::checksum::fold(self.ip_sum + total as u32));
+            set_be16(
+                b,
+                l3 + 10,
+                !super::checksum::fold(self.ip_sum + total as u32),
+            );
             let u = l3 + ipv4::HEADER_LEN;
             set_be16(b, u, src_port);
             set_be16(b, u + 4, total - ipv4::HEADER_LEN as u16);
@@ -256,10 +277,17 @@ pub fn parse_outer_v4_fast(b: &[u8]) -> Option<(u32, u32, usize)> {
     }
     let total = u16::from_be_bytes([b[16], b[17]]) as usize;
     let udp_len = u16::from_be_bytes([b[38], b[39]]) as usize;
-    if 14 + total > b.len() || udp_len + 20 != total || udp_len < udp::HEADER_LEN + HEADER_LEN + ethernet::HEADER_LEN {
+    if 14 + total > b.len()
+        || udp_len + 20 != total
+        || udp_len < udp::HEADER_LEN + HEADER_LEN + ethernet::HEADER_LEN
+    {
         return None;
     }
-    Some((be32(b, 26), be32(b, 30), udp_len - udp::HEADER_LEN - HEADER_LEN))
+    Some((
+        be32(b, 26),
+        be32(b, 30),
+        udp_len - udp::HEADER_LEN - HEADER_LEN,
+    ))
 }
 
 /// Parses the outer headers of a frame. `Err(Unsupported)` means "not VXLAN" (another
@@ -273,7 +301,12 @@ pub fn parse_outer(b: &[u8]) -> Result<OuterInfo> {
             if ip.protocol() != ip_proto::UDP || ip.is_fragment() {
                 return Err(Error::Unsupported);
             }
-            (IpAddr::V4(ip.src()), IpAddr::V4(ip.dst()), ip.header_len(), ip.total_len() as usize)
+            (
+                IpAddr::V4(ip.src()),
+                IpAddr::V4(ip.dst()),
+                ip.header_len(),
+                ip.total_len() as usize,
+            )
         }
         EtherType::IPV6 => {
             let ip = Ipv6Packet::new_checked(l3)?;
@@ -281,7 +314,12 @@ pub fn parse_outer(b: &[u8]) -> Result<OuterInfo> {
             if ul.protocol != ip_proto::UDP || ul.fragment.is_some() {
                 return Err(Error::Unsupported);
             }
-            (IpAddr::V6(ip.src()), IpAddr::V6(ip.dst()), ul.offset, ipv6::HEADER_LEN + ip.payload_len() as usize)
+            (
+                IpAddr::V6(ip.src()),
+                IpAddr::V6(ip.dst()),
+                ul.offset,
+                ipv6::HEADER_LEN + ip.payload_len() as usize,
+            )
         }
         _ => return Err(Error::Unsupported),
     };
@@ -295,7 +333,13 @@ pub fn parse_outer(b: &[u8]) -> Result<OuterInfo> {
     if vx.inner().len() < ethernet::HEADER_LEN {
         return Err(Error::Truncated);
     }
-    Ok(OuterInfo { src, dst, vni: vx.vni(), inner_offset, inner_len: vx.inner().len() })
+    Ok(OuterInfo {
+        src,
+        dst,
+        vni: vx.vni(),
+        inner_offset,
+        inner_len: vx.inner().len(),
+    })
 }
 
 #[cfg(test)]
@@ -335,7 +379,10 @@ mod tests {
 
     #[test]
     fn template_writes_what_write_outer_writes() {
-        for (src, dst) in [("192.0.2.1", "192.0.2.2"), ("2001:db8:ffff::1", "2001:db8:ffff::2")] {
+        for (src, dst) in [
+            ("192.0.2.1", "192.0.2.2"),
+            ("2001:db8:ffff::1", "2001:db8:ffff::2"),
+        ] {
             let outer = Outer {
                 dst_mac: "02:00:00:00:00:02".parse().unwrap(),
                 src_mac: "02:00:00:00:00:01".parse().unwrap(),

@@ -6,7 +6,7 @@ use crate::tables::{Key, PortEntry, Snapshot};
 
 use super::parse::{addr6, classify, Ip, L3};
 use super::rewrite::{decrement_ttl, rewrite_v4, rewrite_v6, set_macs};
-use super::{PacketBuf, Verdict, DropReason, MAX_BURST};
+use super::{DropReason, PacketBuf, Verdict, MAX_BURST};
 
 #[derive(Clone, Copy, Default)]
 struct Pending {
@@ -17,7 +17,12 @@ struct Pending {
 }
 
 /// Runs the aggregator over at most [`MAX_BURST`] packets received on `port`.
-pub(super) fn run<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkts: &mut [B], out: &mut [Verdict]) {
+pub(super) fn run<B: PacketBuf>(
+    snap: &Snapshot,
+    port: &PortEntry,
+    pkts: &mut [B],
+    out: &mut [Verdict],
+) {
     let mut pending = [Pending::default(); MAX_BURST];
     let mut todo = [false; MAX_BURST];
     // Pass 1: parse, hash the destination, prefetch its slot.
@@ -29,7 +34,10 @@ pub(super) fn run<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkts: &mut [B
             Ok(L3::Ip(ip)) if ip.is_nd(b) => Verdict::SlowPath,
             Ok(L3::Ip(ip)) => {
                 let off = ip.dst_off();
-                let mut p = Pending { ip, ..Pending::default() };
+                let mut p = Pending {
+                    ip,
+                    ..Pending::default()
+                };
                 if ip.v6 {
                     p.key6 = addr6(b, off);
                     p.hash = p.key6.hash64();

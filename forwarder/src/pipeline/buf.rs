@@ -40,7 +40,10 @@ impl VecBuf {
     pub fn with_headroom(bytes: &[u8], headroom: usize) -> VecBuf {
         let mut buf = vec![0u8; headroom + bytes.len()];
         buf[headroom..].copy_from_slice(bytes);
-        VecBuf { buf, start: headroom }
+        VecBuf {
+            buf,
+            start: headroom,
+        }
     }
 
     /// Refills the buffer with `bytes`, keeping the allocation (bench loops).

@@ -18,7 +18,12 @@ struct Pending {
 }
 
 /// Runs the demux over at most [`MAX_BURST`] packets received on `port`.
-pub(super) fn run<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkts: &mut [B], out: &mut [Verdict]) {
+pub(super) fn run<B: PacketBuf>(
+    snap: &Snapshot,
+    port: &PortEntry,
+    pkts: &mut [B],
+    out: &mut [Verdict],
+) {
     let mut pending = [Pending::default(); MAX_BURST];
     let mut todo = [false; MAX_BURST];
     // Pass 1: check and strip the tunnel, parse the inner packet, prefetch its slots.
@@ -28,7 +33,10 @@ pub(super) fn run<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkts: &mut [B
             Ok(ip) => {
                 let b = pkt.data();
                 let off = ip.dst_off();
-                let mut p = Pending { ip, ..Pending::default() };
+                let mut p = Pending {
+                    ip,
+                    ..Pending::default()
+                };
                 if ip.v6 {
                     p.dst6 = addr6(b, off);
                     if ip.has_ports() && !snap.v6.demux_port.is_empty() {
@@ -66,10 +74,18 @@ pub(super) fn run<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkts: &mut [B
 /// Accepts a tunnel packet from a peer to one of this port's addresses and strips the
 /// outer headers. Anything else ends here with its verdict.
 #[inline]
-fn decapsulate<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkt: &mut B) -> Result<Ip, Verdict> {
+fn decapsulate<B: PacketBuf>(
+    snap: &Snapshot,
+    port: &PortEntry,
+    pkt: &mut B,
+) -> Result<Ip, Verdict> {
     let b = pkt.data();
     if !for_us(b, port) {
-        return Err(Verdict::Drop(if b.len() < 14 { DropReason::Malformed } else { DropReason::OtherHost }));
+        return Err(Verdict::Drop(if b.len() < 14 {
+            DropReason::Malformed
+        } else {
+            DropReason::OtherHost
+        }));
     }
     if let Some((src, dst, inner_len)) = vxlan::parse_outer_v4_fast(b) {
         if !port.is_local_v4(dst) {
@@ -143,7 +159,10 @@ fn one<B: PacketBuf>(snap: &Snapshot, pkt: &mut B, p: &Pending) -> Verdict {
         } else {
             None
         };
-        let Some(r) = hit.or_else(|| snap.v6.demux_addr.get_hashed(&p.dst6, p.addr_hash)).copied() else {
+        let Some(r) = hit
+            .or_else(|| snap.v6.demux_addr.get_hashed(&p.dst6, p.addr_hash))
+            .copied()
+        else {
             return miss(ip);
         };
         if !decrement_ttl(b, ip) {
@@ -159,7 +178,10 @@ fn one<B: PacketBuf>(snap: &Snapshot, pkt: &mut B, p: &Pending) -> Verdict {
         } else {
             None
         };
-        let Some(r) = hit.or_else(|| snap.v4.demux_addr.get_hashed(&dst, p.addr_hash)).copied() else {
+        let Some(r) = hit
+            .or_else(|| snap.v4.demux_addr.get_hashed(&dst, p.addr_hash))
+            .copied()
+        else {
             return miss(ip);
         };
         if !decrement_ttl(b, ip) {
@@ -176,4 +198,3 @@ fn one<B: PacketBuf>(snap: &Snapshot, pkt: &mut B, p: &Pending) -> Verdict {
 fn for_us(b: &[u8], port: &PortEntry) -> bool {
     b.len() >= 6 && (b[..6] == port.mac.0 || b[0] & 1 == 1)
 }
-

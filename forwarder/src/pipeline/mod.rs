@@ -28,12 +28,23 @@ pub const MAX_BURST: usize = 32;
 /// Runs the pipeline of `in_port`'s role over `pkts`, writing `verdicts[i]` for `pkts[i]`.
 ///
 /// `verdicts` must be at least as long as `pkts`. An unknown `in_port` drops everything.
-pub fn process<B: PacketBuf>(snap: &Snapshot, in_port: PortId, pkts: &mut [B], verdicts: &mut [Verdict]) {
+pub fn process<B: PacketBuf>(
+    snap: &Snapshot,
+    in_port: PortId,
+    pkts: &mut [B],
+    verdicts: &mut [Verdict],
+) {
     let Some(port) = snap.ports.get(in_port as usize) else {
-        verdicts.iter_mut().take(pkts.len()).for_each(|v| *v = Verdict::Drop(DropReason::Unsupported));
+        verdicts
+            .iter_mut()
+            .take(pkts.len())
+            .for_each(|v| *v = Verdict::Drop(DropReason::Unsupported));
         return;
     };
-    for (pkts, out) in pkts.chunks_mut(MAX_BURST).zip(verdicts.chunks_mut(MAX_BURST)) {
+    for (pkts, out) in pkts
+        .chunks_mut(MAX_BURST)
+        .zip(verdicts.chunks_mut(MAX_BURST))
+    {
         let out = &mut out[..pkts.len()];
         match port.role {
             Role::Aggregator => aggregator::run(snap, port, pkts, out),

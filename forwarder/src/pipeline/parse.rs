@@ -44,13 +44,23 @@ impl Ip {
     /// Source address bytes offset.
     #[inline]
     pub fn src_off(&self) -> usize {
-        self.l3 + if self.v6 { ipv6::SRC_OFFSET } else { ipv4::SRC_OFFSET }
+        self.l3
+            + if self.v6 {
+                ipv6::SRC_OFFSET
+            } else {
+                ipv4::SRC_OFFSET
+            }
     }
 
     /// Destination address bytes offset.
     #[inline]
     pub fn dst_off(&self) -> usize {
-        self.l3 + if self.v6 { ipv6::DST_OFFSET } else { ipv4::DST_OFFSET }
+        self.l3
+            + if self.v6 {
+                ipv6::DST_OFFSET
+            } else {
+                ipv4::DST_OFFSET
+            }
     }
 
     /// True for ICMPv6 neighbour discovery (slow path).
@@ -89,12 +99,24 @@ pub(crate) fn classify(b: &[u8], own_mac: Option<MacAddr>) -> Result<L3, DropRea
         EtherType::IPV4 => {
             let p = Ipv4Packet::new_checked(&b[l3..]).map_err(|_| DropReason::Malformed)?;
             let later_frag = p.frag_offset() != 0;
-            Ip { v6: false, l3, l4: l3 + p.header_len(), proto: p.protocol(), later_frag }
+            Ip {
+                v6: false,
+                l3,
+                l4: l3 + p.header_len(),
+                proto: p.protocol(),
+                later_frag,
+            }
         }
         EtherType::IPV6 => {
             let p = Ipv6Packet::new_checked(&b[l3..]).map_err(|_| DropReason::Malformed)?;
             let ul = p.upper_layer().map_err(|_| DropReason::Malformed)?;
-            Ip { v6: true, l3, l4: l3 + ul.offset, proto: ul.protocol, later_frag: ul.is_later_fragment() }
+            Ip {
+                v6: true,
+                l3,
+                l4: l3 + ul.offset,
+                proto: ul.protocol,
+                later_frag: ul.is_later_fragment(),
+            }
         }
         EtherType::ARP => return Ok(L3::Arp),
         _ => return Err(DropReason::Unsupported),
@@ -139,7 +161,13 @@ fn fast_ipv4(b: &[u8]) -> Option<Ip> {
     if !later_frag && L4 + need > L3 + total {
         return None;
     }
-    Some(Ip { v6: false, l3: L3, l4: L4, proto, later_frag })
+    Some(Ip {
+        v6: false,
+        l3: L3,
+        l4: L4,
+        proto,
+        later_frag,
+    })
 }
 
 /// End of the IP packet (its stated length), which the checked views bounded by `b`.

@@ -19,7 +19,12 @@ struct Pending {
 }
 
 /// Runs the remux over at most [`MAX_BURST`] packets received on `port`.
-pub(super) fn run<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkts: &mut [B], out: &mut [Verdict]) {
+pub(super) fn run<B: PacketBuf>(
+    snap: &Snapshot,
+    port: &PortEntry,
+    pkts: &mut [B],
+    out: &mut [Verdict],
+) {
     let mut pending = [Pending::default(); MAX_BURST];
     let mut todo = [false; MAX_BURST];
     for (i, pkt) in pkts.iter().enumerate() {
@@ -30,7 +35,10 @@ pub(super) fn run<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkts: &mut [B
             Ok(L3::Ip(ip)) if ip.is_nd(b) => Verdict::SlowPath,
             Ok(L3::Ip(ip)) => {
                 let (s, d) = (ip.src_off(), ip.dst_off());
-                let mut p = Pending { ip, ..Pending::default() };
+                let mut p = Pending {
+                    ip,
+                    ..Pending::default()
+                };
                 let local = if ip.v6 {
                     p.src6 = addr6(b, s);
                     p.dst6 = addr6(b, d);
@@ -111,4 +119,3 @@ fn one<B: PacketBuf>(snap: &Snapshot, pkt: &mut B, p: &Pending) -> Verdict {
     // A per-packet destination needs a gateway route: on-link devices are not resolved.
     to_next_hop(snap, b, nh)
 }
-

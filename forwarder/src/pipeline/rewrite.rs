@@ -65,7 +65,11 @@ pub(crate) fn decrement_ttl(b: &mut [u8], ip: &Ip) -> bool {
         let old = be16(b, at);
         b[at] -= 1;
         let c = ip.l3 + 10;
-        set_be16(b, c, checksum::update(be16(b, c), Delta::of_word(old, old - 0x0100)));
+        set_be16(
+            b,
+            c,
+            checksum::update(be16(b, c), Delta::of_word(old, old - 0x0100)),
+        );
     }
     true
 }
@@ -96,5 +100,9 @@ pub(crate) fn to_next_hop(snap: &Snapshot, b: &mut [u8], nh: NextHopId) -> Verdi
 /// No circuit: a non-first fragment cannot be matched by port, anything else has none.
 #[inline(always)]
 pub(crate) fn miss(ip: &Ip) -> Verdict {
-    Verdict::Drop(if ip.later_frag { DropReason::Fragment } else { DropReason::NoCircuit })
+    Verdict::Drop(if ip.later_frag {
+        DropReason::Fragment
+    } else {
+        DropReason::NoCircuit
+    })
 }

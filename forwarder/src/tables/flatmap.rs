@@ -100,7 +100,17 @@ impl<K: Key, V: Copy + Default> FlatMap<K, V> {
     pub fn build(entries: impl IntoIterator<Item = (K, V)>) -> Result<Self, BuildError<K>> {
         let entries: Vec<(K, V)> = entries.into_iter().collect();
         let cap = (entries.len() * LOAD_DEN / LOAD_NUM + 1).max(8);
-        let mut map = FlatMap { slots: vec![Slot { key: K::EMPTY, val: V::default() }; cap].into_boxed_slice(), len: 0 };
+        let mut map = FlatMap {
+            slots: vec![
+                Slot {
+                    key: K::EMPTY,
+                    val: V::default()
+                };
+                cap
+            ]
+            .into_boxed_slice(),
+            len: 0,
+        };
         for (k, v) in entries {
             if k == K::EMPTY {
                 return Err(BuildError::Reserved);
@@ -195,7 +205,10 @@ impl<K: Key, V: Copy + Default> FlatMap<K, V> {
 
     /// Every entry, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.slots.iter().filter(|s| s.key != K::EMPTY).map(|s| (&s.key, &s.val))
+        self.slots
+            .iter()
+            .filter(|s| s.key != K::EMPTY)
+            .map(|s| (&s.key, &s.val))
     }
 }
 
@@ -216,8 +229,14 @@ mod tests {
 
     #[test]
     fn duplicate_is_reported() {
-        assert_eq!(FlatMap::build([(1u64, 'a'), (2, 'b'), (1, 'c')]).err(), Some(BuildError::Duplicate(1)));
-        assert_eq!(FlatMap::build([(0u32, 'a')]).err(), Some(BuildError::Reserved));
+        assert_eq!(
+            FlatMap::build([(1u64, 'a'), (2, 'b'), (1, 'c')]).err(),
+            Some(BuildError::Duplicate(1))
+        );
+        assert_eq!(
+            FlatMap::build([(0u32, 'a')]).err(),
+            Some(BuildError::Reserved)
+        );
     }
 
     #[test]

@@ -113,7 +113,12 @@ mod tests {
 
     #[test]
     fn longest_wins() {
-        let lpm = Lpm::build([(0, 0, 'd'), (a("198.51.100.0"), 24, 'n'), (a("198.51.100.128"), 25, 'h')]).unwrap();
+        let lpm = Lpm::build([
+            (0, 0, 'd'),
+            (a("198.51.100.0"), 24, 'n'),
+            (a("198.51.100.128"), 25, 'h'),
+        ])
+        .unwrap();
         assert_eq!(lpm.lookup(a("198.51.100.10")), Some(&'n'));
         assert_eq!(lpm.lookup(a("198.51.100.200")), Some(&'h'));
         assert_eq!(lpm.lookup(a("203.0.113.1")), Some(&'d'));
@@ -131,7 +136,10 @@ mod tests {
     fn ipv6() {
         let p: u128 = "2001:db8:1::".parse::<std::net::Ipv6Addr>().unwrap().into();
         let lpm = Lpm::build([(p, 48, 7u8)]).unwrap();
-        let h: u128 = "2001:db8:1::10".parse::<std::net::Ipv6Addr>().unwrap().into();
+        let h: u128 = "2001:db8:1::10"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .into();
         assert_eq!(lpm.lookup(h), Some(&7));
         assert_eq!(lpm.lookup(h ^ (1 << 100)), None);
     }

@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 
 pub use flatmap::{BuildError, FlatMap, Key};
 pub use lpm::{Lpm, Prefixable};
-pub use tarp_api::rules::{self, AggregatorRule, DemuxRule, Protocol, RemuxRule, Route, Rules, Tunnel};
+pub use tarp_api::rules::{
+    self, AggregatorRule, DemuxRule, Protocol, RemuxRule, Route, Rules, Tunnel,
+};
 
 use crate::packet::checksum::Delta;
 use crate::packet::MacAddr;
@@ -199,7 +201,11 @@ impl<A: Key + Default, PK: Key> Maps<A, PK> {
     }
 
     fn entries(&self) -> usize {
-        self.aggregator.len() + self.demux_addr.len() + self.demux_port.len() + self.remux_port.len() + self.remux_addr.len()
+        self.aggregator.len()
+            + self.demux_addr.len()
+            + self.demux_port.len()
+            + self.remux_port.len()
+            + self.remux_addr.len()
     }
 }
 
@@ -378,7 +384,10 @@ impl Builder<'_> {
     }
 
     fn port_id(&self, name: &str) -> Option<PortId> {
-        self.ports.iter().position(|p| p.name == name).map(|i| i as PortId)
+        self.ports
+            .iter()
+            .position(|p| p.name == name)
+            .map(|i| i as PortId)
     }
 }
 
@@ -394,24 +403,33 @@ impl Snapshot {
         let mut r4 = Vec::new();
         let mut r6 = Vec::new();
         for route in &rules.routes {
-            let port = ports.iter().position(|p| p.name == route.port).ok_or_else(|| RulesError::UnknownPort {
-                prefix: route.prefix.to_string(),
-                port: route.port.clone(),
-            })? as PortId;
+            let port = ports
+                .iter()
+                .position(|p| p.name == route.port)
+                .ok_or_else(|| RulesError::UnknownPort {
+                    prefix: route.prefix.to_string(),
+                    port: route.port.clone(),
+                })? as PortId;
             if let Some(via) = route.via {
                 same_family("route gateway", route.prefix.addr(), via)?;
             }
             match route.prefix.addr() {
-                IpAddr::V4(a) => r4.push((u32::from(a), route.prefix.prefix_len(), (port, route.via))),
-                IpAddr::V6(a) => r6.push((u128::from(a), route.prefix.prefix_len(), (port, route.via))),
+                IpAddr::V4(a) => {
+                    r4.push((u32::from(a), route.prefix.prefix_len(), (port, route.via)))
+                }
+                IpAddr::V6(a) => {
+                    r6.push((u128::from(a), route.prefix.prefix_len(), (port, route.via)))
+                }
             }
         }
         let mut b = Builder {
             ports,
-            routes_v4: Lpm::build(r4)
-                .map_err(|(a, l)| RulesError::Duplicate(format!("route {}/{l}", std::net::Ipv4Addr::from(a))))?,
-            routes_v6: Lpm::build(r6)
-                .map_err(|(a, l)| RulesError::Duplicate(format!("route {}/{l}", std::net::Ipv6Addr::from(a))))?,
+            routes_v4: Lpm::build(r4).map_err(|(a, l)| {
+                RulesError::Duplicate(format!("route {}/{l}", std::net::Ipv4Addr::from(a)))
+            })?,
+            routes_v6: Lpm::build(r6).map_err(|(a, l)| {
+                RulesError::Duplicate(format!("route {}/{l}", std::net::Ipv6Addr::from(a)))
+            })?,
             next_hops: Vec::new(),
             index: HashMap::new(),
         };
@@ -422,18 +440,33 @@ impl Snapshot {
         for t in &rules.tunnels {
             same_family("tunnel", t.local, t.remote)?;
             if t.vni >= 1 << 24 {
-                return Err(RulesError::VniTooLarge { id: t.id, vni: t.vni });
+                return Err(RulesError::VniTooLarge {
+                    id: t.id,
+                    vni: t.vni,
+                });
             }
             if !ports.iter().any(|p| p.addrs.contains(&t.local)) {
-                return Err(RulesError::TunnelLocalNotOurs { id: t.id, local: t.local });
+                return Err(RulesError::TunnelLocalNotOurs {
+                    id: t.id,
+                    local: t.local,
+                });
             }
             if tunnel_index.insert(t.id, tunnels.len() as u16).is_some() {
                 return Err(RulesError::Duplicate(format!("tunnel id {}", t.id)));
             }
             let next_hop = b.resolve(t.remote)?;
             let out_port = b.next_hops[next_hop as usize].0;
-            let outer = crate::packet::vxlan::OuterTemplate::new(ports[out_port as usize].mac, t.local, t.remote, t.vni)
-                .ok_or(RulesError::FamilyMismatch { what: "tunnel", a: t.local, b: t.remote })?;
+            let outer = crate::packet::vxlan::OuterTemplate::new(
+                ports[out_port as usize].mac,
+                t.local,
+                t.remote,
+                t.vni,
+            )
+            .ok_or(RulesError::FamilyMismatch {
+                what: "tunnel",
+                a: t.local,
+                b: t.remote,
+            })?;
             tunnels.push(TunnelEntry {
                 outer,
                 local: t.local,
@@ -452,20 +485,40 @@ impl Snapshot {
             same_family("aggregator rule", r.capture, r.alias)?;
             let tunnel = *tunnel_index
                 .get(&r.tunnel)
-                .ok_or(RulesError::UnknownTunnel { capture: r.capture, tunnel: r.tunnel })?;
+                .ok_or(RulesError::UnknownTunnel {
+                    capture: r.capture,
+                    tunnel: r.tunnel,
+                })?;
             let line = match &r.line {
                 None => None,
                 Some(name) => Some(
                     b.port_id(name)
                         .filter(|&id| ports[id as usize].role == Role::Aggregator)
-                        .ok_or_else(|| RulesError::UnknownLine { capture: r.capture, line: name.clone() })?,
+                        .ok_or_else(|| RulesError::UnknownLine {
+                            capture: r.capture,
+                            line: name.clone(),
+                        })?,
                 ),
             };
             capture_lines.insert(r.capture, line);
             let delta = Delta::of_addr(r.capture, r.alias);
             match (r.capture, r.alias) {
-                (IpAddr::V4(c), IpAddr::V4(a)) => agg4.push((c.into(), AggEntry { alias: a.into(), delta, tunnel })),
-                (IpAddr::V6(c), IpAddr::V6(a)) => agg6.push((c.octets(), AggEntry { alias: a.octets(), delta, tunnel })),
+                (IpAddr::V4(c), IpAddr::V4(a)) => agg4.push((
+                    c.into(),
+                    AggEntry {
+                        alias: a.into(),
+                        delta,
+                        tunnel,
+                    },
+                )),
+                (IpAddr::V6(c), IpAddr::V6(a)) => agg6.push((
+                    c.octets(),
+                    AggEntry {
+                        alias: a.octets(),
+                        delta,
+                        tunnel,
+                    },
+                )),
                 _ => unreachable!("families checked above"),
             }
         }
@@ -474,22 +527,41 @@ impl Snapshot {
         let (mut da4, mut da6, mut dp4, mut dp6) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for r in &rules.demux {
             match *r {
-                DemuxRule::Address { alias, capture, app_host } => {
+                DemuxRule::Address {
+                    alias,
+                    capture,
+                    app_host,
+                } => {
                     same_family("demux address rule", alias, capture)?;
                     same_family("demux address rule", alias, app_host)?;
                     let next_hop = b.resolve(app_host)?;
                     let delta = Delta::of_addr(alias, capture);
                     match (alias, capture) {
-                        (IpAddr::V4(a), IpAddr::V4(c)) => {
-                            da4.push((a.into(), Rewrite { addr: c.into(), delta, next_hop }))
-                        }
-                        (IpAddr::V6(a), IpAddr::V6(c)) => {
-                            da6.push((a.octets(), Rewrite { addr: c.octets(), delta, next_hop }))
-                        }
+                        (IpAddr::V4(a), IpAddr::V4(c)) => da4.push((
+                            a.into(),
+                            Rewrite {
+                                addr: c.into(),
+                                delta,
+                                next_hop,
+                            },
+                        )),
+                        (IpAddr::V6(a), IpAddr::V6(c)) => da6.push((
+                            a.octets(),
+                            Rewrite {
+                                addr: c.octets(),
+                                delta,
+                                next_hop,
+                            },
+                        )),
                         _ => unreachable!("families checked above"),
                     }
                 }
-                DemuxRule::Port { alias, protocol, port, app_host } => {
+                DemuxRule::Port {
+                    alias,
+                    protocol,
+                    port,
+                    app_host,
+                } => {
                     same_family("demux port rule", alias, app_host)?;
                     let next_hop = b.resolve(app_host)?;
                     let delta = Delta::of_addr(alias, app_host);
@@ -497,11 +569,19 @@ impl Snapshot {
                     match (alias, app_host) {
                         (IpAddr::V4(a), IpAddr::V4(h)) => dp4.push((
                             port_key_v4(a.into(), p, port),
-                            Rewrite { addr: h.into(), delta, next_hop },
+                            Rewrite {
+                                addr: h.into(),
+                                delta,
+                                next_hop,
+                            },
                         )),
                         (IpAddr::V6(a), IpAddr::V6(h)) => dp6.push((
                             port_key_v6(a.octets(), p, port),
-                            Rewrite { addr: h.octets(), delta, next_hop },
+                            Rewrite {
+                                addr: h.octets(),
+                                delta,
+                                next_hop,
+                            },
                         )),
                         _ => unreachable!("families checked above"),
                     }
@@ -517,18 +597,31 @@ impl Snapshot {
                     IpAddr::V4(c) => ra4.push((u32::from(c), ())),
                     IpAddr::V6(c) => ra6.push((c.octets(), ())),
                 },
-                RemuxRule::Port { app_host, protocol, port, capture } => {
+                RemuxRule::Port {
+                    app_host,
+                    protocol,
+                    port,
+                    capture,
+                } => {
                     same_family("remux port rule", app_host, capture)?;
                     let delta = Delta::of_addr(app_host, capture);
                     let p = protocol.number();
                     match (app_host, capture) {
                         (IpAddr::V4(h), IpAddr::V4(c)) => rp4.push((
                             port_key_v4(h.into(), p, port),
-                            Rewrite { addr: c.into(), delta, next_hop: ON_LINK },
+                            Rewrite {
+                                addr: c.into(),
+                                delta,
+                                next_hop: ON_LINK,
+                            },
                         )),
                         (IpAddr::V6(h), IpAddr::V6(c)) => rp6.push((
                             port_key_v6(h.octets(), p, port),
-                            Rewrite { addr: c.octets(), delta, next_hop: ON_LINK },
+                            Rewrite {
+                                addr: c.octets(),
+                                delta,
+                                next_hop: ON_LINK,
+                            },
                         )),
                         _ => unreachable!("families checked above"),
                     }
@@ -551,22 +644,36 @@ impl Snapshot {
             }
         }
 
-        let peers4: Vec<_> = rules.tunnel_peers.iter().filter_map(|&a| v4(a)).map(|a| (a, ())).collect();
-        let peers6: Vec<_> = rules.tunnel_peers.iter().filter_map(|&a| v6(a)).map(|a| (a, ())).collect();
+        let peers4: Vec<_> = rules
+            .tunnel_peers
+            .iter()
+            .filter_map(|&a| v4(a))
+            .map(|a| (a, ()))
+            .collect();
+        let peers6: Vec<_> = rules
+            .tunnel_peers
+            .iter()
+            .filter_map(|&a| v6(a))
+            .map(|a| (a, ()))
+            .collect();
 
         let v4maps = Maps {
             aggregator: FlatMap::build(agg4).map_err(err("capture address", show_v4))?,
             demux_addr: FlatMap::build(da4).map_err(err("demux alias", show_v4))?,
-            demux_port: FlatMap::build(dp4).map_err(err("demux port rule", |k: u64| show_v4((k >> 24) as u32)))?,
-            remux_port: FlatMap::build(rp4).map_err(err("remux port rule", |k: u64| show_v4((k >> 24) as u32)))?,
+            demux_port: FlatMap::build(dp4)
+                .map_err(err("demux port rule", |k: u64| show_v4((k >> 24) as u32)))?,
+            remux_port: FlatMap::build(rp4)
+                .map_err(err("remux port rule", |k: u64| show_v4((k >> 24) as u32)))?,
             remux_addr: FlatMap::build(ra4).map_err(err("remux capture address", show_v4))?,
             peers: FlatMap::build(peers4).map_err(err("tunnel peer", show_v4))?,
         };
         let v6maps = Maps {
             aggregator: FlatMap::build(agg6).map_err(err("capture address", show_v6))?,
             demux_addr: FlatMap::build(da6).map_err(err("demux alias", show_v6))?,
-            demux_port: FlatMap::build(dp6).map_err(err("demux port rule", |k: ([u8; 16], u32)| show_v6(k.0)))?,
-            remux_port: FlatMap::build(rp6).map_err(err("remux port rule", |k: ([u8; 16], u32)| show_v6(k.0)))?,
+            demux_port: FlatMap::build(dp6)
+                .map_err(err("demux port rule", |k: ([u8; 16], u32)| show_v6(k.0)))?,
+            remux_port: FlatMap::build(rp6)
+                .map_err(err("remux port rule", |k: ([u8; 16], u32)| show_v6(k.0)))?,
             remux_addr: FlatMap::build(ra6).map_err(err("remux capture address", show_v6))?,
             peers: FlatMap::build(peers6).map_err(err("tunnel peer", show_v6))?,
         };
@@ -578,13 +685,18 @@ impl Snapshot {
             }
         };
         let routes_v4 = Lpm::build(lpm4).map_err(|(a, l)| route_err((show_v4(a), l)))?;
-        let routes_v6 = Lpm::build(lpm6).map_err(|(a, l)| route_err((std::net::Ipv6Addr::from(a).to_string(), l)))?;
+        let routes_v6 = Lpm::build(lpm6)
+            .map_err(|(a, l)| route_err((std::net::Ipv6Addr::from(a).to_string(), l)))?;
 
         let next_hops = b
             .next_hops
             .iter()
             .map(|&(port, ip)| {
-                let nh = NextHop { port, ip, mac: AtomicU64::new(0) };
+                let nh = NextHop {
+                    port,
+                    ip,
+                    mac: AtomicU64::new(0),
+                };
                 if let Some(&mac) = neighbours.get(&(port, ip)) {
                     nh.set_mac(mac);
                 }
@@ -618,7 +730,8 @@ impl Snapshot {
 
     /// An empty snapshot for `ports`: forwards nothing, answers the slow path.
     pub fn empty(ports: &[PortInfo]) -> Snapshot {
-        Snapshot::build(&Rules::default(), ports, 0, &NeighbourCache::new()).expect("empty rules are valid")
+        Snapshot::build(&Rules::default(), ports, 0, &NeighbourCache::new())
+            .expect("empty rules are valid")
     }
 
     /// The generation this snapshot was built for.
@@ -630,7 +743,11 @@ impl Snapshot {
     /// Returns how many next hops were updated.
     pub fn learn_neighbour(&self, port: PortId, ip: IpAddr, mac: MacAddr) -> usize {
         let mut n = 0;
-        for nh in self.next_hops.iter().filter(|nh| nh.port == port && nh.ip == ip) {
+        for nh in self
+            .next_hops
+            .iter()
+            .filter(|nh| nh.port == port && nh.ip == ip)
+        {
             nh.set_mac(mac);
             n += 1;
         }
@@ -640,7 +757,9 @@ impl Snapshot {
     /// True if the slow path should answer ARP / neighbour solicitations for `ip` on
     /// `port`: one of the port's own addresses, or a capture address on this line.
     pub fn answers_for(&self, port: PortId, ip: IpAddr) -> bool {
-        let Some(p) = self.ports.get(port as usize) else { return false };
+        let Some(p) = self.ports.get(port as usize) else {
+            return false;
+        };
         if p.is_local(ip) {
             return true;
         }
@@ -671,7 +790,9 @@ pub struct SnapshotHandle {
 impl SnapshotHandle {
     /// A handle publishing `snapshot`.
     pub fn new(snapshot: Snapshot) -> SnapshotHandle {
-        SnapshotHandle { current: ArcSwap::from_pointee(snapshot) }
+        SnapshotHandle {
+            current: ArcSwap::from_pointee(snapshot),
+        }
     }
 
     /// The current snapshot, for one burst (lock-free; never blocks).

@@ -30,7 +30,12 @@ pub const RMX_OUT: &str = "02:00:00:00:0e:02";
 pub const INNER: &str = "02:00:00:00:0f:0f";
 
 fn port(name: &str, role: Role, m: &str, addrs: &[&str]) -> PortInfo {
-    PortInfo { name: name.into(), role, mac: mac(m), addrs: addrs.iter().map(|a| ip(a)).collect() }
+    PortInfo {
+        name: name.into(),
+        role,
+        mac: mac(m),
+        addrs: addrs.iter().map(|a| ip(a)).collect(),
+    }
 }
 
 /// A forwarder's ports and rules, built into a snapshot with static neighbours.
@@ -63,8 +68,18 @@ impl Box_ {
 pub fn aggregator() -> Box_ {
     Box_::new(
         vec![
-            port("line0", Role::Aggregator, AGG_LINE, &["203.0.113.1", "2001:db8:113::1"]),
-            port("uplink", Role::Aggregator, AGG_UPLINK, &["192.0.2.1", "2001:db8:ffff::1"]),
+            port(
+                "line0",
+                Role::Aggregator,
+                AGG_LINE,
+                &["203.0.113.1", "2001:db8:113::1"],
+            ),
+            port(
+                "uplink",
+                Role::Aggregator,
+                AGG_UPLINK,
+                &["192.0.2.1", "2001:db8:ffff::1"],
+            ),
         ],
         r#"
         tunnels = [
@@ -91,7 +106,12 @@ pub fn aggregator() -> Box_ {
 pub fn demux() -> Box_ {
     Box_::new(
         vec![
-            port("tun", Role::Demux, DMX_TUN, &["192.0.2.2", "2001:db8:ffff::2"]),
+            port(
+                "tun",
+                Role::Demux,
+                DMX_TUN,
+                &["192.0.2.2", "2001:db8:ffff::2"],
+            ),
             port("dc", Role::Demux, DMX_DC, &["198.19.0.1", "2001:db8:19::1"]),
         ],
         r#"
@@ -127,8 +147,18 @@ pub fn demux() -> Box_ {
 pub fn remux() -> Box_ {
     Box_::new(
         vec![
-            port("dc", Role::Remux, RMX_DC, &["198.19.0.254", "2001:db8:19::fe"]),
-            port("out", Role::Remux, RMX_OUT, &["192.0.2.3", "2001:db8:ffff::3"]),
+            port(
+                "dc",
+                Role::Remux,
+                RMX_DC,
+                &["198.19.0.254", "2001:db8:19::fe"],
+            ),
+            port(
+                "out",
+                Role::Remux,
+                RMX_OUT,
+                &["192.0.2.3", "2001:db8:ffff::3"],
+            ),
         ],
         r#"
         remux = [
@@ -181,7 +211,12 @@ pub fn frame(
     let mut out = Vec::new();
     match l4 {
         L4::Udp => b.udp(sport, dport).write(&mut out, payload).unwrap(),
-        L4::Tcp => b.tcp(sport, dport, 0x0102_0304, 64240).ack(0x0a0b_0c0d).psh().write(&mut out, payload).unwrap(),
+        L4::Tcp => b
+            .tcp(sport, dport, 0x0102_0304, 64240)
+            .ack(0x0a0b_0c0d)
+            .psh()
+            .write(&mut out, payload)
+            .unwrap(),
     }
     out
 }
@@ -194,51 +229,79 @@ pub fn check_checksums(frame: &[u8]) -> Result<(IpAddr, IpAddr, u8), String> {
     let (src, dst, ttl) = match &h.net {
         Some(NetHeaders::Ipv4(ip, _)) => {
             if ip.header_checksum != ip.calc_header_checksum() {
-                return Err(format!("bad IPv4 header checksum {:#06x}", ip.header_checksum));
+                return Err(format!(
+                    "bad IPv4 header checksum {:#06x}",
+                    ip.header_checksum
+                ));
             }
             match &h.transport {
                 Some(TransportHeader::Udp(u)) if u.checksum != 0 => {
                     let c = u.calc_checksum_ipv4(ip, payload).unwrap();
                     if c != u.checksum {
-                        return Err(format!("bad UDP checksum {:#06x}, want {c:#06x}", u.checksum));
+                        return Err(format!(
+                            "bad UDP checksum {:#06x}, want {c:#06x}",
+                            u.checksum
+                        ));
                     }
                 }
                 Some(TransportHeader::Tcp(t)) => {
                     let c = t.calc_checksum_ipv4(ip, payload).unwrap();
                     if c != t.checksum {
-                        return Err(format!("bad TCP checksum {:#06x}, want {c:#06x}", t.checksum));
+                        return Err(format!(
+                            "bad TCP checksum {:#06x}, want {c:#06x}",
+                            t.checksum
+                        ));
                     }
                 }
-                Some(TransportHeader::Icmpv4(i)) if i.checksum != i.icmp_type.calc_checksum(payload) => {
+                Some(TransportHeader::Icmpv4(i))
+                    if i.checksum != i.icmp_type.calc_checksum(payload) =>
+                {
                     return Err("bad ICMPv4 checksum".into());
                 }
                 _ => {}
             }
-            (IpAddr::V4(ip.source.into()), IpAddr::V4(ip.destination.into()), ip.time_to_live)
+            (
+                IpAddr::V4(ip.source.into()),
+                IpAddr::V4(ip.destination.into()),
+                ip.time_to_live,
+            )
         }
         Some(NetHeaders::Ipv6(ip, _)) => {
             match &h.transport {
                 Some(TransportHeader::Udp(u)) => {
                     let c = u.calc_checksum_ipv6(ip, payload).unwrap();
                     if c != u.checksum {
-                        return Err(format!("bad UDP/IPv6 checksum {:#06x}, want {c:#06x}", u.checksum));
+                        return Err(format!(
+                            "bad UDP/IPv6 checksum {:#06x}, want {c:#06x}",
+                            u.checksum
+                        ));
                     }
                 }
                 Some(TransportHeader::Tcp(t)) => {
                     let c = t.calc_checksum_ipv6(ip, payload).unwrap();
                     if c != t.checksum {
-                        return Err(format!("bad TCP/IPv6 checksum {:#06x}, want {c:#06x}", t.checksum));
+                        return Err(format!(
+                            "bad TCP/IPv6 checksum {:#06x}, want {c:#06x}",
+                            t.checksum
+                        ));
                     }
                 }
                 Some(TransportHeader::Icmpv6(i)) => {
-                    let c = i.icmp_type.calc_checksum(ip.source, ip.destination, payload).unwrap();
+                    let c = i
+                        .icmp_type
+                        .calc_checksum(ip.source, ip.destination, payload)
+                        .unwrap();
                     if c != i.checksum {
                         return Err("bad ICMPv6 checksum".into());
                     }
                 }
                 _ => {}
             }
-            (IpAddr::V6(ip.source.into()), IpAddr::V6(ip.destination.into()), ip.hop_limit)
+            (
+                IpAddr::V6(ip.source.into()),
+                IpAddr::V6(ip.destination.into()),
+                ip.hop_limit,
+            )
         }
         _ => return Err("no IP header".into()),
     };
@@ -271,12 +334,25 @@ fn protocol(l4: L4) -> &'static str {
 /// routes) with `c` as their only circuit: `(aggregator, demux, remux)`.
 pub fn boxes(c: &Circuit) -> (Box_, Box_, Box_) {
     let (cap, alias, app) = (c.capture, c.alias, c.app_host);
-    let (local, remote) =
-        if c.outer_v6 { ("2001:db8:ffff::1", "2001:db8:ffff::2") } else { ("192.0.2.1", "192.0.2.2") };
+    let (local, remote) = if c.outer_v6 {
+        ("2001:db8:ffff::1", "2001:db8:ffff::2")
+    } else {
+        ("192.0.2.1", "192.0.2.2")
+    };
     let agg = Box_::new(
         vec![
-            port("line0", Role::Aggregator, AGG_LINE, &["203.0.113.1", "2001:db8:113::1"]),
-            port("uplink", Role::Aggregator, AGG_UPLINK, &["192.0.2.1", "2001:db8:ffff::1"]),
+            port(
+                "line0",
+                Role::Aggregator,
+                AGG_LINE,
+                &["203.0.113.1", "2001:db8:113::1"],
+            ),
+            port(
+                "uplink",
+                Role::Aggregator,
+                AGG_UPLINK,
+                &["192.0.2.1", "2001:db8:ffff::1"],
+            ),
         ],
         &format!(
             r#"
@@ -292,7 +368,9 @@ pub fn boxes(c: &Circuit) -> (Box_, Box_, Box_) {
     );
     let (demux_rule, remux_rule) = match c.port {
         None => (
-            format!(r#"{{ mode = "address", alias = "{alias}", capture = "{cap}", app_host = "{app}" }}"#),
+            format!(
+                r#"{{ mode = "address", alias = "{alias}", capture = "{cap}", app_host = "{app}" }}"#
+            ),
             format!(r#"{{ mode = "address", capture = "{cap}" }}"#),
         ),
         Some((l4, p)) => (
@@ -309,7 +387,12 @@ pub fn boxes(c: &Circuit) -> (Box_, Box_, Box_) {
     let app_s = app.to_string();
     let dmx = Box_::new(
         vec![
-            port("tun", Role::Demux, DMX_TUN, &["192.0.2.2", "2001:db8:ffff::2"]),
+            port(
+                "tun",
+                Role::Demux,
+                DMX_TUN,
+                &["192.0.2.2", "2001:db8:ffff::2"],
+            ),
             port("dc", Role::Demux, DMX_DC, &["198.19.0.1", "2001:db8:19::1"]),
         ],
         &format!(
@@ -326,8 +409,18 @@ pub fn boxes(c: &Circuit) -> (Box_, Box_, Box_) {
     );
     let rmx = Box_::new(
         vec![
-            port("dc", Role::Remux, RMX_DC, &["198.19.0.254", "2001:db8:19::fe"]),
-            port("out", Role::Remux, RMX_OUT, &["192.0.2.3", "2001:db8:ffff::3"]),
+            port(
+                "dc",
+                Role::Remux,
+                RMX_DC,
+                &["198.19.0.254", "2001:db8:19::fe"],
+            ),
+            port(
+                "out",
+                Role::Remux,
+                RMX_OUT,
+                &["192.0.2.3", "2001:db8:ffff::3"],
+            ),
         ],
         &format!(
             r#"

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Keeper, KeeperError, ListFilter};
 use crate::circuits::{CircuitEvent, CircuitId, EventKind};
-use crate::convert::{activate_from_wire, circuit_to_wire, event_to_wire, state_from_wire};
+use tarp_api::convert::{activate_from_wire, circuit_to_wire, event_to_wire, state_from_wire};
 
 /// Serves applications.
 #[derive(Debug, Clone)]

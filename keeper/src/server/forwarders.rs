@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
 use super::{Hello, Keeper, KeeperError};
-use crate::convert::role_from_wire;
+use tarp_api::convert::role_from_wire;
 
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);

@@ -24,6 +24,8 @@ use tokio::task::JoinHandle;
 use tonic::{Code, Status};
 use tracing::{debug, error, info, warn};
 
+pub use tarp_api::circuit::ListFilter;
+
 use crate::circuits::{
     ActivateRequest, Activation, Circuit, CircuitError, CircuitEvent, CircuitId, CircuitState,
     Circuits, EventKind, LineId, Release,
@@ -187,21 +189,6 @@ pub struct Hello {
     pub ports: Vec<(String, bool)>,
     /// The generation it runs (0: none).
     pub last_generation: u64,
-}
-
-/// Which circuits [`Keeper::list`] returns.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ListFilter {
-    /// Only this region.
-    pub region: Option<String>,
-    /// Only this POP.
-    pub pop: Option<String>,
-    /// Only this application host.
-    pub app_host: Option<std::net::IpAddr>,
-    /// Only this state.
-    pub state: Option<CircuitState>,
-    /// Include released circuits when no state is given.
-    pub include_released: bool,
 }
 
 /// The circuit keeper.

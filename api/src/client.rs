@@ -11,7 +11,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use keeper::client::{ForwarderSession, PortState, Role};
+//! use tarp_api::client::{ForwarderSession, PortState, Role};
 //!
 //! let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 //! let ports = [PortState { name: "line0".into(), up: true }];
@@ -32,7 +32,7 @@
 //! }
 //! ```
 //!
-//! Endpoints are `http://HOST:PORT` or `unix:/PATH` (see [`crate::transport`]); the
+//! Endpoints are `http://HOST:PORT` or `unix:/PATH` (see [`crate::endpoint`]); the
 //! latter reaches a keeper in another network namespace of the same machine.
 //!
 //! The session's automatic heartbeats and the HTTP/2 connection make progress only
@@ -42,11 +42,11 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use tarp_api::grpc::v1;
-use tarp_api::grpc::v1::circuits_client::CircuitsClient;
-use tarp_api::grpc::v1::forwarders_client::ForwardersClient;
-use tarp_api::grpc::ProtoError;
-use tarp_api::Rules;
+use crate::grpc::v1;
+use crate::grpc::v1::circuits_client::CircuitsClient;
+use crate::grpc::v1::forwarders_client::ForwardersClient;
+use crate::grpc::ProtoError;
+use crate::Rules;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -54,17 +54,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
-pub use crate::circuits::{
-    ActivateRequest, Circuit, CircuitEvent, CircuitId, CircuitState, EventKind, Mode, PortRange,
+pub use crate::circuit::{
+    ActivateRequest, Circuit, CircuitEvent, CircuitId, CircuitState, EventKind, ListFilter, Mode,
+    PortRange, Role,
 };
-pub use crate::inventory::Role;
-pub use crate::server::ListFilter;
-pub use tarp_api::rules::Protocol;
+pub use crate::rules::Protocol;
 
 use crate::convert::{
     activate_to_wire, circuit_from_wire, event_from_wire, role_to_wire, state_to_wire,
 };
-use crate::transport::EndpointError;
+use crate::endpoint::EndpointError;
 
 /// A keeper call that failed.
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +123,7 @@ impl ClientError {
 }
 
 async fn channel(endpoint: &str, connect_timeout: Duration) -> Result<Channel, ClientError> {
-    crate::transport::connect(endpoint, connect_timeout)
+    crate::endpoint::connect(endpoint, connect_timeout)
         .await
         .map_err(|e| match e {
             EndpointError::Invalid(problem) => ClientError::Endpoint {

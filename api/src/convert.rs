@@ -1,16 +1,15 @@
-//! Conversions between the keeper's domain types and the gRPC messages, both ways.
+//! Conversions between the circuit types ([`crate::circuit`]) and the gRPC messages,
+//! both ways.
 //! Requests from the wire are checked here; a bad field becomes INVALID_ARGUMENT with
 //! the field's name.
 
 use std::net::IpAddr;
 
-use tarp_api::grpc::v1;
-use tarp_api::grpc::{parse_ip, protocol_from_wire, ProtoError};
-
-use crate::circuits::{
-    ActivateRequest, Circuit, CircuitEvent, CircuitState, EventKind, Mode, PortRange,
+use crate::circuit::{
+    ActivateRequest, Circuit, CircuitEvent, CircuitState, EventKind, Mode, PortRange, Role,
 };
-use crate::inventory::Role;
+use crate::grpc::v1;
+use crate::grpc::{parse_ip, protocol_from_wire, ProtoError};
 
 fn opt_string(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
@@ -231,7 +230,7 @@ pub fn event_from_wire(e: &v1::CircuitEvent) -> Result<CircuitEvent, ProtoError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tarp_api::rules::Protocol;
+    use crate::rules::Protocol;
 
     #[test]
     fn activate_request_round_trip_and_checks() {

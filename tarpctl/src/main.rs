@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
-use keeper::client::{
+use tarp_api::client::{
     ActivateRequest, AppClient, Circuit, CircuitEvent, CircuitId, CircuitState, EventKind,
     ListFilter, Mode, PortRange, Protocol,
 };
@@ -295,10 +295,7 @@ async fn run_with_circuit(
         .env("TARP_CAPTURE_ADDR", circuit.capture.to_string())
         .env("TARP_PORT", circuit.ports.first.to_string())
         .env("TARP_PORT_END", circuit.ports.last.to_string())
-        .env(
-            "TARP_PROTOCOL",
-            keeper::circuits::protocol_name(circuit.protocol),
-        )
+        .env("TARP_PROTOCOL", circuit.protocol.name())
         .env("TARP_BIND_ADDR", circuit.bind_address().to_string())
         .env("TARP_MODE", circuit.mode.to_string())
         .spawn()
@@ -360,7 +357,9 @@ async fn run_with_circuit(
 }
 
 /// The next event of a watch, or never while there is no stream.
-async fn next_event(events: &mut Option<keeper::client::EventStream>) -> Result<Option<CircuitEvent>, keeper::client::ClientError> {
+async fn next_event(
+    events: &mut Option<tarp_api::client::EventStream>,
+) -> Result<Option<CircuitEvent>, tarp_api::client::ClientError> {
     match events {
         Some(e) => e.next().await,
         None => std::future::pending().await,
@@ -386,10 +385,17 @@ async fn follow(held: &mut Vec<Circuit>, r: Circuit, on_loopback: bool) {
 async fn catch_up(client: &mut AppClient, held: &mut Vec<Circuit>, on_loopback: bool) {
     for _ in 0..64 {
         let Some(last) = held.last() else { return };
-        let Ok(c) = client.get(last.id).await else { return };
+        let Ok(c) = client.get(last.id).await else {
+            return;
+        };
         let Some(next) = c.replaced_by else { return };
-        let Ok(r) = client.get(next).await else { return };
-        eprintln!("tarpctl: circuit {} was replaced by {} at {} meanwhile", c.id, r.id, r.capture);
+        let Ok(r) = client.get(next).await else {
+            return;
+        };
+        eprintln!(
+            "tarpctl: circuit {} was replaced by {} at {} meanwhile",
+            c.id, r.id, r.capture
+        );
         follow(held, r, on_loopback).await;
     }
 }
@@ -430,7 +436,7 @@ fn print_circuits(circuits: &[Circuit], json: bool) {
                 c.id.to_string(),
                 c.state.to_string(),
                 c.mode.to_string(),
-                keeper::circuits::protocol_name(c.protocol).to_string(),
+                c.protocol.name().to_string(),
                 ports(c),
                 c.capture.to_string(),
                 c.bind_address().to_string(),

@@ -1,5 +1,5 @@
 //! The keeper's gRPC contract, generated from `proto/tarp.proto`, and the conversions
-//! between [`Rules`](crate::Rules) and its wire form.
+//! between [`Rules`] and its wire form.
 //!
 //! Addresses travel as text; converting from the wire checks every one and names the
 //! field that is wrong, so a forwarder can NACK a bad table set with a useful detail.

@@ -2,7 +2,7 @@
 //!
 //! The same value is written by hand in a forwarder's static TOML config and compiled by
 //! the keeper for each forwarder on a circuit's path. It is validated and turned into an
-//! immutable [`Snapshot`](super::Snapshot) off the fast path.
+//! immutable snapshot (the forwarder's `tables::Snapshot`) off the fast path.
 
 use std::net::IpAddr;
 

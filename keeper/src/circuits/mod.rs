@@ -6,6 +6,15 @@
 //! when its line goes down (then `Bounced -> Released` when its application lets go).
 //! `Activating` and `Releasing` circuits are in the demux's and remux's tables but not in
 //! the aggregator's: that is make-before-break on the way in and on the way out.
+//!
+//! * this file: [`Circuits`], its accessors, restoring it after a restart;
+//! * `error.rs`: [`CircuitError`];
+//! * `activate.rs`: placing a request on a line and an alias, confirming or aborting it;
+//! * `release.rs`: the release steps;
+//! * `bounce.rs`: lines going down and up, replacing bounced circuits.
+//!
+//! The circuit types themselves ([`Circuit`], [`ActivateRequest`], ...) are
+//! [`tarp_api::circuit`]'s: applications see the same ones.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

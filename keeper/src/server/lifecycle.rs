@@ -1,0 +1,136 @@
+//! Activation (make before break: demux and remux first, the aggregator last) and
+//! release (the reverse), each committed and acknowledged, or rolled back.
+
+use tracing::{info, warn};
+
+use super::{Keeper, KeeperError};
+use crate::circuits::{
+    ActivateRequest, Activation, Circuit, CircuitError, CircuitId, EventKind, Release,
+};
+use crate::inventory::NodeId;
+
+impl Keeper {
+    /// Activates a circuit: demux and remux first, then the aggregator, each step
+    /// answered only once the forwarders acknowledged it. A failure rolls it back.
+    pub async fn activate(&self, req: &ActivateRequest) -> Result<Circuit, KeeperError> {
+        let _busy = self.busy();
+        let (id, targets) = {
+            let mut core = self.lock()?;
+            let inv = self.inv.clone();
+            match core
+                .circuits
+                .activate(&inv, self.settings.max_port_range, req)?
+            {
+                Activation::Existing(c) => return Ok(*c),
+                Activation::Started(id) => {
+                    self.commit(&mut core, &[])?;
+                    let c = core.circuits.get(id).ok_or(CircuitError::NotFound(id))?;
+                    info!(circuit = id, capture = %c.capture, mode = %c.mode, app_host = %c.app_host, "activating");
+                    let dc = vec![c.demux.clone(), c.remux.clone()];
+                    (id, Self::targets(&core, dc))
+                }
+            }
+        };
+        let circuit = self.complete_activation(id, targets).await?;
+        info!(circuit = id, generation = circuit.generation, "active");
+        self.emit(EventKind::Activated, circuit.clone(), None, None);
+        Ok(circuit)
+    }
+
+    /// The rest of an activation once demux and remux have been published.
+    pub(super) async fn complete_activation(
+        &self,
+        id: CircuitId,
+        dc: Vec<(NodeId, u64)>,
+    ) -> Result<Circuit, KeeperError> {
+        if let Err(e) = self.wait_acks(&dc).await {
+            return Err(self.roll_back(id, e));
+        }
+        let targets = {
+            let mut core = self.lock()?;
+            if let Err(e) = core.circuits.confirm(id) {
+                drop(core);
+                return Err(self.roll_back(id, e.into()));
+            }
+            self.commit(&mut core, &[id])?;
+            let agg = core
+                .circuits
+                .get(id)
+                .map(|c| c.aggregator.clone())
+                .into_iter();
+            Self::targets(&core, agg)
+        };
+        if let Err(e) = self.wait_acks(&targets).await {
+            return Err(self.roll_back(id, e));
+        }
+        let core = self.lock()?;
+        core.circuits
+            .get(id)
+            .cloned()
+            .ok_or_else(|| CircuitError::NotFound(id).into())
+    }
+
+    pub(super) fn roll_back(&self, id: CircuitId, why: KeeperError) -> KeeperError {
+        warn!(circuit = id, "activation failed: {why}; rolling back");
+        match self.lock() {
+            Ok(mut core) => {
+                if core.circuits.abort(id).is_some() {
+                    if let Err(e) = self.commit(&mut core, &[]) {
+                        return e;
+                    }
+                }
+            }
+            Err(e) => return e,
+        }
+        KeeperError::RolledBack(Box::new(why))
+    }
+
+    /// Releases a circuit: the aggregator's entry goes first, then demux and remux.
+    /// Forwarders that do not answer in time are not waited for (they get the current
+    /// tables when they come back). Releasing a released circuit returns it.
+    pub async fn release(&self, id: CircuitId) -> Result<Circuit, KeeperError> {
+        let _busy = self.busy();
+        let targets = {
+            let mut core = self.lock()?;
+            match core.circuits.begin_release(id)? {
+                Release::AlreadyReleased(c) => return Ok(c),
+                Release::Released(c) => {
+                    self.commit(&mut core, &[])?;
+                    drop(core);
+                    info!(circuit = id, "released (it had bounced)");
+                    self.emit(EventKind::Released, c.clone(), None, None);
+                    return Ok(c);
+                }
+                Release::Started => {
+                    self.commit(&mut core, &[])?;
+                    let agg = core
+                        .circuits
+                        .get(id)
+                        .map(|c| c.aggregator.clone())
+                        .into_iter();
+                    Self::targets(&core, agg)
+                }
+            }
+        };
+        if let Err(e) = self.wait_acks(&targets).await {
+            warn!(circuit = id, "release goes on without the aggregator: {e}");
+        }
+        let targets = {
+            let mut core = self.lock()?;
+            core.circuits.finish_release(id);
+            self.commit(&mut core, &[])?;
+            let c = core.circuits.get(id).ok_or(CircuitError::NotFound(id))?;
+            Self::targets(&core, [c.demux.clone(), c.remux.clone()])
+        };
+        if let Err(e) = self.wait_acks(&targets).await {
+            warn!(
+                circuit = id,
+                "release completed without every DC forwarder's acknowledgement: {e}"
+            );
+        }
+        let circuit = self.get(id)?;
+        info!(circuit = id, "released");
+        self.emit(EventKind::Released, circuit.clone(), None, None);
+        Ok(circuit)
+    }
+}

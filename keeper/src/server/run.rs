@@ -1,0 +1,145 @@
+//! A running keeper: the gRPC server over a listener, its heartbeat monitor, shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tarp_api::grpc::v1::circuits_server::CircuitsServer;
+use tarp_api::grpc::v1::forwarders_server::ForwardersServer;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::{apps, forwarders, Keeper, KeeperError};
+use crate::inventory::Config;
+use crate::store::Store;
+use crate::transport::{ListenAddr, Listener, Socket, SocketFileGuard};
+
+/// A running keeper: the gRPC server, its heartbeat monitor, and the keeper state.
+pub struct Server {
+    keeper: Arc<Keeper>,
+    local_addr: ListenAddr,
+    stop: oneshot::Sender<()>,
+    serve: JoinHandle<Result<(), tonic::transport::Error>>,
+    monitor: JoinHandle<()>,
+    socket_file: SocketFileGuard,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Opens the database named in the settings and serves on `listener`: a
+    /// [`Listener`] bound with [`Listener::bind`] (e.g. to the configured
+    /// [`Settings::listen`](crate::inventory::Settings::listen)), or a tokio `TcpListener`.
+    pub async fn start(
+        config: Config,
+        listener: impl Into<Listener>,
+    ) -> Result<Server, KeeperError> {
+        let listener = listener.into();
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| KeeperError::Unavailable(format!("listener has no address: {e}")))?;
+        let store = Store::open(&config.settings.db)?;
+        let keeper = Arc::new(Keeper::open(config.settings, config.inventory, store)?);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let router = tonic::transport::Server::builder()
+            .add_service(CircuitsServer::new(apps::AppService::new(keeper.clone())))
+            .add_service(ForwardersServer::new(forwarders::ForwarderService::new(
+                keeper.clone(),
+            )));
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let (socket, socket_file) = listener.into_parts();
+        let serve = match socket {
+            Socket::Tcp(l) => {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
+            Socket::Unix(l, _) => {
+                let incoming = tokio_stream::wrappers::UnixListenerStream::new(l);
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
+        };
+        let monitor = {
+            let keeper = keeper.clone();
+            let period = keeper
+                .settings
+                .heartbeat_interval()
+                .min(Duration::from_secs(1));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    keeper.check_heartbeats();
+                }
+            })
+        };
+        info!(listen = %local_addr, "keeper serving");
+        Ok(Server {
+            keeper,
+            local_addr,
+            stop,
+            serve,
+            monitor,
+            socket_file,
+        })
+    }
+
+    /// The address the server listens on (for TCP port 0: the port chosen).
+    pub fn local_addr(&self) -> &ListenAddr {
+        &self.local_addr
+    }
+
+    /// The endpoint clients on this machine dial: `http://ADDR:PORT` or `unix:/PATH`.
+    pub fn endpoint(&self) -> String {
+        self.local_addr.endpoint()
+    }
+
+    /// The keeper behind the server.
+    pub fn keeper(&self) -> &Arc<Keeper> {
+        &self.keeper
+    }
+
+    /// Stops gracefully: takes no new connections or calls (a Unix socket file is
+    /// removed at once), lets activations and releases under way finish (each waits at
+    /// most twice the ack timeout for forwarders, whose streams stay open meanwhile),
+    /// then ends every stream and closes the database.
+    pub async fn shutdown(self) {
+        let Server {
+            keeper,
+            local_addr,
+            stop,
+            mut serve,
+            monitor,
+            socket_file,
+        } = self;
+        drop(socket_file);
+        // HTTP/2 GOAWAY: calls already under way (and the forwarder streams their
+        // acknowledgements come on) carry on; new ones go elsewhere or fail.
+        let _ = stop.send(());
+        let grace = keeper.settings().ack_timeout() * 2 + Duration::from_secs(1);
+        if !keeper.drain(grace).await {
+            warn!(
+                "activations or releases still under way after {} ms; stopping anyway",
+                grace.as_millis()
+            );
+        }
+        keeper.close();
+        monitor.abort();
+        if tokio::time::timeout(Duration::from_secs(5), &mut serve)
+            .await
+            .is_err()
+        {
+            warn!("gRPC server did not stop within 5 s; aborting it");
+            serve.abort();
+        }
+        info!(listen = %local_addr, "keeper stopped");
+    }
+}

@@ -1,51 +1,21 @@
 //! The forwarder process: set DPDK up from the config, launch one pinned worker per
-//! lcore, and run the control thread (slow path, neighbour resolution, device counters,
-//! table updates) on the main lcore until asked to stop.
+//! lcore, run the [`Control`] thread on the main lcore until asked to stop (or until a
+//! thread panics, see [`crate::fatal`]), then stop the workers and release the ports.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, TcpListener};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context, Result};
 
 use crate::config::Config;
-use crate::dpdk::{Eal, Mbuf, MbufQueue, Mempool, Port, PortConf, TxBuffer};
+use crate::control::{Control, ControlHooks};
+use crate::dpdk::{Eal, MbufQueue, Mempool, Port, PortConf, TxBuffer};
+use crate::metrics::{self, DeviceCounters, MetricsSource, WorkerStats};
 use crate::packet::MacAddr;
-use crate::slowpath;
-use crate::stats::{self, DeviceCounters, Scrape, WorkerStats};
-use crate::tables::{NeighbourCache, PortId, PortInfo, Role, Rules, Snapshot, SnapshotHandle};
+use crate::tables::{NeighbourCache, PortId, PortInfo, Role, Snapshot, SnapshotHandle};
 use crate::worker::Worker;
-
-/// A new table set for the control thread to validate, build and publish.
-pub struct TableUpdate {
-    /// Generation the rules belong to.
-    pub generation: u64,
-    /// The rules.
-    pub rules: Rules,
-    /// Told the outcome: `Ok(generation)` once published, `Err(reason)` if refused (the
-    /// old snapshot keeps forwarding).
-    pub done: mpsc::Sender<std::result::Result<u64, String>>,
-}
-
-/// What the control thread reports to whoever drives table updates (the keeper link).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkReport {
-    /// Port name.
-    pub port: String,
-    /// Link up.
-    pub up: bool,
-}
-
-/// Hooks for a table source such as the keeper: updates in, link reports out.
-pub struct ControlHooks {
-    /// Table updates to apply.
-    pub updates: mpsc::Receiver<TableUpdate>,
-    /// Link state changes (sent once at start for every port, then on each change).
-    pub links: mpsc::Sender<LinkReport>,
-}
 
 /// The EAL command line for `cfg`: lcores, one `--vdev`/`-a` per port, and the
 /// config's own arguments.
@@ -123,63 +93,6 @@ fn role_name(r: Role) -> &'static str {
     }
 }
 
-/// Shared with the metrics endpoint.
-struct MetricsSource {
-    node: String,
-    ports: Vec<(String, &'static str)>,
-    workers: Vec<Arc<WorkerStats>>,
-    devices: Mutex<Vec<DeviceCounters>>,
-    snapshots: Arc<SnapshotHandle>,
-}
-
-impl MetricsSource {
-    fn scrape(&self) -> Scrape {
-        let workers: Vec<&WorkerStats> = self.workers.iter().map(|w| &**w).collect();
-        let snap = self.snapshots.load();
-        let resolved = snap.next_hops.iter().filter(|n| n.mac().is_some()).count();
-        let polls = workers.iter().fold((0, 0), |(e, b), w| {
-            (
-                e + w.empty_polls.load(Ordering::Relaxed),
-                b + w.busy_polls.load(Ordering::Relaxed),
-            )
-        });
-        Scrape {
-            node: self.node.clone(),
-            ports: self.ports.clone(),
-            totals: stats::totals(&workers, self.ports.len()),
-            devices: self.devices.lock().map(|d| d.clone()).unwrap_or_default(),
-            generation: snap.generation(),
-            entries: snap.entries(),
-            polls,
-            neighbours: (resolved, snap.next_hops.len()),
-        }
-    }
-}
-
-/// Serves `GET /metrics` (any path, in fact) in Prometheus text format.
-fn serve_metrics(listener: TcpListener, source: Arc<MetricsSource>, stop: Arc<AtomicBool>) {
-    listener.set_nonblocking(true).ok();
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((mut conn, _)) => {
-                conn.set_nonblocking(false).ok();
-                conn.set_read_timeout(Some(Duration::from_secs(2))).ok();
-                let mut req = [0u8; 1024];
-                let _ = conn.read(&mut req);
-                let body = stats::render(&source.scrape());
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = conn
-                    .write_all(head.as_bytes())
-                    .and_then(|_| conn.write_all(body.as_bytes()));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
 /// Runs the forwarder until `stop` is set. `hooks` connect a table source (the keeper).
 pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> Result<()> {
     let eal = Eal::init(&eal_args(cfg)[1..]).context("EAL init")?;
@@ -242,7 +155,7 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
         tracing::info!(port = %info.name, role = role_name(info.role), mac = %info.mac, rss = p.rss_hf() != 0, "port up");
     }
 
-    let mut neighbours = static_neighbours(cfg);
+    let neighbours = static_neighbours(cfg);
     let snapshot = Snapshot::build(&cfg.rules, &infos, 0, &neighbours).context("rules")?;
     let snapshots = Arc::new(SnapshotHandle::new(snapshot));
     let slow = Arc::new(MbufQueue::new(4096));
@@ -301,121 +214,37 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
                 TcpListener::bind(addr).with_context(|| format!("metrics: bind {addr}"))?;
             tracing::info!(%addr, "metrics endpoint");
             let (s, st) = (source.clone(), stop.clone());
-            Some(std::thread::spawn(move || serve_metrics(listener, s, st)))
+            let serve = move || metrics::serve(listener, s, st);
+            Some(
+                std::thread::Builder::new()
+                    .name("metrics".into())
+                    .spawn(serve)?,
+            )
         }
         None => None,
     };
 
     // The control thread: this one, on the main lcore.
-    let pool = &pools[&ports[0].socket().max(0)];
-    let mut last_solicit = Instant::now() - Duration::from_secs(10);
-    let mut last_devices = Instant::now() - Duration::from_secs(10);
-    let mut links: Vec<Option<bool>> = vec![None; ports.len()];
-    let dpdk_to_port: HashMap<u16, PortId> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.id(), i as PortId))
-        .collect();
-
-    while !stop.load(Ordering::Relaxed) {
-        let mut busy = false;
-        // Slow path.
-        for _ in 0..256 {
-            let Some(m) = slow.pop() else { break };
-            busy = true;
-            let Some(&port) = dpdk_to_port.get(&m.port()) else {
-                continue;
-            };
-            let snap = snapshots.load();
-            let out = slowpath::handle(&snap, port, m.data());
-            drop(m);
-            if let Some((ip, mac)) = out.learned {
-                let known = neighbours.get(&(port, ip)) == Some(&mac);
-                // Learn only addresses the tables use, so that a scan cannot fill memory.
-                if snap.learn_neighbour(port, ip, mac) > 0 && !known {
-                    tracing::info!(port = %infos[port as usize].name, %ip, %mac, "neighbour learned");
-                    neighbours.insert((port, ip), mac);
-                }
-            }
-            if let Some(reply) = out.reply {
-                send(pool, &control_tx[port as usize], &reply);
-            }
-        }
-        // Table updates.
-        if let Some(h) = &hooks {
-            while let Ok(u) = h.updates.try_recv() {
-                busy = true;
-                match Snapshot::build(&u.rules, &infos, u.generation, &neighbours) {
-                    Ok(s) => {
-                        let entries = s.entries();
-                        snapshots.publish(s);
-                        tracing::info!(generation = u.generation, entries, "tables swapped");
-                        let _ = u.done.send(Ok(u.generation));
-                    }
-                    Err(e) => {
-                        tracing::warn!(generation = u.generation, error = %e, "tables refused");
-                        let _ = u.done.send(Err(e.to_string()));
-                    }
-                }
-                last_solicit = Instant::now() - Duration::from_secs(10);
-            }
-        }
-        // Resolve next hops nobody has told us about yet.
-        if last_solicit.elapsed() >= Duration::from_millis(500) {
-            last_solicit = Instant::now();
-            let snap = snapshots.load();
-            for nh in snap.next_hops.iter().filter(|n| n.mac().is_none()) {
-                let p = &infos[nh.port as usize];
-                let src = source_for(&p.addrs, nh.ip.is_ipv4());
-                if let Some(frame) = src.and_then(|s| slowpath::solicit(p.mac, s, nh.ip)) {
-                    send(pool, &control_tx[nh.port as usize], &frame);
-                }
-            }
-        }
-        // Link state and device counters, ten times a second: a line that goes down is
-        // reported to the keeper within ~100 ms.
-        if last_devices.elapsed() >= LINK_POLL {
-            last_devices = Instant::now();
-            let mut devs = Vec::with_capacity(ports.len());
-            for (i, p) in ports.iter().enumerate() {
-                let s = p.stats().unwrap_or_default();
-                let up = p.link().map(|l| l.up).unwrap_or(false)
-                    && kernel_carrier(&cfg.ports[i].device).unwrap_or(true);
-                if links[i] != Some(up) {
-                    links[i] = Some(up);
-                    tracing::info!(port = %infos[i].name, up, "link");
-                    if let Some(h) = &hooks {
-                        let _ = h.links.send(LinkReport {
-                            port: infos[i].name.clone(),
-                            up,
-                        });
-                    }
-                }
-                devs.push(DeviceCounters {
-                    ipackets: s.ipackets,
-                    opackets: s.opackets,
-                    ibytes: s.ibytes,
-                    obytes: s.obytes,
-                    imissed: s.imissed,
-                    ierrors: s.ierrors,
-                    oerrors: s.oerrors,
-                    rx_nombuf: s.rx_nombuf,
-                    link_up: up,
-                });
-            }
-            if let Ok(mut d) = source.devices.lock() {
-                *d = devs;
-            }
-        }
-        if !busy {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
+    let control = Control {
+        cfg,
+        ports: &ports,
+        infos: &infos,
+        pool: &pools[&ports[0].socket().max(0)],
+        snapshots,
+        slow: slow.clone(),
+        control_tx,
+        metrics: source,
+        hooks,
+        neighbours,
+    };
+    let result = control.run(&stop);
 
     tracing::info!("stopping");
+    stop.store(true, Ordering::Relaxed);
     worker_stop.store(true, Ordering::Relaxed);
-    eal.wait_all().context("workers")?;
-    drop(control_tx);
+    // After a panic, the dead worker's lcore reports it here: the ports are released
+    // all the same, and the panic is what the caller hears about.
+    let waited = eal.wait_all().context("workers");
     while slow.pop().is_some() {}
     if let Some(t) = metrics_thread {
         let _ = t.join();
@@ -425,32 +254,5 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
             tracing::warn!(error = %e, "closing port");
         }
     }
-    Ok(())
-}
-
-/// How often the control thread reads link state and device counters.
-const LINK_POLL: Duration = Duration::from_millis(100);
-
-/// Queues one frame from the control thread for the first worker to send.
-fn send(pool: &Mempool, queue: &MbufQueue, frame: &[u8]) {
-    if let Some(m) = Mbuf::from_bytes(pool, frame) {
-        // A full queue frees the frame: ARP and ND are retried anyway.
-        let _ = queue.push(m);
-    }
-}
-
-/// `net_af_packet` always reports its link up; the carrier of the kernel interface it
-/// is attached to (`iface=`) says whether the line really is.
-fn kernel_carrier(device: &str) -> Option<bool> {
-    if !device.starts_with("net_af_packet") && !device.starts_with("net_af_xdp") {
-        return None;
-    }
-    let iface = device.split(',').find_map(|kv| kv.strip_prefix("iface="))?;
-    let carrier = std::fs::read_to_string(format!("/sys/class/net/{iface}/carrier")).ok()?;
-    Some(carrier.trim() == "1")
-}
-
-/// The first address of a family on a port, for sourcing solicitations.
-fn source_for(addrs: &[IpAddr], v4: bool) -> Option<IpAddr> {
-    addrs.iter().find(|a| a.is_ipv4() == v4).copied()
+    result.and(waited)
 }

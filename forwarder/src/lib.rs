@@ -3,16 +3,21 @@
 //! - [`packet`]: zero-copy views over packet bytes and incremental checksums;
 //! - [`tables`]: the immutable snapshot a worker looks everything up in;
 //! - [`pipeline`]: aggregator, demux and remux as plain functions over a burst;
-//! - `dpdk` (feature `dpdk`): the safe layer over `dpdk-sys`, workers and the binary's parts.
+//! - [`slowpath`]: ARP, ND and ICMP echo answers, as pure functions over a frame;
+//! - [`config`]: the forwarder's TOML; [`metrics`]: counters and their exposition.
+//!
+//! With feature `dpdk`: `dpdk` (the safe layer over `dpdk-sys`, the only `unsafe`),
+//! `worker` (the per-core loop), `control` (the control thread and the keeper link),
+//! `app` (the process set-up), `fatal` (a panic stops the process, never silently).
 #![deny(unsafe_code)]
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod metrics;
 pub mod packet;
 pub mod pipeline;
 pub mod slowpath;
-pub mod stats;
 pub mod tables;
 
 #[cfg(feature = "dpdk")]
@@ -22,6 +27,8 @@ pub mod control;
 #[cfg(feature = "dpdk")]
 #[allow(unsafe_code)]
 pub mod dpdk;
+#[cfg(feature = "dpdk")]
+pub mod fatal;
 #[cfg(feature = "dpdk")]
 pub mod worker;
 

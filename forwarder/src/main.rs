@@ -6,9 +6,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use clap::Parser;
-use forwarder::app;
 use forwarder::config::Config;
+use forwarder::control::keeper_link::KeeperLink;
 use forwarder::tables::Snapshot;
+use forwarder::{app, fatal};
 
 /// tarp's DPDK forwarder: aggregator, demux and remux pipelines on DPDK ports.
 #[derive(Parser)]
@@ -31,30 +32,24 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    fatal::install_panic_hook();
+    let file = args.config.display();
     let cfg = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("tarp-forwarder: {}: {e}", args.config.display());
+            eprintln!("tarp-forwarder: {file}: {e}");
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = Snapshot::build(
-        &cfg.rules,
-        &app::offline_ports(&cfg),
-        0,
-        &app::static_neighbours(&cfg),
-    ) {
-        eprintln!("tarp-forwarder: {}: rules: {e}", args.config.display());
+    let offline = app::offline_ports(&cfg);
+    if let Err(e) = Snapshot::build(&cfg.rules, &offline, 0, &app::static_neighbours(&cfg)) {
+        eprintln!("tarp-forwarder: {file}: rules: {e}");
         return ExitCode::from(2);
     }
     if args.check {
-        println!(
-            "{}: ok ({} ports, {} workers, {} static rules)",
-            args.config.display(),
-            cfg.ports.len(),
-            cfg.workers.lcores.len(),
-            cfg.rules.aggregator.len() + cfg.rules.demux.len() + cfg.rules.remux.len()
-        );
+        let rules = cfg.rules.aggregator.len() + cfg.rules.demux.len() + cfg.rules.remux.len();
+        let (ports, workers) = (cfg.ports.len(), cfg.workers.lcores.len());
+        println!("{file}: ok ({ports} ports, {workers} workers, {rules} static rules)");
         return ExitCode::SUCCESS;
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -64,33 +59,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    // With a keeper, a keeper thread feeds table updates to the control thread.
-    let hooks = cfg.keeper.clone().map(|endpoint| {
-        let (updates_tx, updates_rx) = std::sync::mpsc::channel();
-        let (links_tx, links_rx) = std::sync::mpsc::channel();
-        let link = forwarder::control::KeeperLink {
-            endpoint,
-            node_id: cfg.node_id.clone(),
-            roles: cfg.ports.iter().map(|p| p.role).collect(),
-            ports: cfg.ports.iter().map(|p| p.name.clone()).collect(),
-            updates: updates_tx,
-            links: links_rx,
-            stop: stop.clone(),
-        };
-        let thread = std::thread::Builder::new()
-            .name("keeper".into())
-            .spawn(move || forwarder::control::run(link))
-            .expect("spawn keeper thread");
-        (
-            app::ControlHooks {
-                updates: updates_rx,
-                links: links_tx,
-            },
-            thread,
-        )
-    });
-    let (hooks, keeper_thread) = match hooks {
-        Some((h, t)) => (Some(h), Some(t)),
+    // With a keeper, the keeper link feeds table updates to the control thread.
+    let (hooks, keeper_thread) = match cfg.keeper.clone() {
+        Some(endpoint) => {
+            let (link, hooks) = KeeperLink::new(&cfg, endpoint, stop.clone());
+            match link.spawn() {
+                Ok(t) => (Some(hooks), Some(t)),
+                Err(e) => {
+                    eprintln!("tarp-forwarder: cannot start the keeper link: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         None => (None, None),
     };
     let result = app::run(&cfg, stop.clone(), hooks);
@@ -100,6 +80,8 @@ fn main() -> ExitCode {
     }
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The panic hook has said what happened, in one line.
+        Err(_) if fatal::cause().is_some() => ExitCode::from(fatal::EXIT_CODE),
         Err(e) => {
             eprintln!("tarp-forwarder: error: {e:#}");
             ExitCode::FAILURE

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use crate::config::IdlePolicy;
 use crate::dpdk::{MbufBurst, MbufQueue, RxQueue, TxBuffer, BURST};
+use crate::metrics::{bump, WorkerStats};
 use crate::pipeline::{process, DropReason, Verdict};
 use crate::prefetch::prefetch0;
-use crate::stats::{bump, WorkerStats};
 use crate::tables::{PortId, SnapshotHandle};
 
 /// One worker: the RX queues it polls and one TX buffer per port.

@@ -4,8 +4,9 @@
 //! heartbeats, and reconnects with back-off; while the keeper is away the forwarder
 //! keeps forwarding on its last tables.
 //!
-//! It touches no DPDK object, so it is a plain thread; the snapshot swap itself happens
-//! on the control thread (see [`crate::app`]).
+//! It touches no DPDK object, so it is a plain thread; the snapshot is built and swapped
+//! on the control thread (see [`super`]). While it waits for that, it stays inside its
+//! runtime, so that the session's heartbeats go on however long a build takes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -13,7 +14,8 @@ use std::time::Duration;
 
 use tarp_api::client::{ForwarderSession, PortState, Role as KeeperRole};
 
-use crate::app::{LinkReport, TableUpdate};
+use super::{ControlHooks, LinkReport, TableUpdate};
+use crate::config::Config;
 use crate::tables::Role;
 
 /// What the keeper thread needs.
@@ -39,6 +41,42 @@ fn keeper_role(r: Role) -> KeeperRole {
         Role::Aggregator => KeeperRole::Aggregator,
         Role::Demux => KeeperRole::Demux,
         Role::Remux => KeeperRole::Remux,
+    }
+}
+
+impl KeeperLink {
+    /// The link for `cfg`'s node to the keeper at `endpoint`, and the hooks the control
+    /// thread drives it with.
+    pub fn new(
+        cfg: &Config,
+        endpoint: String,
+        stop: Arc<AtomicBool>,
+    ) -> (KeeperLink, ControlHooks) {
+        let (updates_tx, updates_rx) = mpsc::channel();
+        let (links_tx, links_rx) = mpsc::channel();
+        let link = KeeperLink {
+            endpoint,
+            node_id: cfg.node_id.clone(),
+            roles: cfg.ports.iter().map(|p| p.role).collect(),
+            ports: cfg.ports.iter().map(|p| p.name.clone()).collect(),
+            updates: updates_tx,
+            links: links_rx,
+            stop,
+        };
+        (
+            link,
+            ControlHooks {
+                updates: updates_rx,
+                links: links_tx,
+            },
+        )
+    }
+
+    /// Runs the link on a thread of its own, named `keeper`.
+    pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("keeper".into())
+            .spawn(move || run(self))
     }
 }
 
@@ -126,29 +164,27 @@ pub fn run(link: KeeperLink) {
             match next {
                 Err(_) => continue, // nothing new; look at the links again
                 Ok(Ok((generation, rules))) => {
-                    let (done_tx, done_rx) = mpsc::channel();
-                    if link
-                        .updates
-                        .send(TableUpdate {
-                            generation,
-                            rules,
-                            done: done_tx,
-                        })
-                        .is_err()
-                    {
+                    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+                    let update = TableUpdate {
+                        generation,
+                        rules,
+                        done: done_tx,
+                    };
+                    if link.updates.send(update).is_err() {
                         return; // the control thread is gone: the forwarder is stopping
                     }
-                    let verdict = loop {
-                        match done_rx.recv_timeout(Duration::from_millis(100)) {
-                            Ok(v) => break Some(v),
-                            Err(mpsc::RecvTimeoutError::Timeout)
-                                if !link.stop.load(Ordering::Relaxed) =>
-                            {
-                                continue
+                    // Wait inside the runtime: the heartbeat task and the connection keep
+                    // running while the control thread builds the snapshot.
+                    let verdict = rt.block_on(async {
+                        loop {
+                            let wait = Duration::from_millis(100);
+                            match tokio::time::timeout(wait, &mut done_rx).await {
+                                Ok(v) => break v.ok(),
+                                Err(_) if !link.stop.load(Ordering::Relaxed) => continue,
+                                Err(_) => break None,
                             }
-                            Err(_) => break None,
                         }
-                    };
+                    });
                     let result = match verdict {
                         Some(Ok(g)) => {
                             applied = g;

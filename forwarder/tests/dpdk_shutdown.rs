@@ -10,6 +10,7 @@ use forwarder::dpdk::{Eal, Mbuf, Mempool, Port, PortConf};
 const CHILD: &str = "TARP_DPDK_SHUTDOWN_CHILD";
 
 #[test]
+#[cfg_attr(not(tarp_root), ignore = "needs root (DPDK); build and run as root")]
 fn shutdown_releases_the_eal_and_exits_with_the_code() {
     if std::env::var_os(CHILD).is_some() {
         child();
@@ -19,6 +20,7 @@ fn shutdown_releases_the_eal_and_exits_with_the_code() {
             "--exact",
             "shutdown_releases_the_eal_and_exits_with_the_code",
             "--nocapture",
+            "--include-ignored",
         ])
         .env(CHILD, "1")
         .status()

@@ -53,6 +53,7 @@ fn frame(seed: u8, len: usize) -> Vec<u8> {
 }
 
 #[test]
+#[cfg_attr(not(tarp_root), ignore = "needs root (DPDK); build and run as root")]
 fn ring_loopback_carries_the_bytes_sent() {
     let pool = pool("t_loopback", 511);
     let start = pool.avail_count();
@@ -100,6 +101,7 @@ fn ring_loopback_carries_the_bytes_sent() {
 }
 
 #[test]
+#[cfg_attr(not(tarp_root), ignore = "needs root (DPDK); build and run as root")]
 fn tx_buffer_drops_and_counts_exactly_the_unsent_tail() {
     // net_ring1 is not in the EAL arguments: attached at run time from its devargs.
     let pool = pool("t_txbuf", 4095);
@@ -150,6 +152,7 @@ fn tx_buffer_drops_and_counts_exactly_the_unsent_tail() {
 }
 
 #[test]
+#[cfg_attr(not(tarp_root), ignore = "needs root (DPDK); build and run as root")]
 fn null_port_counts_link_and_runtime_probe() {
     let pool = pool("t_null", 1023);
     let start = pool.avail_count();
@@ -198,6 +201,7 @@ fn null_port_counts_link_and_runtime_probe() {
 }
 
 #[test]
+#[cfg_attr(not(tarp_root), ignore = "needs root (DPDK); build and run as root")]
 fn queues_are_handed_out_once_and_block_stop() {
     let pool = pool("t_queues", 255);
     let id = Port::find("net_ring2").unwrap();
@@ -242,6 +246,7 @@ fn queues_are_handed_out_once_and_block_stop() {
 }
 
 #[test]
+#[cfg_attr(not(tarp_root), ignore = "needs root (DPDK); build and run as root")]
 fn prepend_and_adj_change_nothing_when_impossible() {
     let pool = pool("t_mbuf", 127);
     let start = pool.avail_count();
@@ -276,6 +281,7 @@ fn prepend_and_adj_change_nothing_when_impossible() {
 }
 
 #[test]
+#[cfg_attr(not(tarp_root), ignore = "needs root (DPDK); build and run as root")]
 fn bursts_free_what_they_hold() {
     let pool = pool("t_burst", 127);
     let start = pool.avail_count();
@@ -313,6 +319,7 @@ fn bursts_free_what_they_hold() {
 }
 
 #[test]
+#[cfg_attr(not(tarp_root), ignore = "needs root (DPDK); build and run as root")]
 fn tx_cksum_prepares_the_headers() {
     let pool = pool("t_cksum", 127);
     // Ethernet + IPv4 (checksum field non-zero) + UDP 192.0.2.1:1234 -> 192.0.2.2:80,
@@ -351,6 +358,7 @@ fn tx_cksum_prepares_the_headers() {
 }
 
 #[test]
+#[cfg_attr(not(tarp_root), ignore = "needs root (DPDK); build and run as root")]
 fn launched_closures_run_on_the_worker_lcore() {
     let eal = eal();
     assert_eq!(eal.main_lcore(), 0);
@@ -387,6 +395,7 @@ fn launched_closures_run_on_the_worker_lcore() {
 }
 
 #[test]
+#[cfg_attr(not(tarp_root), ignore = "needs root (DPDK); build and run as root")]
 fn non_eal_threads_register_for_an_lcore() {
     eal();
     std::thread::spawn(|| {
@@ -402,6 +411,7 @@ fn non_eal_threads_register_for_an_lcore() {
 }
 
 #[test]
+#[cfg_attr(not(tarp_root), ignore = "needs root (DPDK); build and run as root")]
 fn errors_say_what_was_wrong() {
     eal();
     let err = Port::find("no_such_driver0").unwrap_err();

@@ -80,6 +80,9 @@ fn main() {
         // Constants such as RTE_ETH_RSS_IP are built from function-like macros
         // (RTE_BIT64); let clang evaluate them.
         .clang_macro_fallback()
+        // Its temporary header and precompiled header go to OUT_DIR, not the source tree
+        // (by default they land in the working directory: dpdk-sys/).
+        .clang_macro_fallback_build_dir(&out_dir)
         .default_enum_style(bindgen::EnumVariation::Consts)
         .use_core()
         .prepend_enum_name(false)

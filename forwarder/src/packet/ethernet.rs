@@ -2,7 +2,10 @@
 
 use super::{be16, set_be16, Error, MacAddr, Result};
 
-mod field {
+/// Field offsets within the header (byte ranges for multi-byte fields), for the fast
+/// paths that index a frame directly.
+#[allow(missing_docs)]
+pub mod field {
     use core::ops::Range;
     pub const DST: Range<usize> = 0..6;
     pub const SRC: Range<usize> = 6..12;

@@ -6,7 +6,10 @@ use std::net::{IpAddr, Ipv6Addr};
 use super::checksum;
 use super::{be16, ip_proto, set_be16, Error, MacAddr, Result};
 
-mod field {
+/// Field offsets within the header (byte ranges for multi-byte fields), for the fast
+/// paths that index a frame directly.
+#[allow(missing_docs)]
+pub mod field {
     pub const TYPE: usize = 0;
     pub const CODE: usize = 1;
     pub const CHECKSUM: usize = 2;
@@ -18,6 +21,8 @@ mod field {
 
 /// Length of the fixed ICMP header (type, code, checksum, 4 bytes of rest).
 pub const HEADER_LEN: usize = 8;
+/// Type, code and checksum: what a rewrite of an ICMP packet touches.
+pub const CHECKSUMMED_LEN: usize = 4;
 
 /// ICMPv4 message types.
 pub mod v4_type {

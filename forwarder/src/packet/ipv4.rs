@@ -5,7 +5,10 @@ use std::net::Ipv4Addr;
 use super::checksum::{self, Delta};
 use super::{be16, set_be16, Error, Result};
 
-mod field {
+/// Field offsets within the header (byte ranges for multi-byte fields), for the fast
+/// paths that index a frame directly.
+#[allow(missing_docs)]
+pub mod field {
     use core::ops::Range;
     pub const VER_IHL: usize = 0;
     pub const LENGTH: usize = 2;
@@ -20,6 +23,16 @@ mod field {
 
 /// Length of an IPv4 header without options.
 pub const HEADER_LEN: usize = 20;
+/// Version 4, header length 5 words: a header without options.
+pub const VER_IHL_NO_OPTIONS: u8 = 0x45;
+/// Don't-fragment flag in the flags/offset word.
+pub const FLAG_DF: u16 = 0x4000;
+/// More-fragments flag in the flags/offset word.
+pub const FLAG_MF: u16 = 0x2000;
+/// Fragment offset (in 8-byte units) in the flags/offset word.
+pub const OFFSET_MASK: u16 = 0x1fff;
+/// More-fragments flag and offset: non-zero for any fragment.
+pub const MF_AND_OFFSET: u16 = FLAG_MF | OFFSET_MASK;
 
 /// Byte offsets of the source and destination addresses (for rewrites by offset).
 pub const SRC_OFFSET: usize = field::SRC.start;
@@ -90,22 +103,22 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
     /// More-fragments flag.
     pub fn more_frags(&self) -> bool {
-        be16(self.buffer.as_ref(), field::FLG_OFF) & 0x2000 != 0
+        be16(self.buffer.as_ref(), field::FLG_OFF) & FLAG_MF != 0
     }
 
     /// Don't-fragment flag.
     pub fn dont_frag(&self) -> bool {
-        be16(self.buffer.as_ref(), field::FLG_OFF) & 0x4000 != 0
+        be16(self.buffer.as_ref(), field::FLG_OFF) & FLAG_DF != 0
     }
 
     /// Fragment offset in bytes.
     pub fn frag_offset(&self) -> u16 {
-        (be16(self.buffer.as_ref(), field::FLG_OFF) & 0x1fff) << 3
+        (be16(self.buffer.as_ref(), field::FLG_OFF) & OFFSET_MASK) << 3
     }
 
     /// True for any fragment (first or not).
     pub fn is_fragment(&self) -> bool {
-        be16(self.buffer.as_ref(), field::FLG_OFF) & 0x3fff != 0
+        be16(self.buffer.as_ref(), field::FLG_OFF) & MF_AND_OFFSET != 0
     }
 
     /// Time to live.
@@ -193,11 +206,11 @@ pub fn write_header(
     payload_len: u16,
     ttl: u8,
 ) {
-    b[field::VER_IHL] = 0x45;
+    b[field::VER_IHL] = VER_IHL_NO_OPTIONS;
     b[1] = 0;
     set_be16(b, field::LENGTH, payload_len + HEADER_LEN as u16);
     set_be16(b, field::IDENT, 0);
-    set_be16(b, field::FLG_OFF, 0x4000);
+    set_be16(b, field::FLG_OFF, FLAG_DF);
     b[field::TTL] = ttl;
     b[field::PROTOCOL] = protocol;
     set_be16(b, field::CHECKSUM, 0);

@@ -4,7 +4,10 @@ use std::net::Ipv6Addr;
 
 use super::{be16, ip_proto, set_be16, Error, Result};
 
-mod field {
+/// Field offsets within the header (byte ranges for multi-byte fields), for the fast
+/// paths that index a frame directly.
+#[allow(missing_docs)]
+pub mod field {
     use core::ops::Range;
     pub const VER_TC_FLOW: usize = 0;
     pub const LENGTH: usize = 4;

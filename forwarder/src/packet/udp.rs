@@ -5,7 +5,10 @@ use std::net::IpAddr;
 use super::checksum;
 use super::{be16, ip_proto, set_be16, Error, Result};
 
-mod field {
+/// Field offsets within the header (byte ranges for multi-byte fields), for the fast
+/// paths that index a frame directly.
+#[allow(missing_docs)]
+pub mod field {
     pub const SRC_PORT: usize = 0;
     pub const DST_PORT: usize = 2;
     pub const LENGTH: usize = 4;

@@ -7,10 +7,13 @@ use std::net::IpAddr;
 
 use super::ethernet::{self, EtherType, EthernetFrame};
 use super::{
-    be32, ip_proto, ipv4, ipv6, set_be16, udp, Error, Ipv4Packet, Ipv6Packet, MacAddr, Result,
+    be16, be32, ip_proto, ipv4, ipv6, set_be16, udp, Error, Ipv4Packet, Ipv6Packet, MacAddr, Result,
 };
 
-mod field {
+/// Field offsets within the header (byte ranges for multi-byte fields), for the fast
+/// paths that index a frame directly.
+#[allow(missing_docs)]
+pub mod field {
     pub const FLAGS: usize = 0;
     pub const VNI: usize = 4;
 }
@@ -210,26 +213,26 @@ impl OuterTemplate {
             return false;
         }
         b[..hl].copy_from_slice(&self.bytes[..hl]);
-        b[0..6].copy_from_slice(&dst_mac.0);
+        b[ethernet::field::DST].copy_from_slice(&dst_mac.0);
         let l3 = ethernet::HEADER_LEN;
         if hl == OUTER_LEN_V4 {
             let total = (b.len() - l3) as u16;
-            set_be16(b, l3 + 2, total);
+            set_be16(b, l3 + ipv4::field::LENGTH, total);
             set_be16(
                 b,
-                l3 + 10,
+                l3 + ipv4::field::CHECKSUM,
                 !super::checksum::fold(self.ip_sum + total as u32),
             );
             let u = l3 + ipv4::HEADER_LEN;
-            set_be16(b, u, src_port);
-            set_be16(b, u + 4, total - ipv4::HEADER_LEN as u16);
+            set_be16(b, u + udp::field::SRC_PORT, src_port);
+            set_be16(b, u + udp::field::LENGTH, total - ipv4::HEADER_LEN as u16);
         } else {
             let payload = (b.len() - l3 - ipv6::HEADER_LEN) as u16;
-            set_be16(b, l3 + 4, payload);
+            set_be16(b, l3 + ipv6::field::LENGTH, payload);
             let u = l3 + ipv6::HEADER_LEN;
-            set_be16(b, u, src_port);
-            set_be16(b, u + 4, payload);
-            set_be16(b, u + 6, 0);
+            set_be16(b, u + udp::field::SRC_PORT, src_port);
+            set_be16(b, u + udp::field::LENGTH, payload);
+            set_be16(b, u + udp::field::CHECKSUM, 0);
             udp::UdpPacket::new_unchecked(&mut b[u..]).fill_checksum(self.src, self.dst);
         }
         true
@@ -237,9 +240,9 @@ impl OuterTemplate {
 }
 
 fn write_udp(b: &mut [u8], src_port: u16, len: u16) {
-    set_be16(b, 0, src_port);
-    set_be16(b, 2, PORT);
-    set_be16(b, 4, len);
+    set_be16(b, udp::field::SRC_PORT, src_port);
+    set_be16(b, udp::field::DST_PORT, PORT);
+    set_be16(b, udp::field::LENGTH, len);
     set_be16(b, 6, 0);
 }
 
@@ -264,28 +267,30 @@ pub struct OuterInfo {
 /// `None` means "ask [`parse_outer`]".
 #[inline(always)]
 pub fn parse_outer_v4_fast(b: &[u8]) -> Option<(u32, u32, usize)> {
+    const L3: usize = ethernet::HEADER_LEN;
+    const L4: usize = L3 + ipv4::HEADER_LEN;
+    const VX: usize = L4 + udp::HEADER_LEN;
     if b.len() < OUTER_LEN_V4 + ethernet::HEADER_LEN
-        || b[12] != 0x08
-        || b[13] != 0x00
-        || b[14] != 0x45
-        || b[23] != ip_proto::UDP
-        || u16::from_be_bytes([b[20], b[21]]) & 0x3fff != 0
-        || u16::from_be_bytes([b[36], b[37]]) != PORT
-        || b[42] & FLAG_I == 0
+        || be16(b, ethernet::field::ETHERTYPE) != EtherType::IPV4
+        || b[L3 + ipv4::field::VER_IHL] != ipv4::VER_IHL_NO_OPTIONS
+        || b[L3 + ipv4::field::PROTOCOL] != ip_proto::UDP
+        || be16(b, L3 + ipv4::field::FLG_OFF) & ipv4::MF_AND_OFFSET != 0
+        || be16(b, L4 + udp::field::DST_PORT) != PORT
+        || b[VX + field::FLAGS] & FLAG_I == 0
     {
         return None;
     }
-    let total = u16::from_be_bytes([b[16], b[17]]) as usize;
-    let udp_len = u16::from_be_bytes([b[38], b[39]]) as usize;
-    if 14 + total > b.len()
-        || udp_len + 20 != total
+    let total = be16(b, L3 + ipv4::field::LENGTH) as usize;
+    let udp_len = be16(b, L4 + udp::field::LENGTH) as usize;
+    if L3 + total > b.len()
+        || udp_len + ipv4::HEADER_LEN != total
         || udp_len < udp::HEADER_LEN + HEADER_LEN + ethernet::HEADER_LEN
     {
         return None;
     }
     Some((
-        be32(b, 26),
-        be32(b, 30),
+        be32(b, L3 + ipv4::SRC_OFFSET),
+        be32(b, L3 + ipv4::DST_OFFSET),
         udp_len - udp::HEADER_LEN - HEADER_LEN,
     ))
 }

@@ -1,7 +1,7 @@
 //! Demux (data center): decapsulate, then alias -> app host (port mode) or alias ->
 //! capture address delivered to the app host (address mode).
 
-use crate::packet::{be32, vxlan, Error};
+use crate::packet::{be32, ethernet, vxlan, Error};
 use crate::tables::{port_key_v4, port_key_v6, Key, PortEntry, Rewrite, Snapshot};
 
 use super::parse::{addr6, classify, Ip, L3};
@@ -81,7 +81,7 @@ fn decapsulate<B: PacketBuf>(
 ) -> Result<Ip, Verdict> {
     let b = pkt.data();
     if !for_us(b, port) {
-        return Err(Verdict::Drop(if b.len() < 14 {
+        return Err(Verdict::Drop(if b.len() < ethernet::HEADER_LEN {
             DropReason::Malformed
         } else {
             DropReason::OtherHost
@@ -196,5 +196,6 @@ fn one<B: PacketBuf>(snap: &Snapshot, pkt: &mut B, p: &Pending) -> Verdict {
 /// True if the frame's destination MAC is the port's or a group address.
 #[inline]
 fn for_us(b: &[u8], port: &PortEntry) -> bool {
-    b.len() >= 6 && (b[..6] == port.mac.0 || b[0] & 1 == 1)
+    let dst = ethernet::field::DST;
+    b.len() >= dst.end && (b[dst.clone()] == port.mac.0 || b[dst.start] & 1 == 1)
 }

@@ -2,7 +2,9 @@
 
 use crate::packet::ethernet::{EtherType, EthernetFrame};
 use crate::packet::icmp::v6_type;
-use crate::packet::{be16, ip_proto, ipv4, ipv6, tcp, udp, Ipv4Packet, Ipv6Packet, MacAddr};
+use crate::packet::{
+    be16, ethernet, icmp, ip_proto, ipv4, ipv6, tcp, udp, Ipv4Packet, Ipv6Packet, MacAddr,
+};
 
 use super::DropReason;
 
@@ -32,13 +34,13 @@ impl Ip {
     /// Source port (call only when [`Ip::has_ports`]).
     #[inline]
     pub fn src_port(&self, b: &[u8]) -> u16 {
-        be16(b, self.l4)
+        be16(b, self.l4 + udp::field::SRC_PORT)
     }
 
     /// Destination port (call only when [`Ip::has_ports`]).
     #[inline]
     pub fn dst_port(&self, b: &[u8]) -> u16 {
-        be16(b, self.l4 + 2)
+        be16(b, self.l4 + udp::field::DST_PORT)
     }
 
     /// Source address bytes offset.
@@ -127,7 +129,7 @@ pub(crate) fn classify(b: &[u8], own_mac: Option<MacAddr>) -> Result<L3, DropRea
         let need = match ip.proto {
             ip_proto::TCP => tcp::HEADER_LEN,
             ip_proto::UDP => udp::HEADER_LEN,
-            ip_proto::ICMP | ip_proto::ICMPV6 => 4,
+            ip_proto::ICMP | ip_proto::ICMPV6 => icmp::CHECKSUMMED_LEN,
             _ => 0,
         };
         if ip.l4 + need > end {
@@ -141,21 +143,24 @@ pub(crate) fn classify(b: &[u8], own_mac: Option<MacAddr>) -> Result<L3, DropRea
 /// present. Anything else (or anything odd) is left to the general parse.
 #[inline(always)]
 fn fast_ipv4(b: &[u8]) -> Option<Ip> {
-    const L3: usize = 14;
-    const L4: usize = L3 + 20;
-    if b.len() < L4 || b[12] != 0x08 || b[13] != 0x00 || b[L3] != 0x45 {
+    const L3: usize = ethernet::HEADER_LEN;
+    const L4: usize = L3 + ipv4::HEADER_LEN;
+    if b.len() < L4
+        || be16(b, ethernet::field::ETHERTYPE) != EtherType::IPV4
+        || b[L3 + ipv4::field::VER_IHL] != ipv4::VER_IHL_NO_OPTIONS
+    {
         return None;
     }
-    let total = be16(b, L3 + 2) as usize;
-    if total < 20 || L3 + total > b.len() {
+    let total = be16(b, L3 + ipv4::field::LENGTH) as usize;
+    if total < ipv4::HEADER_LEN || L3 + total > b.len() {
         return None;
     }
-    let proto = b[L3 + 9];
-    let later_frag = be16(b, L3 + 6) & 0x1fff != 0;
+    let proto = b[L3 + ipv4::field::PROTOCOL];
+    let later_frag = be16(b, L3 + ipv4::field::FLG_OFF) & ipv4::OFFSET_MASK != 0;
     let need = match proto {
         ip_proto::TCP => tcp::HEADER_LEN,
         ip_proto::UDP => udp::HEADER_LEN,
-        ip_proto::ICMP => 4,
+        ip_proto::ICMP => icmp::CHECKSUMMED_LEN,
         _ => 0,
     };
     if !later_frag && L4 + need > L3 + total {
@@ -174,9 +179,9 @@ fn fast_ipv4(b: &[u8]) -> Option<Ip> {
 #[inline]
 pub(crate) fn ip_end(b: &[u8], ip: &Ip) -> usize {
     if ip.v6 {
-        ip.l3 + ipv6::HEADER_LEN + be16(b, ip.l3 + 4) as usize
+        ip.l3 + ipv6::HEADER_LEN + be16(b, ip.l3 + ipv6::field::LENGTH) as usize
     } else {
-        ip.l3 + be16(b, ip.l3 + 2) as usize
+        ip.l3 + be16(b, ip.l3 + ipv4::field::LENGTH) as usize
     }
 }
 

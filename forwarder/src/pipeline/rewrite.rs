@@ -1,7 +1,7 @@
 //! In-place rewrites with incremental checksum updates.
 
 use crate::packet::checksum::{self, Delta};
-use crate::packet::{be16, ip_proto, set_be16, tcp, udp, MacAddr};
+use crate::packet::{be16, ethernet, icmp, ip_proto, ipv4, ipv6, set_be16, tcp, udp, MacAddr};
 
 use super::parse::Ip;
 use super::{DropReason, Verdict};
@@ -24,7 +24,7 @@ fn fix_l4(b: &mut [u8], ip: &Ip, delta: Delta) {
             set_be16(b, at, checksum::update_udp(be16(b, at), delta));
         }
         ip_proto::ICMPV6 => {
-            let at = ip.l4 + 2;
+            let at = ip.l4 + icmp::field::CHECKSUM;
             set_be16(b, at, checksum::update(be16(b, at), delta));
         }
         _ => {}
@@ -35,7 +35,7 @@ fn fix_l4(b: &mut [u8], ip: &Ip, delta: Delta) {
 #[inline(always)]
 pub(crate) fn rewrite_v4(b: &mut [u8], ip: &Ip, off: usize, new: u32, delta: Delta) {
     b[off..off + 4].copy_from_slice(&new.to_be_bytes());
-    let at = ip.l3 + 10;
+    let at = ip.l3 + ipv4::field::CHECKSUM;
     set_be16(b, at, checksum::update(be16(b, at), delta));
     fix_l4(b, ip, delta);
 }
@@ -51,20 +51,21 @@ pub(crate) fn rewrite_v6(b: &mut [u8], ip: &Ip, off: usize, new: [u8; 16], delta
 #[inline(always)]
 pub(crate) fn decrement_ttl(b: &mut [u8], ip: &Ip) -> bool {
     if ip.v6 {
-        let at = ip.l3 + 7;
+        let at = ip.l3 + ipv6::field::HOP_LIMIT;
         if b[at] <= 1 {
             return false;
         }
         b[at] -= 1;
     } else {
-        let at = ip.l3 + 8;
+        let at = ip.l3 + ipv4::field::TTL;
         if b[at] <= 1 {
             return false;
         }
-        // TTL is the high byte of the word at offset 8: the word drops by 0x0100.
+        // TTL is the high byte of the word it shares with the protocol: the word drops
+        // by 0x0100.
         let old = be16(b, at);
         b[at] -= 1;
-        let c = ip.l3 + 10;
+        let c = ip.l3 + ipv4::field::CHECKSUM;
         set_be16(
             b,
             c,
@@ -77,8 +78,8 @@ pub(crate) fn decrement_ttl(b: &mut [u8], ip: &Ip) -> bool {
 /// Rewrites the frame's MAC addresses for the next hop.
 #[inline(always)]
 pub(crate) fn set_macs(b: &mut [u8], dst: MacAddr, src: MacAddr) {
-    b[0..6].copy_from_slice(&dst.0);
-    b[6..12].copy_from_slice(&src.0);
+    b[ethernet::field::DST].copy_from_slice(&dst.0);
+    b[ethernet::field::SRC].copy_from_slice(&src.0);
 }
 
 /// Addresses the frame to next hop `nh` (its MAC, the output port's MAC) and says where

@@ -4,8 +4,9 @@
 //! circuits every lookup is a cache miss. Splitting a lookup into "hash and prefetch the
 //! slot" for all 32 packets, then "probe" for each, lets those misses overlap — the
 //! pattern of DPDK's `rte_hash_lookup_bulk`. hashbrown does not expose its slot
-//! addresses, so this small table does. Linear probing, power-of-two size, at most half
-//! full, never resized after build.
+//! addresses, so this small table does. Linear probing over `entries / 0.7` slots
+//! (reached by a multiply-shift, not a power of two), no tag byte, never resized after
+//! build.
 
 /// A key the table can hash.
 pub trait Key: Copy + Eq {

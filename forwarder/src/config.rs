@@ -392,6 +392,73 @@ mod example_tests {
     use super::*;
     use crate::tables::{NeighbourCache, PortInfo, Snapshot};
 
+    fn offline_ports(c: &Config) -> Vec<PortInfo> {
+        c.ports
+            .iter()
+            .map(|p| PortInfo {
+                name: p.name.clone(),
+                role: p.role,
+                mac: MacAddr([2, 0, 0, 0, 0, 1]),
+                addrs: p.addresses.clone(),
+            })
+            .collect()
+    }
+
+    /// The example config in the README, as a user would copy it, passes `--check`.
+    #[test]
+    fn readme_example_is_valid() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("```toml\nnode_id = ")
+            .expect("the README's forwarder config example")
+            + "```toml\n".len();
+        let len = readme[start..].find("```").expect("end of the example");
+        let c =
+            Config::parse(&readme[start..start + len]).unwrap_or_else(|e| panic!("README: {e}"));
+        let snap = Snapshot::build(&c.rules, &offline_ports(&c), 0, &NeighbourCache::new())
+            .unwrap_or_else(|e| panic!("README: {e}"));
+        assert_eq!(snap.entries(), 5);
+    }
+
+    /// An error in `[rules]` names the key, as other config errors do.
+    #[test]
+    fn rules_errors_name_the_key() {
+        let text = r#"
+            node_id = "dc"
+            [workers]
+            lcores = [1]
+            [[ports]]
+            name = "apps"
+            device = "net_null0"
+            role = "demux"
+            addresses = ["192.0.2.1"]
+            [rules]
+            routes = [{ prefix = "198.19.0.0/24", port = "apps" }]
+            demux = [
+              { mode = "port", alias = "198.18.0.4", protocol = "udp", port = 4000, app_host = "198.19.0.2" },
+              { mode = "port", alias = "198.18.0.4", protocol = "udp", port = 4001, app_host = "198.51.100.9" },
+            ]
+        "#;
+        let c = Config::parse(text).unwrap();
+        let e = Snapshot::build(&c.rules, &offline_ports(&c), 0, &NeighbourCache::new())
+            .err()
+            .expect("no route to the second app host");
+        assert_eq!(e.key(), Some("rules.demux[1].app_host"));
+        assert_eq!(
+            e.to_string(),
+            "rules.demux[1].app_host: no route to 198.51.100.9"
+        );
+        let bad_port = text.replace(r#"port = "apps" }"#, r#"port = "out" }"#);
+        let c = Config::parse(&bad_port).unwrap();
+        let e = Snapshot::build(&c.rules, &offline_ports(&c), 0, &NeighbourCache::new())
+            .err()
+            .unwrap();
+        assert_eq!(
+            e.to_string(),
+            r#"rules.routes[0].port: route 198.19.0.0/24: unknown port "out""#
+        );
+    }
+
     /// The commented example configs in `forwarder/examples/` parse, and their rules build.
     #[test]
     fn examples_are_valid() {

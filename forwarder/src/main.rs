@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     };
     let offline = app::offline_ports(&cfg);
     if let Err(e) = Snapshot::build(&cfg.rules, &offline, 0, &app::static_neighbours(&cfg)) {
-        eprintln!("tarp-forwarder: {file}: rules: {e}");
+        eprintln!("tarp-forwarder: {file}: {e}");
         return ExitCode::from(2);
     }
     if args.check {

@@ -286,6 +286,32 @@ pub enum RulesError {
     /// More distinct next hops than a snapshot can index.
     #[error("too many next hops")]
     TooManyNextHops,
+    /// One of the above, at a key of the rules (`rules.demux[3].app_host`).
+    #[error("{key}: {source}")]
+    At {
+        /// Path of the key in the rules, as in the config file.
+        key: String,
+        /// What is wrong there.
+        source: Box<RulesError>,
+    },
+}
+
+impl RulesError {
+    /// The key the error is about, if it names one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            RulesError::At { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// Places an error at `rules.<list>[<index>]<field>` (`field` empty or `.name`).
+fn at(list: &'static str, index: usize, field: &'static str) -> impl Fn(RulesError) -> RulesError {
+    move |e| RulesError::At {
+        key: format!("rules.{list}[{index}]{field}"),
+        source: Box::new(e),
+    }
 }
 
 /// Known neighbour MACs by (port, address): static ones from config and those the slow
@@ -335,11 +361,21 @@ fn show_v6(a: [u8; 16]) -> String {
     std::net::Ipv6Addr::from(a).to_string()
 }
 
-/// Maps a table build error to the rule that caused it.
-fn err<K>(what: &'static str, show: impl Fn(K) -> String) -> impl Fn(BuildError<K>) -> RulesError {
-    move |e| match e {
-        BuildError::Duplicate(k) => RulesError::Duplicate(format!("{what} {}", show(k))),
-        BuildError::Reserved => RulesError::Unspecified(what),
+/// Maps a table build error to the rules list that caused it.
+fn err<K>(
+    list: &'static str,
+    what: &'static str,
+    show: impl Fn(K) -> String,
+) -> impl Fn(BuildError<K>) -> RulesError {
+    move |e| {
+        let source = match e {
+            BuildError::Duplicate(k) => RulesError::Duplicate(format!("{what} {}", show(k))),
+            BuildError::Reserved => RulesError::Unspecified(what),
+        };
+        RulesError::At {
+            key: format!("rules.{list}"),
+            source: Box::new(source),
+        }
     }
 }
 
@@ -402,16 +438,18 @@ impl Snapshot {
     ) -> Result<Snapshot, RulesError> {
         let mut r4 = Vec::new();
         let mut r6 = Vec::new();
-        for route in &rules.routes {
+        for (i, route) in rules.routes.iter().enumerate() {
             let port = ports
                 .iter()
                 .position(|p| p.name == route.port)
                 .ok_or_else(|| RulesError::UnknownPort {
                     prefix: route.prefix.to_string(),
                     port: route.port.clone(),
-                })? as PortId;
+                })
+                .map_err(at("routes", i, ".port"))? as PortId;
             if let Some(via) = route.via {
-                same_family("route gateway", route.prefix.addr(), via)?;
+                same_family("route gateway", route.prefix.addr(), via)
+                    .map_err(at("routes", i, ".via"))?;
             }
             match route.prefix.addr() {
                 IpAddr::V4(a) => {
@@ -437,24 +475,25 @@ impl Snapshot {
         // Tunnels.
         let mut tunnels = Vec::with_capacity(rules.tunnels.len());
         let mut tunnel_index = HashMap::new();
-        for t in &rules.tunnels {
-            same_family("tunnel", t.local, t.remote)?;
+        for (i, t) in rules.tunnels.iter().enumerate() {
+            same_family("tunnel", t.local, t.remote).map_err(at("tunnels", i, ".remote"))?;
             if t.vni >= 1 << 24 {
-                return Err(RulesError::VniTooLarge {
+                return Err(at("tunnels", i, ".vni")(RulesError::VniTooLarge {
                     id: t.id,
                     vni: t.vni,
-                });
+                }));
             }
             if !ports.iter().any(|p| p.addrs.contains(&t.local)) {
-                return Err(RulesError::TunnelLocalNotOurs {
+                return Err(at("tunnels", i, ".local")(RulesError::TunnelLocalNotOurs {
                     id: t.id,
                     local: t.local,
-                });
+                }));
             }
             if tunnel_index.insert(t.id, tunnels.len() as u16).is_some() {
-                return Err(RulesError::Duplicate(format!("tunnel id {}", t.id)));
+                let dup = RulesError::Duplicate(format!("tunnel id {}", t.id));
+                return Err(at("tunnels", i, ".id")(dup));
             }
-            let next_hop = b.resolve(t.remote)?;
+            let next_hop = b.resolve(t.remote).map_err(at("tunnels", i, ".remote"))?;
             let out_port = b.next_hops[next_hop as usize].0;
             let outer = crate::packet::vxlan::OuterTemplate::new(
                 ports[out_port as usize].mac,
@@ -481,14 +520,19 @@ impl Snapshot {
         let mut agg4 = Vec::new();
         let mut agg6 = Vec::new();
         let mut capture_lines = HashMap::new();
-        for r in &rules.aggregator {
-            same_family("aggregator rule", r.capture, r.alias)?;
+        for (i, r) in rules.aggregator.iter().enumerate() {
+            same_family("aggregator rule", r.capture, r.alias).map_err(at(
+                "aggregator",
+                i,
+                ".alias",
+            ))?;
             let tunnel = *tunnel_index
                 .get(&r.tunnel)
                 .ok_or(RulesError::UnknownTunnel {
                     capture: r.capture,
                     tunnel: r.tunnel,
-                })?;
+                })
+                .map_err(at("aggregator", i, ".tunnel"))?;
             let line = match &r.line {
                 None => None,
                 Some(name) => Some(
@@ -497,7 +541,8 @@ impl Snapshot {
                         .ok_or_else(|| RulesError::UnknownLine {
                             capture: r.capture,
                             line: name.clone(),
-                        })?,
+                        })
+                        .map_err(at("aggregator", i, ".line"))?,
                 ),
             };
             capture_lines.insert(r.capture, line);
@@ -525,16 +570,21 @@ impl Snapshot {
 
         // Demux map.
         let (mut da4, mut da6, mut dp4, mut dp6) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for r in &rules.demux {
+        for (i, r) in rules.demux.iter().enumerate() {
             match *r {
                 DemuxRule::Address {
                     alias,
                     capture,
                     app_host,
                 } => {
-                    same_family("demux address rule", alias, capture)?;
-                    same_family("demux address rule", alias, app_host)?;
-                    let next_hop = b.resolve(app_host)?;
+                    same_family("demux address rule", alias, capture)
+                        .map_err(at("demux", i, ".capture"))?;
+                    same_family("demux address rule", alias, app_host).map_err(at(
+                        "demux",
+                        i,
+                        ".app_host",
+                    ))?;
+                    let next_hop = b.resolve(app_host).map_err(at("demux", i, ".app_host"))?;
                     let delta = Delta::of_addr(alias, capture);
                     match (alias, capture) {
                         (IpAddr::V4(a), IpAddr::V4(c)) => da4.push((
@@ -562,8 +612,12 @@ impl Snapshot {
                     port,
                     app_host,
                 } => {
-                    same_family("demux port rule", alias, app_host)?;
-                    let next_hop = b.resolve(app_host)?;
+                    same_family("demux port rule", alias, app_host).map_err(at(
+                        "demux",
+                        i,
+                        ".app_host",
+                    ))?;
+                    let next_hop = b.resolve(app_host).map_err(at("demux", i, ".app_host"))?;
                     let delta = Delta::of_addr(alias, app_host);
                     let p = protocol.number();
                     match (alias, app_host) {
@@ -591,7 +645,7 @@ impl Snapshot {
 
         // Remux map.
         let (mut ra4, mut ra6, mut rp4, mut rp6) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for r in &rules.remux {
+        for (i, r) in rules.remux.iter().enumerate() {
             match *r {
                 RemuxRule::Address { capture } => match capture {
                     IpAddr::V4(c) => ra4.push((u32::from(c), ())),
@@ -603,7 +657,8 @@ impl Snapshot {
                     port,
                     capture,
                 } => {
-                    same_family("remux port rule", app_host, capture)?;
+                    same_family("remux port rule", app_host, capture)
+                        .map_err(at("remux", i, ".capture"))?;
                     let delta = Delta::of_addr(app_host, capture);
                     let p = protocol.number();
                     match (app_host, capture) {
@@ -632,10 +687,10 @@ impl Snapshot {
         // Per-packet routes: a gateway becomes a next hop now; on-link stays ON_LINK.
         let mut lpm4 = Vec::new();
         let mut lpm6 = Vec::new();
-        for route in &rules.routes {
+        for (i, route) in rules.routes.iter().enumerate() {
             let port = b.port_id(&route.port).expect("checked above");
             let nh = match route.via {
-                Some(via) => b.intern(port, via)?,
+                Some(via) => b.intern(port, via).map_err(at("routes", i, ".via"))?,
                 None => ON_LINK,
             };
             match route.prefix.addr() {
@@ -658,31 +713,60 @@ impl Snapshot {
             .collect();
 
         let v4maps = Maps {
-            aggregator: FlatMap::build(agg4).map_err(err("capture address", show_v4))?,
-            demux_addr: FlatMap::build(da4).map_err(err("demux alias", show_v4))?,
-            demux_port: FlatMap::build(dp4)
-                .map_err(err("demux port rule", |k: u64| show_v4((k >> 24) as u32)))?,
-            remux_port: FlatMap::build(rp4)
-                .map_err(err("remux port rule", |k: u64| show_v4((k >> 24) as u32)))?,
-            remux_addr: FlatMap::build(ra4).map_err(err("remux capture address", show_v4))?,
-            peers: FlatMap::build(peers4).map_err(err("tunnel peer", show_v4))?,
+            aggregator: FlatMap::build(agg4).map_err(err(
+                "aggregator",
+                "capture address",
+                show_v4,
+            ))?,
+            demux_addr: FlatMap::build(da4).map_err(err("demux", "demux alias", show_v4))?,
+            demux_port: FlatMap::build(dp4).map_err(err(
+                "demux",
+                "demux port rule",
+                |k: u64| show_v4((k >> 24) as u32),
+            ))?,
+            remux_port: FlatMap::build(rp4).map_err(err(
+                "remux",
+                "remux port rule",
+                |k: u64| show_v4((k >> 24) as u32),
+            ))?,
+            remux_addr: FlatMap::build(ra4).map_err(err(
+                "remux",
+                "remux capture address",
+                show_v4,
+            ))?,
+            peers: FlatMap::build(peers4).map_err(err("tunnel_peers", "tunnel peer", show_v4))?,
         };
         let v6maps = Maps {
-            aggregator: FlatMap::build(agg6).map_err(err("capture address", show_v6))?,
-            demux_addr: FlatMap::build(da6).map_err(err("demux alias", show_v6))?,
-            demux_port: FlatMap::build(dp6)
-                .map_err(err("demux port rule", |k: ([u8; 16], u32)| show_v6(k.0)))?,
-            remux_port: FlatMap::build(rp6)
-                .map_err(err("remux port rule", |k: ([u8; 16], u32)| show_v6(k.0)))?,
-            remux_addr: FlatMap::build(ra6).map_err(err("remux capture address", show_v6))?,
-            peers: FlatMap::build(peers6).map_err(err("tunnel peer", show_v6))?,
+            aggregator: FlatMap::build(agg6).map_err(err(
+                "aggregator",
+                "capture address",
+                show_v6,
+            ))?,
+            demux_addr: FlatMap::build(da6).map_err(err("demux", "demux alias", show_v6))?,
+            demux_port: FlatMap::build(dp6).map_err(err(
+                "demux",
+                "demux port rule",
+                |k: ([u8; 16], u32)| show_v6(k.0),
+            ))?,
+            remux_port: FlatMap::build(rp6).map_err(err(
+                "remux",
+                "remux port rule",
+                |k: ([u8; 16], u32)| show_v6(k.0),
+            ))?,
+            remux_addr: FlatMap::build(ra6).map_err(err(
+                "remux",
+                "remux capture address",
+                show_v6,
+            ))?,
+            peers: FlatMap::build(peers6).map_err(err("tunnel_peers", "tunnel peer", show_v6))?,
         };
-        let route_err = |(a, l): (String, u8)| {
-            if a == "0.0.0.0" || a == "::" {
+        let route_err = |(a, l): (String, u8)| RulesError::At {
+            key: "rules.routes".into(),
+            source: Box::new(if a == "0.0.0.0" || a == "::" {
                 RulesError::Unspecified("route")
             } else {
                 RulesError::Duplicate(format!("route {a}/{l}"))
-            }
+            }),
         };
         let routes_v4 = Lpm::build(lpm4).map_err(|(a, l)| route_err((show_v4(a), l)))?;
         let routes_v6 = Lpm::build(lpm6)

@@ -4,7 +4,7 @@
 # Idempotent: installs only what is missing.
 set -euo pipefail
 pkgs=(dpdk dpdk-dev libdpdk-dev clang libclang-dev pkg-config protobuf-compiler
-  iproute2 ethtool tcpdump curl socat python3 procps)
+  iproute2 ethtool tcpdump curl socat python3 procps shellcheck)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -16,6 +16,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (https://rustup.rs)" >&2; exit 1; }
+# The style checks of scripts/test.sh.
+for c in clippy rustfmt; do
+  cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1 || rustup component add "$c"
+done
 # Hugepages are optional (tests and demo run with --no-huge); perf runs are better with them.
 if [ "${TARP_HUGEPAGES:-0}" = 1 ]; then
   mountpoint -q /dev/hugepages || mount -t hugetlbfs nodev /dev/hugepages

@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
 # The whole test suite (as root: DPDK and network namespaces need it):
-# unit, golden, property and no-panic tests, DPDK tests on virtual devices, the keeper's
-# gRPC tests, then the end-to-end run in network namespaces.
+# style (rustfmt, clippy, shellcheck), the pure-Rust build and tests, unit, golden,
+# property and no-panic tests, DPDK tests on virtual devices, the keeper's gRPC tests,
+# then the end-to-end run in network namespaces and the demo in --check mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "test: run as root (DPDK and network namespaces need it)" >&2; exit 1; }
 bash scripts/setup.sh
+echo "== style: rustfmt, shellcheck"
+cargo fmt --all --check
+mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
+shellcheck -x -P SCRIPTDIR "${scripts[@]}"
+echo "== style: clippy (every crate and target, warnings are errors)"
+cargo clippy --release --workspace --all-targets -- -D warnings
+echo "== the pure-Rust forwarder (no DPDK): build and tests"
+cargo test --release -p tarp-forwarder --no-default-features
 echo "== build"
 cargo build --release --workspace --bins
 echo "== cargo test"

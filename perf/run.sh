@@ -52,7 +52,9 @@ log() { echo "[perf +$((SECONDS))s] $*" >&2; }
 
 [ "$(id -u)" = 0 ] || die "needs root (DPDK): sudo $0 $*"
 for v in DURATION WARMUP CIRCUITS FLOWS; do
-  [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 1 ] || die "--${v,,} must be a positive integer"
+  if ! { [[ ${!v} =~ ^[0-9]+$ ]] && [ "${!v}" -ge 1 ]; }; then
+    die "--${v,,} must be a positive integer"
+  fi
 done
 for r in $ROLES; do
   case $r in aggregator | demux | remux) ;; *) die "unknown role $r" ;; esac
@@ -92,7 +94,7 @@ if [ "$SETUP_HUGE" = 1 ]; then
 fi
 case $MEMORY in
 auto) if huge_mounted && [ "$(huge_free_mb)" -ge 512 ]; then MEMORY=huge; else MEMORY=nohuge; fi ;;
-huge) huge_mounted && [ "$(huge_free_mb)" -ge 256 ] || die "--memory huge: no free hugepages (try --hugepages)" ;;
+huge) if ! { huge_mounted && [ "$(huge_free_mb)" -ge 256 ]; }; then die "--memory huge: no free hugepages (try --hugepages)"; fi ;;
 nohuge) ;;
 *) die "--memory must be auto, huge or nohuge" ;;
 esac
@@ -112,7 +114,7 @@ stop_pid() { # stop_pid PID: SIGINT, wait up to 10 s, then SIGKILL
   kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
   kill -INT "$pid" 2>/dev/null || true
   for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
   wait "$pid" 2>/dev/null || true
 }
 forget_pid() { # forget_pid PID: stopped already, not for cleanup
@@ -140,6 +142,8 @@ child_of() { # the (timeout-wrapped) command's own pid
 
 worker_tid() { # worker_tid PID: the EAL worker thread on lcore 1
   local pid=$1 t i
+  # i only counts the retries.
+  # shellcheck disable=SC2034
   for i in $(seq 100); do
     for t in /proc/"$pid"/task/*; do
       case $(cat "$t/comm" 2>/dev/null) in

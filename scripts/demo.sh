@@ -32,7 +32,7 @@ done
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (DPDK and network namespaces need it)" >&2; exit 1; }
 
 # Output helpers.
-if [ -t 1 ]; then B=$'\e[1m' G=$'\e[32m' R=$'\e[31m' D=$'\e[2m' N=$'\e[0m'; else B= G= R= D= N=; fi
+if [ -t 1 ]; then B=$'\e[1m' G=$'\e[32m' R=$'\e[31m' D=$'\e[2m' N=$'\e[0m'; else B='' G='' R='' D='' N=''; fi
 step() { printf '\n%s==> %s%s\n' "$B" "$*" "$N"; }
 info() { printf '    %s\n' "$*"; }
 okay() { printf '    %s✓%s %s\n' "$G" "$N" "$*"; }
@@ -57,9 +57,11 @@ source scripts/lib/topo.sh
 NS_ALL=(deu dus inet app1 app2 dc ctl pop-eu pop-us dc-dmx dc-rmx)
 KEEPER="unix:$DEMO_DIR/keeper.sock"
 
+# cleanup runs from the EXIT trap below.
+# shellcheck disable=SC2317
 cleanup() {
   local rc=$?
-  if [ $KEEP = 1 ] && [ $rc = 0 ]; then return; fi
+  if [ "$KEEP" = 1 ] && [ "$rc" = 0 ]; then return; fi
   step "Tearing down"
   topo_down
   info "namespaces removed, processes stopped"
@@ -242,8 +244,11 @@ for f in pop-eu pop-us dc-dmx dc-rmx; do
     fi
     sleep 0.2
   done
-  [ $ok = 1 ] && okay "$f: DPDK ports up, connected to the keeper, tables generation $(m "$f" tarp_snapshot_generation node=)" ||
+  if [ "$ok" = 1 ]; then
+    okay "$f: DPDK ports up, connected to the keeper, tables generation $(m "$f" tarp_snapshot_generation node=)"
+  else
     bad "$f did not connect: $(tail -n 2 "$DEMO_DIR/$f.log")"
+  fi
 done
 
 tarpctl() { local n=$1; shift; nsx "$n" "$TARP_BIN/tarpctl" --keeper "$KEEPER" "$@"; }
@@ -263,7 +268,7 @@ bg app1 app1 timeout 900 "$TARP_BIN/tarpctl" --keeper "$KEEPER" activate --mode 
   --app-host 198.19.0.2 --region eu --key demo-eu -- python3 "$APPS/udp_echo.py" 0.0.0.0 7000 --tag app1
 bg app2 app2 timeout 900 "$TARP_BIN/tarpctl" --keeper "$KEEPER" activate --mode port --protocol tcp --port 8080 \
   --app-host 198.19.0.3 --region us --key demo-us -- python3 -m http.server --bind 198.19.0.3 --directory "$DEMO_DIR/www" 8080
-CAP_EU= CAP_US=
+CAP_EU='' CAP_US=''
 for _ in $(seq 100); do
   CAP_EU=$(circuit_field 198.19.0.2 capture)
   CAP_US=$(circuit_field 198.19.0.3 capture)
@@ -298,7 +303,8 @@ path_of() { # path_of BEFORE AFTER
   [ "${a[4]:-0}" -gt "${b[4]:-0}" ] && hops+=("tunnel -> dc-dmx")
   [ "${a[5]:-0}" -gt "${b[5]:-0}" ] && hops+=("app host -> dc-rmx -> Internet")
   local IFS='|'
-  echo "${hops[*]}" | sed 's/|/ -> /g'
+  local joined="${hops[*]}"
+  printf '%s\n' "${joined//|/ -> }"
 }
 
 ask_udp() { # ask_udp DEVICE CAPTURE LABEL
@@ -306,6 +312,8 @@ ask_udp() { # ask_udp DEVICE CAPTURE LABEL
   before=$(snap_counters)
   if out=$(nsx "$1" timeout 20 python3 "$APPS/udp_ask.py" "$2" 7000 "hello-from-$1" --tries 10 2>&1); then
     after=$(snap_counters)
+    # $out is split into words on purpose: addr port tag message.
+    # shellcheck disable=SC2086
     set -- "$1" "$2" "$3" $out
     if [ "$4" = "$2" ] && [ "$5" = 7000 ]; then
       okay "$1 -> $2:7000 UDP: reply \"$6 $7\" from $4:$5 (the capture address)"
@@ -338,8 +346,11 @@ step "Each device talks to its region's capture address"
 ask_udp deu "$CAP_EU" "eu, address mode"
 ask_http dus "$CAP_US" "us, port mode"
 lt=$(m pop-eu tarp_port_tx_packets_total 'port="line0"')
-[ "$lt" = 0 ] && okay "no packet left a POP line: every reply came straight from the data center (pop-eu line0 tx = 0)" ||
+if [ "$lt" = 0 ]; then
+  okay "no packet left a POP line: every reply came straight from the data center (pop-eu line0 tx = 0)"
+else
   bad "pop-eu line0 forwarded $lt packets"
+fi
 
 step "A POP line goes down: pop-eu line0 (carrying $CAP_EU)"
 OLD_EU=$CAP_EU
@@ -355,11 +366,17 @@ t1=$(date +%s%N)
 if [ -n "$NEW_EU" ] && [ "$NEW_EU" != "$OLD_EU" ]; then
   okay "the keeper replaced the circuit: $OLD_EU -> $NEW_EU in $(((t1 - t0) / 1000000)) ms (same region, line1)"
   for _ in $(seq 50); do grep -q "$NEW_EU" "$DEMO_DIR/watch.log" && break; sleep 0.1; done
-  grep -q "$NEW_EU" "$DEMO_DIR/watch.log" && okay "the application was told over Watch: $(grep "$NEW_EU" "$DEMO_DIR/watch.log" | head -n 1 | cut -c1-110)" ||
+  if grep -q "$NEW_EU" "$DEMO_DIR/watch.log"; then
+    okay "the application was told over Watch: $(grep "$NEW_EU" "$DEMO_DIR/watch.log" | head -n 1 | cut -c1-110)"
+  else
     bad "no Watch event names $NEW_EU"
+  fi
   for _ in $(seq 50); do nsx app1 ip -br addr show lo | grep -q "$NEW_EU" && break; sleep 0.1; done
-  nsx app1 ip -br addr show lo | grep -q "$NEW_EU" && okay "tarpctl moved the loopback address on app1 to $NEW_EU" ||
+  if nsx app1 ip -br addr show lo | grep -q "$NEW_EU"; then
+    okay "tarpctl moved the loopback address on app1 to $NEW_EU"
+  else
     bad "app1's loopback does not carry $NEW_EU"
+  fi
   ask_udp deu "$NEW_EU" "eu after the bounce"
   t2=$(date +%s%N)
   info "line down -> replacement answering the device: $(((t2 - t0) / 1000000)) ms"
@@ -376,8 +393,11 @@ ask_http dus "$CAP_US" "us, keeper down"
 start_keeper && okay "keeper restarted from its database"
 sleep 1
 AFTER_US=$(circuit_field 198.19.0.3 capture)
-[ "$AFTER_US" = "$CAP_US" ] && okay "state survived: app2's circuit still holds $CAP_US" ||
+if [ "$AFTER_US" = "$CAP_US" ]; then
+  okay "state survived: app2's circuit still holds $CAP_US"
+else
   bad "after restart app2's circuit is '$AFTER_US', was $CAP_US"
+fi
 ask_udp deu "$NEW_EU" "eu, keeper restarted"
 
 step "Summary"

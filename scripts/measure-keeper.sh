@@ -65,7 +65,7 @@ for i in $(seq "$BOUNCES"); do
   done
   t1=$(date +%s%N)
   # The device is told the new address (here: by us) and talks to it.
-  if out=$(ip netns exec "${P}deu" python3 tests/apps/first_reply.py 7000 "$new" --sport $((30000 + i)) --timeout 20); then
+  if ip netns exec "${P}deu" python3 tests/apps/first_reply.py 7000 "$new" --sport $((30000 + i)) --timeout 20 >/dev/null; then
     t2=$(date +%s%N)
     echo "scale=1; ($t1 - $t0) / 1000000" | bc >>/tmp/tarp-replaced.txt
     echo "scale=1; ($t2 - $t0) / 1000000" | bc >>/tmp/tarp-bounce.txt

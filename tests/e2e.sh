@@ -32,6 +32,8 @@ trap 'exit 130' INT TERM
 expect_reply() {
   local name=$1 n=$2 addr=$3 port=$4 want_src=$5 want=$6 out
   if out=$(nsx "$n" timeout 20 python3 "$APPS/udp_ask.py" "$addr" "$port" "hello-$name" --tries 10); then
+    # $out is split into words on purpose: addr port tag message.
+    # shellcheck disable=SC2086
     set -- $out
     if [ "$1" = "$want_src" ] && [ "$2" = "$port" ] && [[ "$3 $4" == "$want"* ]]; then
       pass "$name: reply from $1:$2 \"$3 $4\""
@@ -70,7 +72,7 @@ wait_listen() {
 }
 wait_listen app1 udp 198.19.0.2:4000
 wait_listen app2 udp 198.19.0.3:5000
-wait_listen app1 udp [2001:db8:19::2]:4000
+wait_listen app1 udp '[2001:db8:19::2]:4000'
 wait_listen app2 tcp 198.19.0.3:5000
 wait_listen app1 tcp 198.19.0.2:8080
 wait_listen app1 udp 203.0.113.2:7000
@@ -87,13 +89,20 @@ echo "== port mode (FIG 8)"
 expect_reply "udp dev1->203.0.113.4:4000" dev1 203.0.113.4 4000 203.0.113.4 "app1 hello"
 expect_reply "udp dev2->203.0.113.4:5000" dev2 203.0.113.4 5000 203.0.113.4 "app2 hello"
 if body=$(nsx dev1 timeout 20 curl -s --retry 3 --retry-connrefused --max-time 5 http://203.0.113.4:8080/); then
-  [ "$body" = "hello from app1 over tarp" ] && pass "tcp: curl http://203.0.113.4:8080/ -> \"$body\"" || fail "curl body \"$body\""
+  if [ "$body" = "hello from app1 over tarp" ]; then
+    pass "tcp: curl http://203.0.113.4:8080/ -> \"$body\""
+  else
+    fail "curl body \"$body\""
+  fi
 else
   fail "tcp: curl http://203.0.113.4:8080/ failed"
 fi
 if out=$(printf 'ping\n' | nsx dev2 timeout 10 socat -T 3 - TCP:203.0.113.4:5000); then
-  [ "$(echo "$out" | head -1)" = "app2-tcp" ] && [ "$(echo "$out" | tail -1)" = "ping" ] &&
-    pass "tcp: dev2 -> 203.0.113.4:5000 reached app2 and came back" || fail "tcp 5000 got \"$out\""
+  if [ "$(echo "$out" | head -1)" = "app2-tcp" ] && [ "$(echo "$out" | tail -1)" = "ping" ]; then
+    pass "tcp: dev2 -> 203.0.113.4:5000 reached app2 and came back"
+  else
+    fail "tcp 5000 got \"$out\""
+  fi
 else
   fail "tcp: dev2 -> 203.0.113.4:5000 failed"
 fi
@@ -112,7 +121,11 @@ fi
 echo "== address mode (FIG 6)"
 expect_reply "udp dev1->203.0.113.2:7000" dev1 203.0.113.2 7000 203.0.113.2 "app1-addr hello"
 if body=$(nsx dev2 timeout 20 curl -s --retry 3 --retry-connrefused --max-time 5 http://203.0.113.2:8081/); then
-  [ "$body" = "hello from app1 over tarp" ] && pass "tcp: curl http://203.0.113.2:8081/ -> \"$body\"" || fail "curl body \"$body\""
+  if [ "$body" = "hello from app1 over tarp" ]; then
+    pass "tcp: curl http://203.0.113.2:8081/ -> \"$body\""
+  else
+    fail "curl body \"$body\""
+  fi
 else
   fail "tcp: curl http://203.0.113.2:8081/ failed"
 fi

@@ -1,6 +1,7 @@
 //! The FIG 6 / FIG 8 packets through the real `tarp-forwarder` binary on DPDK `net_pcap`
 //! ports: every frame written to the output pcap equals the one the (golden-tested)
 //! pipeline produces, in order. Needs root (DPDK).
+#![cfg(feature = "dpdk")]
 
 mod support;
 

@@ -8,7 +8,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::rules::{AggregatorRule, DemuxRule, Protocol, RemuxRule, Route, Rules, Tunnel};
+use crate::rules::{
+    AggregatorRule, DemuxRule, Protocol, RemuxRule, Route, Rules, Tunnel, TunnelPeer,
+};
 use crate::MacAddr;
 
 /// Generated messages, clients and servers of package `tarp.v1`.
@@ -83,7 +85,15 @@ impl From<&Rules> for v1::Rules {
             demux: r.demux.iter().map(Into::into).collect(),
             remux: r.remux.iter().map(Into::into).collect(),
             routes: r.routes.iter().map(Into::into).collect(),
-            tunnel_peers: r.tunnel_peers.iter().map(ToString::to_string).collect(),
+            tunnel_peers: r
+                .tunnel_peers
+                .iter()
+                .map(|p| v1::TunnelPeer {
+                    address: p.address.to_string(),
+                    vni: p.vni,
+                })
+                .collect(),
+            inner_mtu: r.inner_mtu.map_or(0, u32::from),
         }
     }
 }
@@ -102,9 +112,27 @@ impl TryFrom<&v1::Rules> for Rules {
                 .tunnel_peers
                 .iter()
                 .enumerate()
-                .map(|(i, p)| parse_ip(&format!("tunnel_peers[{i}]"), p))
-                .collect::<Result<_, _>>()?,
+                .map(|(i, p)| {
+                    Ok(TunnelPeer {
+                        address: parse_ip(&format!("tunnel_peers[{i}].address"), &p.address)?,
+                        vni: p.vni,
+                    })
+                })
+                .collect::<Result<_, ProtoError>>()?,
+            inner_mtu: opt_mtu("inner_mtu", r.inner_mtu)?,
         })
+    }
+}
+
+/// An MTU on the wire: 0 is "not set"; otherwise 576..=65535.
+fn opt_mtu(field: &str, v: u32) -> Result<Option<u16>, ProtoError> {
+    match v {
+        0 => Ok(None),
+        576..=65535 => Ok(Some(v as u16)),
+        _ => Err(ProtoError::new(
+            field,
+            format!("MTU {v} is not in 576..=65535"),
+        )),
     }
 }
 
@@ -128,6 +156,7 @@ impl From<&Tunnel> for v1::Tunnel {
             remote: t.remote.to_string(),
             vni: t.vni,
             inner_dst_mac: t.inner_dst_mac.map(|m| m.to_string()).unwrap_or_default(),
+            mtu: t.mtu.map_or(0, u32::from),
         }
     }
 }
@@ -148,6 +177,7 @@ fn tunnel_from_wire(at: &str, t: &v1::Tunnel) -> Result<Tunnel, ProtoError> {
         remote: parse_ip(&format!("{at}.remote"), &t.remote)?,
         vni: t.vni,
         inner_dst_mac,
+        mtu: opt_mtu(&format!("{at}.mtu"), t.mtu)?,
     })
 }
 
@@ -158,6 +188,7 @@ impl From<&AggregatorRule> for v1::AggregatorRule {
             alias: a.alias.to_string(),
             tunnel: a.tunnel,
             line: a.line.clone().unwrap_or_default(),
+            answer_ping: a.answer_ping,
         }
     }
 }
@@ -172,6 +203,7 @@ fn aggregator_from_wire(at: &str, a: &v1::AggregatorRule) -> Result<AggregatorRu
         } else {
             Some(a.line.clone())
         },
+        answer_ping: a.answer_ping,
     })
 }
 
@@ -305,12 +337,14 @@ mod tests {
                 remote: ip("192.0.2.100"),
                 vni: 100,
                 inner_dst_mac: Some("02:00:00:00:00:01".parse().unwrap()),
+                mtu: Some(1400),
             }],
             aggregator: vec![AggregatorRule {
                 capture: ip("203.0.113.2"),
                 alias: ip("198.18.0.3"),
                 tunnel: 1,
                 line: Some("p0".into()),
+                answer_ping: true,
             }],
             demux: vec![
                 DemuxRule::Address {
@@ -348,7 +382,14 @@ mod tests {
                     via: Some(ip("2001:db8::1")),
                 },
             ],
-            tunnel_peers: vec![ip("192.0.2.1")],
+            tunnel_peers: vec![
+                TunnelPeer::any_vni(ip("192.0.2.1")),
+                TunnelPeer {
+                    address: ip("192.0.2.5"),
+                    vni: Some(100),
+                },
+            ],
+            inner_mtu: Some(1380),
         };
         let wire = v1::Rules::from(&rules);
         assert_eq!(Rules::try_from(&wire).unwrap(), rules);
@@ -381,9 +422,23 @@ mod tests {
             "demux[0].port: 70000 is not a port"
         );
         let wire = v1::Rules {
-            tunnel_peers: vec!["nope".into()],
+            tunnel_peers: vec![v1::TunnelPeer {
+                address: "nope".into(),
+                vni: None,
+            }],
             ..Default::default()
         };
-        assert_eq!(Rules::try_from(&wire).unwrap_err().field, "tunnel_peers[0]");
+        assert_eq!(
+            Rules::try_from(&wire).unwrap_err().field,
+            "tunnel_peers[0].address"
+        );
+        let wire = v1::Rules {
+            inner_mtu: 100,
+            ..Default::default()
+        };
+        assert_eq!(
+            Rules::try_from(&wire).unwrap_err().to_string(),
+            "inner_mtu: MTU 100 is not in 576..=65535"
+        );
     }
 }

@@ -65,6 +65,75 @@ pub struct Tunnel {
     /// frames addressed to its own MAC, so interop with one needs this set to it.
     #[serde(default)]
     pub inner_dst_mac: Option<MacAddr>,
+    /// Path MTU between the two tunnel ends (the largest outer IP packet). Absent: the
+    /// MTU of the port the tunnel leaves from. The inner budget is this minus 50 bytes
+    /// (VXLAN over IPv4) or 70 (over IPv6).
+    #[serde(default)]
+    pub mtu: Option<u16>,
+}
+
+/// Bytes VXLAN adds to an inner IP packet (outer IP, UDP, VXLAN and the inner Ethernet
+/// header), by the outer family: 50 over IPv4, 70 over IPv6.
+pub const fn tunnel_overhead(outer_v6: bool) -> u16 {
+    if outer_v6 {
+        70
+    } else {
+        50
+    }
+}
+
+/// The inner budget of a tunnel over an IPv4 path of 1500 bytes: what a remux clamps TCP
+/// MSS to when its rules do not say otherwise.
+pub const DEFAULT_INNER_MTU: u16 = 1500 - tunnel_overhead(false);
+
+/// A tunnel peer a demux accepts traffic from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(from = "PeerSpec", into = "PeerSpec")]
+pub struct TunnelPeer {
+    /// The peer's tunnel endpoint (outer source).
+    pub address: IpAddr,
+    /// The VXLAN network identifier it must use; absent: any.
+    pub vni: Option<u32>,
+}
+
+impl TunnelPeer {
+    /// A peer that may use any VNI.
+    pub const fn any_vni(address: IpAddr) -> TunnelPeer {
+        TunnelPeer { address, vni: None }
+    }
+}
+
+/// How a peer is written: an address alone, or `{ address, vni }`.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum PeerSpec {
+    Address(IpAddr),
+    Full {
+        address: IpAddr,
+        #[serde(default)]
+        vni: Option<u32>,
+    },
+}
+
+impl From<PeerSpec> for TunnelPeer {
+    fn from(p: PeerSpec) -> TunnelPeer {
+        match p {
+            PeerSpec::Address(address) => TunnelPeer::any_vni(address),
+            PeerSpec::Full { address, vni } => TunnelPeer { address, vni },
+        }
+    }
+}
+
+impl From<TunnelPeer> for PeerSpec {
+    fn from(p: TunnelPeer) -> PeerSpec {
+        match p.vni {
+            None => PeerSpec::Address(p.address),
+            vni => PeerSpec::Full {
+                address: p.address,
+                vni,
+            },
+        }
+    }
 }
 
 /// Aggregator map entry: traffic to `capture` is rewritten to `alias` and tunnelled.
@@ -81,6 +150,10 @@ pub struct AggregatorRule {
     /// neighbour discovery for it are answered there. Absent: on every aggregator port.
     #[serde(default)]
     pub line: Option<String>,
+    /// Answer ICMP echo requests to `capture` at the aggregator, as the host a device
+    /// thinks it talks to (port mode: no app host owns the whole address).
+    #[serde(default)]
+    pub answer_ping: bool,
 }
 
 /// Demux map entry, in one of the patent's two modes.
@@ -165,7 +238,13 @@ pub struct Rules {
     /// Route table.
     #[serde(default)]
     pub routes: Vec<Route>,
-    /// Outer source addresses a demux accepts tunnel traffic from.
+    /// Tunnel peers a demux accepts traffic from (`"192.0.2.1"` or
+    /// `{ address = "192.0.2.1", vni = 100 }`).
     #[serde(default)]
-    pub tunnel_peers: Vec<IpAddr>,
+    pub tunnel_peers: Vec<TunnelPeer>,
+    /// The inner budget of the tunnels this forwarder's circuits cross (the largest inner
+    /// IP packet): a remux clamps the TCP MSS of what it sends to fit it. Absent:
+    /// [`DEFAULT_INNER_MTU`].
+    #[serde(default)]
+    pub inner_mtu: Option<u16>,
 }

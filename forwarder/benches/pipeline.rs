@@ -15,10 +15,10 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use forwarder::packet::vxlan::{self, Outer};
-use forwarder::pipeline::{process, VecBuf, Verdict, MAX_BURST};
+use forwarder::pipeline::{process, Context, VecBuf, Verdict, MAX_BURST};
 use forwarder::tables::{
     AggregatorRule, DemuxRule, NeighbourCache, PortInfo, Protocol, RemuxRule, Role, Route, Rules,
-    Snapshot, Tunnel,
+    Snapshot, Tunnel, TunnelPeer,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -30,18 +30,8 @@ const PAYLOAD: [u8; 18] = [0x5a; 18]; // 14 + 20 + 8 + 18 = 60 bytes + FCS = 64 
 
 fn ports(role: Role) -> Vec<PortInfo> {
     vec![
-        PortInfo {
-            name: "in".into(),
-            role,
-            mac: mac(support::AGG_LINE),
-            addrs: vec![ip("192.0.2.2")],
-        },
-        PortInfo {
-            name: "out".into(),
-            role,
-            mac: mac(support::AGG_UPLINK),
-            addrs: vec![ip("192.0.2.1")],
-        },
+        PortInfo::new("in", role, mac(support::AGG_LINE), vec![ip("192.0.2.2")]),
+        PortInfo::new("out", role, mac(support::AGG_UPLINK), vec![ip("192.0.2.1")]),
     ]
 }
 
@@ -116,6 +106,7 @@ fn aggregator_case(n: usize, zipf: bool) -> Case {
             remote: ip("192.0.2.2"),
             vni: 7,
             inner_dst_mac: None,
+            mtu: None,
         }],
         routes: vec![route("192.0.2.0/24", None)],
         ..Rules::default()
@@ -126,6 +117,7 @@ fn aggregator_case(n: usize, zipf: bool) -> Case {
             alias: alias_of(capture(i, n)),
             tunnel: 1,
             line: None,
+            answer_ping: false,
         })
         .collect();
     let snap = Snapshot::build(&rules, &ports(Role::Aggregator), 1, &neighbours()).unwrap();
@@ -170,7 +162,7 @@ fn demux_case(n: usize, zipf: bool) -> Case {
                 }
             })
             .collect(),
-        tunnel_peers: vec![ip("192.0.2.1")],
+        tunnel_peers: vec![TunnelPeer::any_vni(ip("192.0.2.1"))],
         routes: vec![route("198.19.0.0/24", None)],
         ..Rules::default()
     };
@@ -266,6 +258,7 @@ fn bench_role(c: &mut Criterion, name: &str, make: fn(usize, bool) -> Case) {
             let mut bufs: Vec<VecBuf> =
                 (0..MAX_BURST).map(|k| VecBuf::new(&case.pool[k])).collect();
             let mut verdicts = [Verdict::SlowPath; MAX_BURST];
+            let mut ctx = Context::new(2);
             // Every packet the measurement will use must be forwarded, in bench builds too
             // (a fast wrong answer must not pass): checked once, outside the timing.
             for chunk in case.pool.chunks(MAX_BURST) {
@@ -273,7 +266,7 @@ fn bench_role(c: &mut Criterion, name: &str, make: fn(usize, bool) -> Case) {
                 for (buf, frame) in bufs.iter_mut().zip(chunk) {
                     buf.reset(frame);
                 }
-                process(&case.snap, 0, &mut bufs[..n], &mut verdicts[..n]);
+                process(&case.snap, &mut ctx, 0, &mut bufs[..n], &mut verdicts[..n]);
                 assert!(
                     verdicts[..n]
                         .iter()
@@ -291,7 +284,7 @@ fn bench_role(c: &mut Criterion, name: &str, make: fn(usize, bool) -> Case) {
                             buf.reset(&case.pool[(pos + k) & (POOL - 1)]);
                         }
                         pos = pos.wrapping_add(MAX_BURST);
-                        process(&case.snap, 0, &mut bufs, &mut verdicts);
+                        process(&case.snap, &mut ctx, 0, &mut bufs, &mut verdicts);
                         black_box(&mut verdicts);
                     }
                     start.elapsed()

@@ -65,12 +65,7 @@ pub fn offline_ports(cfg: &Config) -> Vec<PortInfo> {
     cfg.ports
         .iter()
         .enumerate()
-        .map(|(i, p)| PortInfo {
-            name: p.name.clone(),
-            role: p.role,
-            mac: p.mac.unwrap_or(MacAddr([0x02, 0, 0, 0, 0, i as u8])),
-            addrs: p.addresses.clone(),
-        })
+        .map(|(i, p)| p.info(p.mac.unwrap_or(MacAddr([0x02, 0, 0, 0, 0, i as u8]))))
         .collect()
 }
 
@@ -114,6 +109,14 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
         .map(|p| (p.rx_desc as u32 + p.tx_desc as u32) * (workers as u32 + 1))
         .sum::<u32>();
     let n_mbufs = (per_port + 4096).next_power_of_two() - 1;
+    // A frame must fit one mbuf: the largest MTU, its Ethernet header and a VLAN tag.
+    let max_mtu = cfg
+        .ports
+        .iter()
+        .map(|p| p.mtu)
+        .max()
+        .unwrap_or(PortInfo::DEFAULT_MTU);
+    let data_room = Mempool::DEFAULT_DATA_ROOM.max(max_mtu + 18);
     let mut pools: HashMap<i32, Mempool> = HashMap::new();
     let mut ports = Vec::with_capacity(cfg.ports.len());
     for (i, pc) in cfg.ports.iter().enumerate() {
@@ -121,14 +124,17 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
             .with_context(|| format!("ports[{i}].device {:?}", pc.device))?;
         let socket = Port::socket_of(id).max(0);
         if let std::collections::hash_map::Entry::Vacant(e) = pools.entry(socket) {
-            e.insert(Mempool::for_socket(n_mbufs, 256, socket as u32).context("mempool")?);
+            e.insert(
+                Mempool::for_socket(n_mbufs, 256, socket as u32, data_room).context("mempool")?,
+            );
         }
         let conf = PortConf {
             rx_queues: workers,
             tx_queues: workers,
             rx_desc: pc.rx_desc,
             tx_desc: pc.tx_desc,
-            mtu: None,
+            // 1500 is every device's default; only other MTUs are asked for.
+            mtu: (pc.mtu != PortInfo::DEFAULT_MTU).then_some(pc.mtu),
             promiscuous: true,
         };
         let port = Port::configure(id, &conf, &pools[&socket])
@@ -140,15 +146,10 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
         .iter()
         .zip(&ports)
         .map(|(pc, port)| {
-            Ok(PortInfo {
-                name: pc.name.clone(),
-                role: pc.role,
-                mac: match pc.mac {
-                    Some(m) => m,
-                    None => port.mac_addr()?,
-                },
-                addrs: pc.addresses.clone(),
-            })
+            Ok(pc.info(match pc.mac {
+                Some(m) => m,
+                None => port.mac_addr()?,
+            }))
         })
         .collect::<Result<_, crate::dpdk::DpdkError>>()?;
     for (p, info) in ports.iter().zip(&infos) {
@@ -182,6 +183,7 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
         let worker = Worker {
             rx,
             tx,
+            pool: pools[&ports[0].socket().max(0)],
             snapshots: snapshots.clone(),
             slow_path: slow.clone(),
             control_tx: if w == 0 {

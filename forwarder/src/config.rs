@@ -111,13 +111,47 @@ pub struct PortConfig {
     /// Descriptors per TX queue.
     #[serde(default = "default_desc")]
     pub tx_desc: u16,
+    /// The largest IP packet the port sends and receives (its link MTU), 1280..=9600.
+    /// Above 1500 ("jumbo"), the device must allow it; frames larger than the MTU of the
+    /// port they would leave from are dropped and counted (`too_big`), never truncated.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// Clamp the MSS option of TCP SYNs received on this port to what fits the tunnel
+    /// (aggregator lines: the tunnel's inner budget; remux: the rules' `inner_mtu`).
+    #[serde(default = "default_true")]
+    pub clamp_mss: bool,
 }
 
 fn default_desc() -> u16 {
     1024
 }
 
+fn default_mtu() -> u16 {
+    crate::tables::PortInfo::DEFAULT_MTU
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The smallest port MTU (IPv6's minimum link MTU, RFC 8200 5).
+pub const MIN_MTU: u16 = 1280;
+/// The largest port MTU.
+pub const MAX_MTU: u16 = 9600;
+
 impl PortConfig {
+    /// What the snapshot builder needs to know about the port, with MAC `mac`.
+    pub fn info(&self, mac: MacAddr) -> crate::tables::PortInfo {
+        crate::tables::PortInfo {
+            name: self.name.clone(),
+            role: self.role,
+            mac,
+            addrs: self.addresses.clone(),
+            mtu: self.mtu,
+            clamp_mss: self.clamp_mss,
+        }
+    }
+
     /// True if the device is a PCI address rather than a virtual device.
     pub fn is_pci(&self) -> bool {
         let d = self.device.as_str();
@@ -260,6 +294,12 @@ impl Config {
                     ));
                 }
             }
+            if !(MIN_MTU..=MAX_MTU).contains(&p.mtu) {
+                return Err(ConfigError::new(
+                    format!("ports[{i}].mtu"),
+                    format!("{} is not in {MIN_MTU}..={MAX_MTU}", p.mtu),
+                ));
+            }
             if !p.rx_desc.is_power_of_two() || !p.tx_desc.is_power_of_two() {
                 return Err(ConfigError::new(
                     format!("ports[{i}].rx_desc"),
@@ -376,6 +416,14 @@ mod tests {
             key_of(&GOOD.replace("metrics = \"127.0.0.1:9101\"", "metrics = \"nowhere\"")),
             "metrics"
         );
+        assert_eq!(
+            key_of(&GOOD.replace("name = \"uplink\"", "name = \"uplink\"\nmtu = 9700")),
+            "ports[1].mtu"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace("name = \"uplink\"", "name = \"uplink\"\nclamp_mss = 1")),
+            "ports[1].clamp_mss"
+        );
     }
 
     #[test]
@@ -395,12 +443,7 @@ mod example_tests {
     fn offline_ports(c: &Config) -> Vec<PortInfo> {
         c.ports
             .iter()
-            .map(|p| PortInfo {
-                name: p.name.clone(),
-                role: p.role,
-                mac: MacAddr([2, 0, 0, 0, 0, 1]),
-                addrs: p.addresses.clone(),
-            })
+            .map(|p| p.info(MacAddr([2, 0, 0, 0, 0, 1])))
             .collect()
     }
 
@@ -470,12 +513,7 @@ mod example_tests {
             let ports: Vec<PortInfo> = c
                 .ports
                 .iter()
-                .map(|p| PortInfo {
-                    name: p.name.clone(),
-                    role: p.role,
-                    mac: MacAddr([2, 0, 0, 0, 0, 1]),
-                    addrs: p.addresses.clone(),
-                })
+                .map(|p| p.info(MacAddr([2, 0, 0, 0, 0, 1])))
                 .collect();
             let snap = Snapshot::build(&c.rules, &ports, 0, &NeighbourCache::new())
                 .unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -260,21 +260,16 @@ mod tests {
 
     fn snap() -> Snapshot {
         let ports = vec![
-            PortInfo {
-                name: "line0".into(),
-                role: Role::Aggregator,
-                mac: OWN,
-                addrs: vec![
+            PortInfo::new(
+                "line0",
+                Role::Aggregator,
+                OWN,
+                vec![
                     "203.0.113.1".parse().unwrap(),
                     "2001:db8:113::1".parse().unwrap(),
                 ],
-            },
-            PortInfo {
-                name: "line1".into(),
-                role: Role::Aggregator,
-                mac: OWN,
-                addrs: vec![],
-            },
+            ),
+            PortInfo::new("line1", Role::Aggregator, OWN, vec![]),
         ];
         let rules: Rules = toml::from_str(
             r#"

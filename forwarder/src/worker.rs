@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::IdlePolicy;
-use crate::dpdk::{MbufBurst, MbufQueue, RxQueue, TxBuffer, BURST};
+use crate::dpdk::{Mbuf, MbufBurst, MbufQueue, Mempool, RxQueue, TxBuffer, BURST};
 use crate::metrics::{bump, WorkerStats};
-use crate::pipeline::{process, DropReason, Verdict};
+use crate::pipeline::{process, split_into_tunnel, Context, DropReason, Verdict};
 use crate::prefetch::prefetch0;
 use crate::tables::{PortId, SnapshotHandle};
 
@@ -20,6 +20,8 @@ pub struct Worker {
     pub rx: Vec<(PortId, RxQueue)>,
     /// One TX buffer per port, indexed by [`PortId`].
     pub tx: Vec<TxBuffer>,
+    /// Where the fragments of a packet too big for its tunnel come from.
+    pub pool: Mempool,
     /// Where the current snapshot is published.
     pub snapshots: Arc<SnapshotHandle>,
     /// Packets for the control thread.
@@ -49,8 +51,12 @@ impl Worker {
         let mut empty_run = 0u32;
         let mut sleep = Duration::from_micros(1);
         let stats = self.stats.clone();
+        let mut ctx = Context::new(self.tx.len());
+        let start = std::time::Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             let mut got = 0;
+            // One clock read per poll round (vDSO, no system call).
+            ctx.set_now_ms(start.elapsed().as_millis() as u64);
             for (port, rxq) in self.rx.iter_mut() {
                 let n = rxq.rx_burst(&mut burst);
                 if n == 0 {
@@ -65,10 +71,8 @@ impl Worker {
                 let counters = &stats.ports[*port as usize];
                 bump(&counters.rx, n as u64);
                 let mut forwarded = 0;
-                {
-                    let snap = self.snapshots.load();
-                    process(&snap, *port, &mut burst, &mut verdicts[..n]);
-                }
+                let snap = self.snapshots.load();
+                process(&snap, &mut ctx, *port, &mut burst, &mut verdicts[..n]);
                 for (m, v) in burst.drain().zip(verdicts.iter()) {
                     match *v {
                         Verdict::Forward(out) => {
@@ -78,6 +82,60 @@ impl Worker {
                             let dropped = self.tx[out as usize].push(m);
                             if dropped > 0 {
                                 bump(&c.drops[DropReason::TxFull as usize], dropped as u64);
+                            }
+                        }
+                        Verdict::Icmp(out) => {
+                            bump(&counters.icmp_sent, 1);
+                            let c = &stats.ports[out as usize];
+                            bump(&c.tx, 1);
+                            let dropped = self.tx[out as usize].push(m);
+                            if dropped > 0 {
+                                bump(&c.drops[DropReason::TxFull as usize], dropped as u64);
+                            }
+                        }
+                        Verdict::Fragment { tunnel } => {
+                            let pool = self.pool;
+                            let tx = &mut self.tx;
+                            let mut out_port = None;
+                            let mut lost = 0;
+                            let l3 = crate::packet::ethernet::HEADER_LEN
+                                + if m.data().get(12..14) == Some(&[0x81, 0x00]) {
+                                    4
+                                } else {
+                                    0
+                                };
+                            let made = split_into_tunnel(
+                                &snap,
+                                tunnel,
+                                m.data(),
+                                l3,
+                                |len| {
+                                    let mut f = Mbuf::alloc(&pool)?;
+                                    f.append(len)?;
+                                    Some(f)
+                                },
+                                |f| {
+                                    // The port is known once the first piece exists.
+                                    let p = out_port.get_or_insert_with(|| {
+                                        snap.next_hops
+                                            [snap.tunnels[tunnel as usize].next_hop as usize]
+                                            .port
+                                    });
+                                    lost += tx[*p as usize].push(f);
+                                },
+                            );
+                            drop(m);
+                            match made {
+                                Ok((out, pieces)) => {
+                                    forwarded += 1;
+                                    bump(&counters.fragmented, 1);
+                                    let c = &stats.ports[out as usize];
+                                    bump(&c.tx, pieces as u64);
+                                    if lost > 0 {
+                                        bump(&c.drops[DropReason::TxFull as usize], lost as u64);
+                                    }
+                                }
+                                Err(reason) => bump(&counters.drops[reason as usize], 1),
                             }
                         }
                         Verdict::Drop(reason) => {
@@ -93,6 +151,7 @@ impl Worker {
                         }
                     }
                 }
+                drop(snap);
                 bump(&counters.forwarded, forwarded);
             }
             for (port, q) in self.control_tx.iter().enumerate() {

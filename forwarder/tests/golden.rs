@@ -372,7 +372,20 @@ fn drops_say_why() {
         b"",
     );
     assert_eq!(agg.run(0, &f[..30]).0, Verdict::Drop(DropReason::Malformed));
-    // Pings to the line's own address go to the slow path; so does ARP.
+    // Pings to the line's own address go to the slow path; so does ARP. What the slow
+    // path would not answer ends in the worker.
+    let f = frame(
+        ROUTER,
+        AGG_LINE,
+        dev,
+        ip("203.0.113.1"),
+        64,
+        L4::Echo,
+        1,
+        2,
+        b"",
+    );
+    assert_eq!(agg.run(0, &f).0, Verdict::SlowPath);
     let f = frame(
         ROUTER,
         AGG_LINE,
@@ -384,7 +397,7 @@ fn drops_say_why() {
         2,
         b"",
     );
-    assert_eq!(agg.run(0, &f).0, Verdict::SlowPath);
+    assert_eq!(agg.run(0, &f).0, Verdict::Drop(DropReason::NotAnswered));
     let mut arp = vec![0xffu8; 6];
     arp.extend_from_slice(&mac(ROUTER).0);
     arp.extend_from_slice(&[0x08, 0x06]);
@@ -404,6 +417,12 @@ fn drops_say_why() {
     );
     let (_, mut tunnelled) = agg.run(0, &sent);
     tunnelled[14 + 15] = 99; // outer source 192.0.2.99
+                             // ... first with the header checksum left stale: that alone ends it (RFC 1812).
+    assert_eq!(
+        dmx.run(0, &tunnelled).0,
+        Verdict::Drop(DropReason::BadChecksum)
+    );
+    fix_ipv4_header_checksum(&mut tunnelled, 14);
     assert_eq!(
         dmx.run(0, &tunnelled).0,
         Verdict::Drop(DropReason::NotTunnelPeer)

@@ -20,7 +20,9 @@ use forwarder::packet::icmp::IcmpPacket;
 use forwarder::packet::{
     vxlan, EthernetFrame, Ipv4Packet, Ipv6Packet, MacAddr, TcpPacket, UdpPacket, VxlanPacket,
 };
-use forwarder::pipeline::{process, DropReason, PacketBuf, VecBuf, Verdict};
+use forwarder::pipeline::{
+    process, split_into_tunnel, Context, DropReason, PacketBuf, VecBuf, Verdict,
+};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -628,13 +630,52 @@ fn run_role(
             .collect();
         let mut verdicts = vec![Verdict::SlowPath; pkts.len()];
         let run = catch_unwind(AssertUnwindSafe(|| {
-            process(&bx.snap, in_port, &mut pkts, &mut verdicts)
+            process(
+                &bx.snap,
+                &mut Context::with_frag_slots(4, 64),
+                in_port,
+                &mut pkts,
+                &mut verdicts,
+            )
         }));
         if run.is_err() {
             culprit(role, bx, in_port, headroom, &burst);
         }
         for ((b, p), &v) in burst.iter().zip(&pkts).zip(&verdicts) {
-            if let Err(err) = check(role, &e, in_port, b, v, p.data()) {
+            let res = match v {
+                // ICMP made from the packet goes back where it came from, well formed.
+                Verdict::Icmp(out) if out != in_port => Err(format!("ICMP out of port {out}")),
+                Verdict::Icmp(_) => check_checksums(p.data())
+                    .map(|_| ())
+                    .map_err(|e| format!("generated ICMP: {e}")),
+                // Every piece of a split packet is a forwarded packet of its own.
+                Verdict::Fragment { tunnel } => {
+                    let mut pieces = Vec::new();
+                    let l3 = if p.data()[12..14] == [0x81, 0x00] {
+                        18
+                    } else {
+                        14
+                    };
+                    match split_into_tunnel(
+                        &bx.snap,
+                        tunnel,
+                        p.data(),
+                        l3,
+                        |len| Some(VecBuf::new(&vec![0u8; len])),
+                        |f| pieces.push(f),
+                    ) {
+                        Ok((port, n)) if n == pieces.len() && n > 1 => {
+                            pieces.iter().try_for_each(|f| {
+                                check(role, &e, in_port, b, Verdict::Forward(port), f.data())
+                            })
+                        }
+                        Ok((_, n)) => Err(format!("split into {n} ({} made)", pieces.len())),
+                        Err(r) => Err(format!("split failed: {r:?}")),
+                    }
+                }
+                _ => check(role, &e, in_port, b, v, p.data()),
+            };
+            if let Err(err) = res {
                 panic!(
                     "{role}: {err}\nverdict {v:?} on port {in_port}\ninput  {}\noutput {}",
                     hex(b),
@@ -642,7 +683,7 @@ fn run_role(
                 );
             }
             tally[match v {
-                Verdict::Forward(_) => 0,
+                Verdict::Forward(_) | Verdict::Icmp(_) | Verdict::Fragment { .. } => 0,
                 Verdict::Drop(_) => 1,
                 Verdict::SlowPath => 2,
             }] += 1;
@@ -658,7 +699,13 @@ fn culprit(role: &str, bx: &Box_, in_port: u16, headroom: usize, burst: &[Vec<u8
         let mut pkt = [VecBuf::with_headroom(b, headroom)];
         let mut v = [Verdict::SlowPath];
         if catch_unwind(AssertUnwindSafe(|| {
-            process(&bx.snap, in_port, &mut pkt, &mut v)
+            process(
+                &bx.snap,
+                &mut Context::with_frag_slots(4, 64),
+                in_port,
+                &mut pkt,
+                &mut v,
+            )
         }))
         .is_err()
         {

@@ -12,7 +12,7 @@ mod support;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use forwarder::pipeline::{process, DropReason, PacketBuf, VecBuf, Verdict};
+use forwarder::pipeline::{process, Context, DropReason, PacketBuf, VecBuf, Verdict};
 use forwarder::tables::{
     AggregatorRule, NeighbourCache, PortInfo, Role, Route, Rules, Snapshot, SnapshotHandle, Tunnel,
 };
@@ -55,18 +55,18 @@ fn vni(g: u64) -> u32 {
 
 fn ports() -> Vec<PortInfo> {
     vec![
-        PortInfo {
-            name: "line0".into(),
-            role: Role::Aggregator,
-            mac: mac(AGG_LINE),
-            addrs: vec![ip("203.0.113.1"), ip("2001:db8:113::1")],
-        },
-        PortInfo {
-            name: "uplink".into(),
-            role: Role::Aggregator,
-            mac: mac(AGG_UPLINK),
-            addrs: vec![ip("192.0.2.1"), ip("2001:db8:ffff::1")],
-        },
+        PortInfo::new(
+            "line0",
+            Role::Aggregator,
+            mac(AGG_LINE),
+            vec![ip("203.0.113.1"), ip("2001:db8:113::1")],
+        ),
+        PortInfo::new(
+            "uplink",
+            Role::Aggregator,
+            mac(AGG_UPLINK),
+            vec![ip("192.0.2.1"), ip("2001:db8:ffff::1")],
+        ),
     ]
 }
 
@@ -79,6 +79,7 @@ fn build(g: u64, ports: &[PortInfo], neighbours: &NeighbourCache) -> Snapshot {
         remote: ip(remote),
         vni: vni(g),
         inner_dst_mac: Some(mac(INNER)),
+        mtu: None,
     };
     let mut rules = Rules {
         tunnels: vec![
@@ -106,12 +107,14 @@ fn build(g: u64, ports: &[PortInfo], neighbours: &NeighbourCache) -> Snapshot {
             alias: alias_v4(g, x).into(),
             tunnel: t,
             line: None,
+            answer_ping: false,
         });
         rules.aggregator.push(AggregatorRule {
             capture: capture_v6(x).into(),
             alias: alias_v6(g, x).into(),
             tunnel: t,
             line: None,
+            answer_ping: false,
         });
     }
     Snapshot::build(&rules, ports, g, neighbours).unwrap()
@@ -189,7 +192,13 @@ fn check_whole(
     }
 
     bufs.iter_mut().zip(traffic).for_each(|(b, f)| b.reset(f));
-    process(snap, 0, bufs, verdicts);
+    process(
+        snap,
+        &mut Context::with_frag_slots(2, 64),
+        0,
+        bufs,
+        verdicts,
+    );
     for (i, (b, &v)) in bufs.iter().zip(verdicts.iter()).enumerate() {
         let (x, is_v6) = (i as u32 / 2, i % 2 == 1);
         if x >= circuits(g) {

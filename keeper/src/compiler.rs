@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use tarp_api::rules::{AggregatorRule, DemuxRule, RemuxRule, Rules};
+use tarp_api::rules::{AggregatorRule, DemuxRule, RemuxRule, Rules, TunnelPeer};
 
 use crate::circuits::{Circuit, CircuitState, Mode};
 use crate::inventory::{Inventory, NodeId, Role};
@@ -35,7 +35,10 @@ pub fn compile<'a>(
             r.tunnels.push(agg.tunnel.clone());
         }
         if let Some(r) = out.get_mut(&agg.demux) {
-            r.tunnel_peers.push(agg.tunnel.local);
+            r.tunnel_peers.push(TunnelPeer {
+                address: agg.tunnel.local,
+                vni: Some(agg.tunnel.vni),
+            });
         }
     }
 
@@ -56,6 +59,8 @@ pub fn compile<'a>(
                     alias: c.alias,
                     tunnel: agg.tunnel.id,
                     line: Some(c.line.clone()),
+                    // No app host owns a port-mode capture address: the POP answers.
+                    answer_ping: c.mode == Mode::Port,
                 });
             }
         }
@@ -94,7 +99,20 @@ pub fn compile<'a>(
         }
     }
 
+    // The remux clamps TCP MSS to the smallest inner budget of any tunnel.
+    let inner_mtu = inv
+        .aggregators
+        .iter()
+        .map(|a| {
+            a.tunnel.mtu.unwrap_or(1500)
+                - tarp_api::rules::tunnel_overhead(a.tunnel.remote.is_ipv6())
+        })
+        .min()
+        .filter(|&m| m != tarp_api::rules::DEFAULT_INNER_MTU);
     for rules in out.values_mut() {
+        if !rules.remux.is_empty() {
+            rules.inner_mtu = inner_mtu;
+        }
         rules.tunnels.sort();
         rules.tunnels.dedup();
         rules.aggregator.sort();
@@ -105,6 +123,15 @@ pub fn compile<'a>(
         rules.remux.dedup();
         rules.tunnel_peers.sort();
         rules.tunnel_peers.dedup();
+        // One VNI per peer address: a peer listed with several accepts any.
+        let mut peers: Vec<TunnelPeer> = Vec::with_capacity(rules.tunnel_peers.len());
+        for p in rules.tunnel_peers.drain(..) {
+            match peers.last_mut() {
+                Some(last) if last.address == p.address => last.vni = None,
+                _ => peers.push(p),
+            }
+        }
+        rules.tunnel_peers = peers;
     }
     out
 }
@@ -179,7 +206,8 @@ mod tests {
                 local: ip("192.0.2.1"),
                 remote: ip("192.0.2.100"),
                 vni: 100,
-                inner_dst_mac: None
+                inner_dst_mac: None,
+                mtu: None
             }]
         );
         assert_eq!(
@@ -194,7 +222,12 @@ mod tests {
         let dc = &out["dc-1"];
         assert_eq!(
             dc.tunnel_peers,
-            [ip("192.0.2.1"), ip("192.0.2.2"), ip("192.0.2.3")]
+            [("192.0.2.1", 100), ("192.0.2.2", 101), ("192.0.2.3", 102)].map(|(a, vni)| {
+                TunnelPeer {
+                    address: ip(a),
+                    vni: Some(vni),
+                }
+            })
         );
         assert_eq!(dc.routes.len(), 2);
         assert!(dc.tunnels.is_empty() && dc.demux.is_empty() && dc.remux.is_empty());
@@ -219,7 +252,8 @@ mod tests {
                 capture: ip("203.0.113.1"),
                 alias: ip("198.18.0.1"),
                 tunnel: 1,
-                line: Some("line0".into())
+                line: Some("line0".into()),
+                answer_ping: false
             }]
         );
         assert_eq!(
@@ -272,7 +306,8 @@ mod tests {
                 capture,
                 alias,
                 tunnel: 1,
-                line: Some("line0".into())
+                line: Some("line0".into()),
+                answer_ping: true
             }]
         );
         let port = |port: u16, app: &str| DemuxRule::Port {

@@ -202,6 +202,9 @@ struct TunnelEntry {
     demux: String,
     #[serde(default)]
     inner_dst_mac: Option<MacAddr>,
+    /// Path MTU between the POP and the DC (absent: the aggregator's egress port MTU).
+    #[serde(default)]
+    mtu: Option<u16>,
 }
 
 fn default_tunnel_id() -> u32 {
@@ -658,6 +661,7 @@ impl Inventory {
                     remote: a.tunnel.remote,
                     vni: a.tunnel.vni,
                     inner_dst_mac: a.tunnel.inner_dst_mac,
+                    mtu: a.tunnel.mtu,
                 },
                 demux: a.tunnel.demux,
                 lines,

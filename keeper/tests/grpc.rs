@@ -37,8 +37,14 @@ async fn activate_watch_bounce_release(t: Transport) {
     assert_eq!(initial.tunnels[0].remote, ip("192.0.2.100"));
     assert!(initial.aggregator.is_empty());
     assert_eq!(
-        dc.last().unwrap().1.tunnel_peers,
-        [ip("192.0.2.1"), ip("192.0.2.2"), ip("192.0.2.3")]
+        dc.last()
+            .unwrap()
+            .1
+            .tunnel_peers
+            .iter()
+            .map(|p| (p.address, p.vni))
+            .collect::<Vec<_>>(),
+        [("192.0.2.1", 100), ("192.0.2.2", 101), ("192.0.2.3", 102)].map(|(a, v)| (ip(a), Some(v)))
     );
 
     let mut app = AppClient::connect(&keeper).await.unwrap();
@@ -62,7 +68,8 @@ async fn activate_watch_bounce_release(t: Transport) {
             capture: c.capture,
             alias: c.alias,
             tunnel: 1,
-            line: Some("line0".into())
+            line: Some("line0".into()),
+            answer_ping: false
         }]
     );
     assert_eq!(c.generation, agg_gen);
@@ -671,7 +678,7 @@ fn tarp_keeper_check() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
-        EXAMPLE.replacen("vni = 100", "vni = 100, mtu = 1500", 1),
+        EXAMPLE.replacen("vni = 100", "vni = 100, colour = 1", 1),
     )
     .unwrap();
     let out = std::process::Command::new(keeper)
@@ -682,7 +689,7 @@ fn tarp_keeper_check() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("unknown field `mtu`"), "{err}");
+    assert!(err.contains("unknown field `colour`"), "{err}");
 
     // A Unix socket: checked, not created.
     let socket = dir.path().join("run/keeper.sock");

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use etherparse::PacketBuilder;
-use forwarder::pipeline::{process, PacketBuf, VecBuf, Verdict};
+use forwarder::pipeline::{process, Context, PacketBuf, VecBuf, Verdict};
 
 /// Control byte of one packet on port 0 with a DPDK mbuf's headroom (`tarp_fuzz::run`).
 const CTL: u8 = 6 << 2;
@@ -85,7 +85,7 @@ fn main() {
         .filter_map(|f| {
             let mut pkt = [VecBuf::new(f)];
             let mut v = [Verdict::SlowPath];
-            process(tarp_fuzz::aggregator(), 0, &mut pkt, &mut v);
+            process(tarp_fuzz::aggregator(), &mut Context::new(2), 0, &mut pkt, &mut v);
             matches!(v[0], Verdict::Forward(_)).then(|| pkt[0].data().to_vec())
         })
         .collect();

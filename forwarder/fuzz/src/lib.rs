@@ -12,7 +12,7 @@ use etherparse::{
 use forwarder::packet::arp::ArpPacket;
 use forwarder::packet::icmp::IcmpPacket;
 use forwarder::packet::{vxlan, EthernetFrame, Ipv4Packet, Ipv6Packet, MacAddr, TcpPacket, UdpPacket, VxlanPacket};
-use forwarder::pipeline::{process, DropReason, PacketBuf, VecBuf, Verdict};
+use forwarder::pipeline::{process, Context, DropReason, PacketBuf, VecBuf, Verdict};
 use forwarder::tables::{NeighbourCache, PortInfo, Role, Rules, Snapshot};
 
 fn mac(s: &str) -> MacAddr {
@@ -24,7 +24,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn port(name: &str, role: Role, m: &str, addrs: &[&str]) -> PortInfo {
-    PortInfo { name: name.into(), role, mac: mac(m), addrs: addrs.iter().map(|a| ip(a)).collect() }
+    PortInfo::new(name, role, mac(m), addrs.iter().map(|a| ip(a)).collect())
 }
 
 fn snapshot(ports: Vec<PortInfo>, rules_toml: &str, neighbours: &[(u16, &str, &str)]) -> Snapshot {
@@ -148,7 +148,8 @@ pub fn run(snap: &Snapshot, data: &[u8]) {
         (0..n).map(|i| if i + 1 == n { &rest[i * each..] } else { &rest[i * each..(i + 1) * each] }).collect();
     let mut pkts: Vec<VecBuf> = inputs.iter().map(|b| VecBuf::with_headroom(b, headroom)).collect();
     let mut verdicts = vec![Verdict::SlowPath; n];
-    process(snap, in_port, &mut pkts, &mut verdicts);
+    let mut ctx = Context::with_frag_slots(snap.ports.len(), 64);
+    process(snap, &mut ctx, in_port, &mut pkts, &mut verdicts);
     for ((before, pkt), &v) in inputs.iter().zip(&pkts).zip(&verdicts) {
         if let Err(e) = check(snap, in_port, before, v, pkt.data()) {
             panic!("{e}: verdict {v:?} on port {in_port}");

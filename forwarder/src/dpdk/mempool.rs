@@ -36,6 +36,22 @@ impl Mempool {
     /// `n_mbufs` is best a power of two minus one; `cache` at most 512 and at most
     /// `n_mbufs / 1.5`.
     pub fn new(name: &str, n_mbufs: u32, cache: u32, socket: i32) -> Result<Mempool, DpdkError> {
+        Self::with_data_room(name, n_mbufs, cache, socket, Self::DEFAULT_DATA_ROOM)
+    }
+
+    /// The packet bytes of an mbuf of a default pool (DPDK's 2048).
+    pub const DEFAULT_DATA_ROOM: u16 =
+        (dpdk_sys::RTE_MBUF_DEFAULT_BUF_SIZE - dpdk_sys::RTE_PKTMBUF_HEADROOM) as u16;
+
+    /// As [`Mempool::new`], with `data_room` bytes of packet per mbuf (after the
+    /// headroom): a frame must fit one mbuf, so jumbo ports need a larger room.
+    pub fn with_data_room(
+        name: &str,
+        n_mbufs: u32,
+        cache: u32,
+        socket: i32,
+        data_room: u16,
+    ) -> Result<Mempool, DpdkError> {
         ensure_ready()?;
         if name.len() >= dpdk_sys::RTE_MEMPOOL_NAMESIZE as usize {
             return Err(DpdkError::InvalidArgument(format!(
@@ -54,7 +70,7 @@ impl Mempool {
                 n_mbufs,
                 cache,
                 0,
-                dpdk_sys::RTE_MBUF_DEFAULT_BUF_SIZE as u16,
+                data_room.saturating_add(dpdk_sys::RTE_PKTMBUF_HEADROOM as u16),
                 socket,
             )
         };
@@ -64,11 +80,22 @@ impl Mempool {
     }
 
     /// Creates a pool on NUMA `socket` with a name of its own (`tarp_s<socket>_<n>`).
-    pub fn for_socket(n_mbufs: u32, cache: u32, socket: u32) -> Result<Mempool, DpdkError> {
+    pub fn for_socket(
+        n_mbufs: u32,
+        cache: u32,
+        socket: u32,
+        data_room: u16,
+    ) -> Result<Mempool, DpdkError> {
         let n = NEXT_POOL.fetch_add(1, Ordering::Relaxed);
         let socket_id = i32::try_from(socket)
             .map_err(|_| DpdkError::InvalidArgument(format!("socket {socket} out of range")))?;
-        Mempool::new(&format!("tarp_s{socket}_{n}"), n_mbufs, cache, socket_id)
+        Mempool::with_data_room(
+            &format!("tarp_s{socket}_{n}"),
+            n_mbufs,
+            cache,
+            socket_id,
+            data_room,
+        )
     }
 
     /// The pool's name.

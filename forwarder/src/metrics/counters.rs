@@ -25,6 +25,11 @@ pub struct PortCounters {
     pub forwarded: AtomicU64,
     /// Packets received on the port and handed to the slow path.
     pub slow_path: AtomicU64,
+    /// ICMP messages the pipelines made from packets received on the port (too big,
+    /// echo replies from capture addresses).
+    pub icmp_sent: AtomicU64,
+    /// Packets received on the port that were split into fragments to fit a tunnel.
+    pub fragmented: AtomicU64,
     /// Packets received on the port and dropped, by reason.
     pub drops: [AtomicU64; DropReason::COUNT],
 }
@@ -63,6 +68,10 @@ pub struct PortTotals {
     pub forwarded: u64,
     /// To the slow path.
     pub slow_path: u64,
+    /// ICMP made from what was received here.
+    pub icmp_sent: u64,
+    /// Split into fragments.
+    pub fragmented: u64,
     /// Dropped, by reason.
     pub drops: [u64; DropReason::COUNT],
 }
@@ -76,6 +85,8 @@ pub fn totals(workers: &[&WorkerStats], ports: usize) -> Vec<PortTotals> {
             t.tx += c.tx.load(Ordering::Relaxed);
             t.forwarded += c.forwarded.load(Ordering::Relaxed);
             t.slow_path += c.slow_path.load(Ordering::Relaxed);
+            t.icmp_sent += c.icmp_sent.load(Ordering::Relaxed);
+            t.fragmented += c.fragmented.load(Ordering::Relaxed);
             for (d, s) in t.drops.iter_mut().zip(c.drops.iter()) {
                 *d += s.load(Ordering::Relaxed);
             }

@@ -102,6 +102,28 @@ pub fn render(s: &Scrape) -> String {
     }
     family(
         &mut o,
+        "tarp_port_icmp_sent_total",
+        "counter",
+        "ICMP messages made from packets received on a port (too big, echo replies from capture addresses).",
+    );
+    for ((name, role), t) in s.ports.iter().zip(&s.totals) {
+        let _ = writeln!(
+            o,
+            "tarp_port_icmp_sent_total{{node=\"{node}\",port=\"{name}\",role=\"{role}\"}} {}",
+            t.icmp_sent
+        );
+    }
+    family(
+        &mut o,
+        "tarp_port_fragmented_packets_total",
+        "counter",
+        "Packets received on a port and split into fragments to fit their tunnel.",
+    );
+    for ((name, role), t) in s.ports.iter().zip(&s.totals) {
+        let _ = writeln!(o, "tarp_port_fragmented_packets_total{{node=\"{node}\",port=\"{name}\",role=\"{role}\"}} {}", t.fragmented);
+    }
+    family(
+        &mut o,
         "tarp_port_drops_total",
         "counter",
         "Packets received on a port and dropped, by reason.",

@@ -2,7 +2,7 @@
 
 use std::net::Ipv6Addr;
 
-use super::{be16, ip_proto, set_be16, Error, Result};
+use super::{be16, be32, ip_proto, set_be16, Error, Result};
 
 /// Field offsets within the header (byte ranges for multi-byte fields), for the fast
 /// paths that index a frame directly.
@@ -42,6 +42,8 @@ pub struct UpperLayer {
     pub offset: usize,
     /// Fragment offset in bytes and more-fragments flag, if a fragment header was seen.
     pub fragment: Option<(u16, bool)>,
+    /// The fragment header's identification (0 without one).
+    pub fragment_id: u32,
 }
 
 impl UpperLayer {
@@ -120,6 +122,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         let mut next = self.next_header();
         let mut off = HEADER_LEN;
         let mut fragment = None;
+        let mut fragment_id = 0;
         for _ in 0..MAX_EXT_HEADERS {
             let len = match next {
                 ip_proto::HOPOPTS | ip_proto::ROUTING | ip_proto::DSTOPTS => {
@@ -134,6 +137,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
                     }
                     let w = be16(b, off + 2);
                     fragment = Some((w & 0xfff8, w & 1 == 1));
+                    fragment_id = be32(b, off + 4);
                     8
                 }
                 ip_proto::AH => {
@@ -147,6 +151,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
                         protocol,
                         offset: off,
                         fragment,
+                        fragment_id,
                     })
                 }
             };
@@ -161,6 +166,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
                     protocol: next,
                     offset: off,
                     fragment,
+                    fragment_id,
                 });
             }
         }
@@ -227,7 +233,8 @@ mod tests {
             UpperLayer {
                 protocol: 17,
                 offset: 40,
-                fragment: None
+                fragment: None,
+                fragment_id: 0
             }
         );
     }
@@ -246,7 +253,8 @@ mod tests {
             UpperLayer {
                 protocol: 6,
                 offset: 56,
-                fragment: Some((0, true))
+                fragment: Some((0, true)),
+                fragment_id: 1
             }
         );
         assert!(!ul.is_later_fragment());

@@ -34,6 +34,9 @@ pub enum Error {
     /// A protocol or option tarp does not handle.
     #[error("unsupported protocol")]
     Unsupported,
+    /// A header checksum that does not verify.
+    #[error("bad header checksum")]
+    Checksum,
 }
 
 /// Result of a checked constructor or parse.

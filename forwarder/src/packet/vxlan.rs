@@ -262,11 +262,11 @@ pub struct OuterInfo {
 }
 
 /// The common case of [`parse_outer`]: untagged, IPv4 without options, not a fragment,
-/// UDP to 4789 with consistent lengths and the I flag. Returns (outer source, outer
-/// destination, inner frame length); the inner frame starts at [`OUTER_LEN_V4`].
-/// `None` means "ask [`parse_outer`]".
+/// a correct header checksum, UDP to 4789 with consistent lengths and the I flag.
+/// Returns (outer source, outer destination, VNI, inner frame length); the inner frame
+/// starts at [`OUTER_LEN_V4`]. `None` means "ask [`parse_outer`]".
 #[inline(always)]
-pub fn parse_outer_v4_fast(b: &[u8]) -> Option<(u32, u32, usize)> {
+pub fn parse_outer_v4_fast(b: &[u8]) -> Option<(u32, u32, u32, usize)> {
     const L3: usize = ethernet::HEADER_LEN;
     const L4: usize = L3 + ipv4::HEADER_LEN;
     const VX: usize = L4 + udp::HEADER_LEN;
@@ -288,9 +288,13 @@ pub fn parse_outer_v4_fast(b: &[u8]) -> Option<(u32, u32, usize)> {
     {
         return None;
     }
+    if super::checksum::fold(super::checksum::sum(0, &b[L3..L4])) != 0xffff {
+        return None;
+    }
     Some((
         be32(b, L3 + ipv4::SRC_OFFSET),
         be32(b, L3 + ipv4::DST_OFFSET),
+        be32(b, VX + field::VNI) >> 8,
         udp_len - udp::HEADER_LEN - HEADER_LEN,
     ))
 }
@@ -305,6 +309,9 @@ pub fn parse_outer(b: &[u8]) -> Result<OuterInfo> {
             let ip = Ipv4Packet::new_checked(l3)?;
             if ip.protocol() != ip_proto::UDP || ip.is_fragment() {
                 return Err(Error::Unsupported);
+            }
+            if !ip.verify_checksum() {
+                return Err(Error::Checksum);
             }
             (
                 IpAddr::V4(ip.src()),

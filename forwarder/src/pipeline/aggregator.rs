@@ -1,12 +1,21 @@
 //! Aggregator (POP): capture address -> demux alias, then into the VXLAN tunnel.
+//!
+//! Besides the rewrite: martian sources are dropped; a SYN's MSS is clamped to the
+//! tunnel's inner budget; a packet that does not fit the tunnel gets ICMP "too big" from
+//! the capture address (DF set, or IPv6) or is split (IPv4 without DF); an echo request
+//! to a port-mode capture address is answered here, as the host the device talks to.
 
-use crate::packet::vxlan;
-use crate::packet::{be32, ipv4};
-use crate::tables::{Key, PortEntry, Snapshot};
+use crate::packet::icmp::{v4_type, v6_type};
+use crate::packet::{be32, ip_proto, ipv4, vxlan};
+use crate::tables::{Key, PortEntry, PortId, Snapshot};
 
-use super::parse::{addr6, classify, Ip, L3};
-use super::rewrite::{decrement_ttl, rewrite_v4, rewrite_v6, set_macs};
-use super::{DropReason, PacketBuf, Verdict, MAX_BURST};
+use super::icmp::{echo_reply_in_place, too_big_in_place};
+use super::mss;
+use super::parse::{addr6, classify, ip_end, Ip, L3};
+use super::rewrite::{
+    decrement_ttl, martian_v4, martian_v6, rewrite_v4, rewrite_v6, set_macs, to_slow_path,
+};
+use super::{Context, DropReason, PacketBuf, Verdict, MAX_BURST};
 
 #[derive(Clone, Copy, Default)]
 struct Pending {
@@ -14,24 +23,28 @@ struct Pending {
     key4: u32,
     key6: [u8; 16],
     hash: u64,
+    src_hash: u64,
 }
 
 /// Runs the aggregator over at most [`MAX_BURST`] packets received on `port`.
 pub(super) fn run<B: PacketBuf>(
     snap: &Snapshot,
+    ctx: &mut Context,
+    in_port: PortId,
     port: &PortEntry,
     pkts: &mut [B],
     out: &mut [Verdict],
 ) {
     let mut pending = [Pending::default(); MAX_BURST];
     let mut todo = [false; MAX_BURST];
-    // Pass 1: parse, hash the destination, prefetch its slot.
+    // Pass 1: parse, hash the destination (and the source, for the martian check),
+    // prefetch their slots.
     for (i, pkt) in pkts.iter().enumerate() {
         let b = pkt.data();
         out[i] = match classify(b, Some(port.mac)) {
             Err(reason) => Verdict::Drop(reason),
-            Ok(L3::Arp) => Verdict::SlowPath,
-            Ok(L3::Ip(ip)) if ip.is_nd(b) => Verdict::SlowPath,
+            Ok(l3 @ L3::Arp) => to_slow_path(ctx, in_port, b, &l3),
+            Ok(l3 @ L3::Ip(ip)) if ip.is_nd(b) => to_slow_path(ctx, in_port, b, &l3),
             Ok(L3::Ip(ip)) => {
                 let off = ip.dst_off();
                 let mut p = Pending {
@@ -42,10 +55,14 @@ pub(super) fn run<B: PacketBuf>(
                     p.key6 = addr6(b, off);
                     p.hash = p.key6.hash64();
                     snap.v6.aggregator.prefetch(p.hash);
+                    p.src_hash = addr6(b, ip.src_off()).hash64();
+                    snap.v6.aggregator.prefetch(p.src_hash);
                 } else {
                     p.key4 = be32(b, off);
                     p.hash = p.key4.hash64();
                     snap.v4.aggregator.prefetch(p.hash);
+                    p.src_hash = be32(b, ip.src_off()).hash64();
+                    snap.v4.aggregator.prefetch(p.src_hash);
                 }
                 pending[i] = p;
                 todo[i] = true;
@@ -56,41 +73,98 @@ pub(super) fn run<B: PacketBuf>(
     // Pass 2: look up, rewrite, encapsulate.
     for (i, pkt) in pkts.iter_mut().enumerate() {
         if todo[i] {
-            out[i] = one(snap, port, pkt, &pending[i]);
+            out[i] = one(snap, ctx, in_port, port, pkt, &pending[i]);
         }
     }
 }
 
 #[inline]
-fn one<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkt: &mut B, p: &Pending) -> Verdict {
+fn one<B: PacketBuf>(
+    snap: &Snapshot,
+    ctx: &mut Context,
+    in_port: PortId,
+    port: &PortEntry,
+    pkt: &mut B,
+    p: &Pending,
+) -> Verdict {
     let ip = &p.ip;
-    let b = pkt.data_mut();
-    let tunnel = if ip.v6 {
+    let b = pkt.data();
+    let mut alias4 = 0;
+    let mut alias6 = [0u8; 16];
+    let (entry_tunnel, answer_ping, delta) = if ip.v6 {
         let Some(e) = snap.v6.aggregator.get_hashed(&p.key6, p.hash) else {
-            return miss(port.is_local_v6(p.key6));
+            return miss(ctx, in_port, b, ip, port.is_local_v6(p.key6));
         };
-        if !decrement_ttl(b, ip) {
-            return Verdict::Drop(DropReason::TtlExpired);
+        let src = addr6(b, ip.src_off());
+        if martian_v6(snap, &src) || snap.v6.aggregator.get_hashed(&src, p.src_hash).is_some() {
+            return Verdict::Drop(DropReason::Martian);
         }
-        rewrite_v6(b, ip, ip.dst_off(), e.alias, e.delta);
-        e.tunnel
+        alias6 = e.alias;
+        (e.tunnel, e.answer_ping, e.delta)
     } else {
         let Some(e) = snap.v4.aggregator.get_hashed(&p.key4, p.hash) else {
-            return miss(port.is_local_v4(p.key4));
+            return miss(ctx, in_port, b, ip, port.is_local_v4(p.key4));
         };
-        if !decrement_ttl(b, ip) {
+        let src = be32(b, ip.src_off());
+        if martian_v4(snap, src) || snap.v4.aggregator.get_hashed(&src, p.src_hash).is_some() {
+            return Verdict::Drop(DropReason::Martian);
+        }
+        alias4 = e.alias;
+        (e.tunnel, e.answer_ping, e.delta)
+    };
+    if answer_ping && is_echo_request(b, ip) {
+        if !ctx.icmp_token(in_port as usize) {
+            return Verdict::Drop(DropReason::SlowPathLimit);
+        }
+        echo_reply_in_place(pkt.data_mut(), ip);
+        return Verdict::Icmp(in_port);
+    }
+    let t = &snap.tunnels[entry_tunnel as usize];
+    // Does it fit? The ICMP error quotes the packet as it arrived, so decide first.
+    let len = ip_end(b, ip) - ip.l3;
+    let fragment = len > t.inner_mtu as usize;
+    if fragment && (ip.v6 || dont_fragment(b, ip)) {
+        let ttl = if ip.v6 {
+            crate::packet::ipv6::field::HOP_LIMIT
+        } else {
+            ipv4::field::TTL
+        };
+        if b[ip.l3 + ttl] <= 1 {
             return Verdict::Drop(DropReason::TtlExpired);
         }
-        rewrite_v4(b, ip, ip.l3 + ipv4::DST_OFFSET, e.alias, e.delta);
-        e.tunnel
-    };
-    let t = &snap.tunnels[tunnel as usize];
+        if !ctx.icmp_token(in_port as usize) || !too_big_in_place(pkt, ip, t.inner_mtu) {
+            return Verdict::Drop(DropReason::TooBig);
+        }
+        return Verdict::Icmp(in_port);
+    }
+    let b = pkt.data_mut();
+    if !decrement_ttl(b, ip) {
+        return Verdict::Drop(DropReason::TtlExpired);
+    }
+    if port.clamp_mss {
+        mss::clamp(b, ip, mss::mss_for(t.inner_mtu, ip.v6));
+    }
+    if ip.v6 {
+        rewrite_v6(b, ip, ip.dst_off(), alias6, delta);
+    } else {
+        rewrite_v4(b, ip, ip.l3 + ipv4::DST_OFFSET, alias4, delta);
+    }
     let nh = &snap.next_hops[t.next_hop as usize];
     let Some(nh_mac) = nh.mac() else {
         return Verdict::Drop(DropReason::NoNeighbour);
     };
     set_macs(b, t.inner_dst_mac, snap.ports[nh.port as usize].mac);
-    let src_port = vxlan::flow_port(flow_hash(b, ip));
+    if fragment {
+        return Verdict::Fragment {
+            tunnel: entry_tunnel,
+        };
+    }
+    let hash = if ip.frag {
+        frag_flow_hash(b, ip.l3)
+    } else {
+        flow_hash(b, ip)
+    };
+    let src_port = vxlan::flow_port(hash);
     if !pkt.prepend(t.outer.len()) {
         return Verdict::Drop(DropReason::NoHeadroom);
     }
@@ -100,11 +174,27 @@ fn one<B: PacketBuf>(snap: &Snapshot, port: &PortEntry, pkt: &mut B, p: &Pending
     Verdict::Forward(nh.port)
 }
 
-/// No circuit: traffic to the port's own address is the slow path's, the rest is dropped.
 #[inline]
-fn miss(local: bool) -> Verdict {
+fn dont_fragment(b: &[u8], ip: &Ip) -> bool {
+    crate::packet::be16(b, ip.l3 + ipv4::field::FLG_OFF) & ipv4::FLAG_DF != 0
+}
+
+#[inline]
+fn is_echo_request(b: &[u8], ip: &Ip) -> bool {
+    !ip.frag
+        && if ip.v6 {
+            ip.proto == ip_proto::ICMPV6 && b[ip.l4] == v6_type::ECHO_REQUEST
+        } else {
+            ip.proto == ip_proto::ICMP && b[ip.l4] == v4_type::ECHO_REQUEST
+        }
+}
+
+/// No circuit: what the slow path answers for the port's own address goes there, the
+/// rest is dropped.
+#[inline]
+fn miss(ctx: &mut Context, in_port: PortId, b: &[u8], ip: &Ip, local: bool) -> Verdict {
     if local {
-        Verdict::SlowPath
+        to_slow_path(ctx, in_port, b, &L3::Ip(*ip))
     } else {
         Verdict::Drop(DropReason::NoCircuit)
     }
@@ -114,15 +204,34 @@ fn miss(local: bool) -> Verdict {
 /// the same flow always takes the same port, so the receiver's RSS keeps it on one core.
 #[inline(always)]
 fn flow_hash(b: &[u8], ip: &Ip) -> u32 {
-    let (s, d) = (ip.src_off(), ip.dst_off());
-    let mut x = if ip.v6 {
-        let a = u128::from_ne_bytes(addr6(b, s)) ^ u128::from_ne_bytes(addr6(b, d)).rotate_left(17);
-        (a as u64) ^ (a >> 64) as u64
-    } else {
-        ((be32(b, s) as u64) << 32) | be32(b, d) as u64
-    };
+    let mut x = addr_hash(b, ip);
     if ip.has_ports() {
         x ^= (be32(b, ip.l4) as u64).rotate_left(7) ^ ip.proto as u64;
     }
     (x.hash64() >> 32) as u32
+}
+
+#[inline(always)]
+fn addr_hash(b: &[u8], ip: &Ip) -> u64 {
+    let (s, d) = (ip.src_off(), ip.dst_off());
+    if ip.v6 {
+        let a = u128::from_ne_bytes(addr6(b, s)) ^ u128::from_ne_bytes(addr6(b, d)).rotate_left(17);
+        (a as u64) ^ (a >> 64) as u64
+    } else {
+        ((be32(b, s) as u64) << 32) | be32(b, d) as u64
+    }
+}
+
+/// The flow hash of a fragment: addresses and protocol only, so that every fragment of a
+/// datagram (only the first has ports) takes the same outer port, hence the same DC core.
+#[inline]
+pub(super) fn frag_flow_hash(b: &[u8], l3: usize) -> u32 {
+    let v6 = b[l3] >> 4 == 6;
+    let ip = Ip {
+        v6,
+        l3,
+        ..Ip::default()
+    };
+    let proto = if v6 { 0 } else { b[l3 + ipv4::field::PROTOCOL] };
+    ((addr_hash(b, &ip) ^ proto as u64).hash64() >> 32) as u32
 }

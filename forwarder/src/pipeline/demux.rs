@@ -1,18 +1,33 @@
 //! Demux (data center): decapsulate, then alias -> app host (port mode) or alias ->
 //! capture address delivered to the app host (address mode).
+//!
+//! Port mode also needs what has no ports of its own: a non-first fragment follows its
+//! first fragment's decision (the worker's fragment table), and an ICMP error about a
+//! reply (port unreachable from a device, "too big" from a router) is steered by the
+//! reply it quotes, whose source port names the circuit; its outer destination and the
+//! quoted source both become the app host, so the app host's kernel matches it to the
+//! socket that sent the reply.
 
 use crate::packet::{be32, ethernet, vxlan, Error};
-use crate::tables::{port_key_v4, port_key_v6, Key, PortEntry, Rewrite, Snapshot};
+use crate::tables::{port_key_v4, port_key_v6, Key, PortEntry, PortId, Rewrite, Snapshot, ANY_VNI};
 
+use super::frag::{FragHit, FragKey};
+use super::icmp::{quote, rewrite_quote, Field, Quote};
 use super::parse::{addr6, classify, Ip, L3};
-use super::rewrite::{decrement_ttl, miss, rewrite_v4, rewrite_v6, to_next_hop};
-use super::{DropReason, PacketBuf, Verdict, MAX_BURST};
+use super::rewrite::{decrement_ttl, miss, rewrite_v4, rewrite_v6, to_next_hop, to_slow_path};
+use super::{Context, DropReason, PacketBuf, Verdict, MAX_BURST};
 
 #[derive(Clone, Copy, Default)]
 struct Pending {
     ip: Ip,
     dst4: u32,
     dst6: [u8; 16],
+    /// The port-mode key's port: the packet's destination port, or the source port of
+    /// the reply an ICMP error quotes.
+    port: u16,
+    proto: u8,
+    keyed: bool,
+    quote: Option<Quote>,
     port_key_hash: u64,
     addr_hash: u64,
 }
@@ -20,6 +35,8 @@ struct Pending {
 /// Runs the demux over at most [`MAX_BURST`] packets received on `port`.
 pub(super) fn run<B: PacketBuf>(
     snap: &Snapshot,
+    ctx: &mut Context,
+    in_port: PortId,
     port: &PortEntry,
     pkts: &mut [B],
     out: &mut [Verdict],
@@ -28,7 +45,7 @@ pub(super) fn run<B: PacketBuf>(
     let mut todo = [false; MAX_BURST];
     // Pass 1: check and strip the tunnel, parse the inner packet, prefetch its slots.
     for (i, pkt) in pkts.iter_mut().enumerate() {
-        match decapsulate(snap, port, pkt) {
+        match decapsulate(snap, ctx, in_port, port, pkt) {
             Err(v) => out[i] = v,
             Ok(ip) => {
                 let b = pkt.data();
@@ -37,10 +54,15 @@ pub(super) fn run<B: PacketBuf>(
                     ip,
                     ..Pending::default()
                 };
+                if ip.has_ports() {
+                    (p.keyed, p.port, p.proto) = (true, ip.dst_port(b), ip.proto);
+                } else if let Some(q) = quote(b, &ip) {
+                    (p.keyed, p.port, p.proto, p.quote) = (true, q.src_port(b), q.proto, Some(q));
+                }
                 if ip.v6 {
                     p.dst6 = addr6(b, off);
-                    if ip.has_ports() && !snap.v6.demux_port.is_empty() {
-                        p.port_key_hash = port_key_v6(p.dst6, ip.proto, ip.dst_port(b)).hash64();
+                    if p.keyed && !snap.v6.demux_port.is_empty() {
+                        p.port_key_hash = port_key_v6(p.dst6, p.proto, p.port).hash64();
                         snap.v6.demux_port.prefetch(p.port_key_hash);
                     }
                     if !snap.v6.demux_addr.is_empty() {
@@ -49,8 +71,8 @@ pub(super) fn run<B: PacketBuf>(
                     }
                 } else {
                     p.dst4 = be32(b, off);
-                    if ip.has_ports() && !snap.v4.demux_port.is_empty() {
-                        p.port_key_hash = port_key_v4(p.dst4, ip.proto, ip.dst_port(b)).hash64();
+                    if p.keyed && !snap.v4.demux_port.is_empty() {
+                        p.port_key_hash = port_key_v4(p.dst4, p.proto, p.port).hash64();
                         snap.v4.demux_port.prefetch(p.port_key_hash);
                     }
                     if !snap.v4.demux_addr.is_empty() {
@@ -66,7 +88,7 @@ pub(super) fn run<B: PacketBuf>(
     // Pass 2: look up and rewrite.
     for (i, pkt) in pkts.iter_mut().enumerate() {
         if todo[i] {
-            out[i] = one(snap, pkt, &pending[i]);
+            out[i] = one(snap, ctx, pkt, &pending[i]);
         }
     }
 }
@@ -76,6 +98,8 @@ pub(super) fn run<B: PacketBuf>(
 #[inline]
 fn decapsulate<B: PacketBuf>(
     snap: &Snapshot,
+    ctx: &mut Context,
+    in_port: PortId,
     port: &PortEntry,
     pkt: &mut B,
 ) -> Result<Ip, Verdict> {
@@ -87,50 +111,56 @@ fn decapsulate<B: PacketBuf>(
             DropReason::OtherHost
         }));
     }
-    if let Some((src, dst, inner_len)) = vxlan::parse_outer_v4_fast(b) {
+    let group = b[ethernet::field::DST.start] & 1 == 1;
+    if let Some((src, dst, vni, inner_len)) = vxlan::parse_outer_v4_fast(b) {
+        if group {
+            return Err(Verdict::Drop(DropReason::GroupAddress));
+        }
         if !port.is_local_v4(dst) {
             return Err(Verdict::Drop(DropReason::OtherHost));
         }
-        if snap.v4.peers.get(&src).is_none() {
-            return Err(Verdict::Drop(DropReason::NotTunnelPeer));
+        match snap.v4.peers.get(&src) {
+            None => return Err(Verdict::Drop(DropReason::NotTunnelPeer)),
+            Some(&want) if want != ANY_VNI && want != vni => {
+                return Err(Verdict::Drop(DropReason::BadVni))
+            }
+            Some(_) => {}
         }
         if !pkt.adj(vxlan::OUTER_LEN_V4) || !pkt.truncate(inner_len) {
             return Err(Verdict::Drop(DropReason::Malformed));
         }
-        return match classify(pkt.data(), None) {
-            Ok(L3::Ip(ip)) => Ok(ip),
-            Ok(L3::Arp) => Err(Verdict::Drop(DropReason::Unsupported)),
-            Err(r) => Err(Verdict::Drop(r)),
-        };
+        return inner(pkt.data());
     }
     match vxlan::parse_outer(b) {
         Ok(outer) => {
-            let ours = port.is_local(outer.dst);
-            if !ours {
+            if group {
+                return Err(Verdict::Drop(DropReason::GroupAddress));
+            }
+            if !port.is_local(outer.dst) {
                 return Err(Verdict::Drop(DropReason::OtherHost));
             }
-            let peer = match outer.src {
-                std::net::IpAddr::V4(a) => snap.v4.peers.get(&u32::from(a)).is_some(),
-                std::net::IpAddr::V6(a) => snap.v6.peers.get(&a.octets()).is_some(),
+            let want = match outer.src {
+                std::net::IpAddr::V4(a) => snap.v4.peers.get(&u32::from(a)),
+                std::net::IpAddr::V6(a) => snap.v6.peers.get(&a.octets()),
             };
-            if !peer {
-                return Err(Verdict::Drop(DropReason::NotTunnelPeer));
+            match want {
+                None => return Err(Verdict::Drop(DropReason::NotTunnelPeer)),
+                Some(&want) if want != ANY_VNI && want != outer.vni => {
+                    return Err(Verdict::Drop(DropReason::BadVni))
+                }
+                Some(_) => {}
             }
             if !pkt.adj(outer.inner_offset) || !pkt.truncate(outer.inner_len) {
                 return Err(Verdict::Drop(DropReason::Malformed));
             }
-            match classify(pkt.data(), None) {
-                Ok(L3::Ip(ip)) => Ok(ip),
-                Ok(L3::Arp) => Err(Verdict::Drop(DropReason::Unsupported)),
-                Err(r) => Err(Verdict::Drop(r)),
-            }
+            inner(pkt.data())
         }
         // Not a tunnel packet: ARP, neighbour discovery and pings to the port itself.
         Err(Error::Unsupported) => Err(match classify(b, Some(port.mac)) {
             Err(r) => Verdict::Drop(r),
-            Ok(L3::Arp) => Verdict::SlowPath,
-            Ok(L3::Ip(ip)) if ip.is_nd(b) => Verdict::SlowPath,
-            Ok(L3::Ip(ip)) => {
+            Ok(l3 @ L3::Arp) => to_slow_path(ctx, in_port, b, &l3),
+            Ok(l3 @ L3::Ip(ip)) if ip.is_nd(b) => to_slow_path(ctx, in_port, b, &l3),
+            Ok(l3 @ L3::Ip(ip)) => {
                 let off = ip.dst_off();
                 let local = if ip.v6 {
                     port.is_local_v6(addr6(b, off))
@@ -138,59 +168,129 @@ fn decapsulate<B: PacketBuf>(
                     port.is_local_v4(be32(b, off))
                 };
                 if local {
-                    Verdict::SlowPath
+                    to_slow_path(ctx, in_port, b, &l3)
                 } else {
                     Verdict::Drop(DropReason::Unsupported)
                 }
             }
         }),
+        Err(Error::Checksum) => Err(Verdict::Drop(DropReason::BadChecksum)),
         Err(_) => Err(Verdict::Drop(DropReason::Malformed)),
     }
 }
 
+/// The inner frame of a tunnel packet: an IP packet (ARP does not cross tunnels).
 #[inline]
-fn one<B: PacketBuf>(snap: &Snapshot, pkt: &mut B, p: &Pending) -> Verdict {
+fn inner(b: &[u8]) -> Result<Ip, Verdict> {
+    match classify(b, None) {
+        Ok(L3::Ip(ip)) => Ok(ip),
+        Ok(L3::Arp) => Err(Verdict::Drop(DropReason::Unsupported)),
+        Err(r) => Err(Verdict::Drop(r)),
+    }
+}
+
+/// The fragment-table key of a fragment whose destination is `dst` (before rewrite).
+#[inline]
+pub(super) fn frag_key(b: &[u8], ip: &Ip) -> FragKey {
+    let mut k = FragKey {
+        id: ip.frag_id,
+        proto: ip.proto,
+        v6: ip.v6,
+        ..FragKey::default()
+    };
+    let n = if ip.v6 { 16 } else { 4 };
+    k.src[..n].copy_from_slice(&b[ip.src_off()..ip.src_off() + n]);
+    k.dst[..n].copy_from_slice(&b[ip.dst_off()..ip.dst_off() + n]);
+    k
+}
+
+#[inline]
+fn one<B: PacketBuf>(snap: &Snapshot, ctx: &mut Context, pkt: &mut B, p: &Pending) -> Verdict {
     let ip = &p.ip;
     let b = pkt.data_mut();
-    let nh = if ip.v6 {
-        let hit: Option<&Rewrite<[u8; 16]>> = if ip.has_ports() {
-            let k = port_key_v6(p.dst6, ip.proto, ip.dst_port(b));
+    let generation = snap.generation();
+    // A later fragment follows its first (port mode) or its address (address mode).
+    if ip.later_frag {
+        if let Some(h) = ctx.frags.get(&frag_key(b, ip), generation, ctx.now_ms()) {
+            if !decrement_ttl(b, ip) {
+                return Verdict::Drop(DropReason::TtlExpired);
+            }
+            if ip.v6 {
+                rewrite_v6(b, ip, ip.dst_off(), h.addr, h.delta);
+            } else {
+                let mut a = [0u8; 4];
+                a.copy_from_slice(&h.addr[..4]);
+                rewrite_v4(b, ip, ip.dst_off(), u32::from_be_bytes(a), h.delta);
+            }
+            return to_next_hop(snap, b, ip, h.next_hop);
+        }
+    }
+    let (nh, port_hit, hit) = if ip.v6 {
+        let hit: Option<&Rewrite<[u8; 16]>> = if p.keyed {
+            let k = port_key_v6(p.dst6, p.proto, p.port);
             snap.v6.demux_port.get_hashed(&k, p.port_key_hash)
         } else {
             None
         };
+        let port_hit = hit.is_some();
         let Some(r) = hit
             .or_else(|| snap.v6.demux_addr.get_hashed(&p.dst6, p.addr_hash))
             .copied()
         else {
             return miss(ip);
         };
+        if ip.frag && port_hit {
+            let key = frag_key(b, ip);
+            let hit = FragHit {
+                addr: r.addr,
+                delta: r.delta,
+                next_hop: r.next_hop,
+            };
+            ctx.frags.insert(key, hit, generation, ctx.now_ms());
+        }
         if !decrement_ttl(b, ip) {
             return Verdict::Drop(DropReason::TtlExpired);
         }
         rewrite_v6(b, ip, ip.dst_off(), r.addr, r.delta);
-        r.next_hop
+        (r.next_hop, port_hit, r.addr)
     } else {
         let dst = p.dst4;
-        let hit = if ip.has_ports() {
-            let k = port_key_v4(dst, ip.proto, ip.dst_port(b));
+        let hit = if p.keyed {
+            let k = port_key_v4(dst, p.proto, p.port);
             snap.v4.demux_port.get_hashed(&k, p.port_key_hash)
         } else {
             None
         };
+        let port_hit = hit.is_some();
         let Some(r) = hit
             .or_else(|| snap.v4.demux_addr.get_hashed(&dst, p.addr_hash))
             .copied()
         else {
             return miss(ip);
         };
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&r.addr.to_be_bytes());
+        if ip.frag && port_hit {
+            let key = frag_key(b, ip);
+            let hit = FragHit {
+                addr,
+                delta: r.delta,
+                next_hop: r.next_hop,
+            };
+            ctx.frags.insert(key, hit, generation, ctx.now_ms());
+        }
         if !decrement_ttl(b, ip) {
             return Verdict::Drop(DropReason::TtlExpired);
         }
         rewrite_v4(b, ip, ip.dst_off(), r.addr, r.delta);
-        r.next_hop
+        (r.next_hop, port_hit, addr)
     };
-    to_next_hop(snap, b, nh)
+    // An error about a reply: the quoted reply's source becomes the app host too.
+    if let (true, Some(q)) = (port_hit, &p.quote) {
+        let n = if ip.v6 { 16 } else { 4 };
+        rewrite_quote(b, ip, q, Field::Src, &hit[..n]);
+    }
+    to_next_hop(snap, b, ip, nh)
 }
 
 /// True if the frame's destination MAC is the port's or a group address.

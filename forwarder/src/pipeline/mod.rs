@@ -7,17 +7,26 @@
 //! packet, then look up and rewrite, so that cache misses of a big table overlap.
 //!
 //! Every rewrite decrements the TTL or hop limit and fixes checksums incrementally;
-//! nothing that matches no circuit is forwarded.
+//! nothing that matches no circuit is forwarded. The rarer cases — fragments, ICMP
+//! errors, packets too big for the tunnel, SYNs whose MSS is clamped — are recognised
+//! in the same passes and handled beside the common path, with the worker's
+//! [`Context`] for what must outlive a burst (the fragment table, rate limits).
 
 mod aggregator;
 mod buf;
+mod context;
 mod demux;
+mod frag;
+mod icmp;
+mod mss;
 pub(crate) mod parse;
 mod remux;
 mod rewrite;
 mod verdict;
 
 pub use buf::{PacketBuf, VecBuf};
+pub use context::{Context, TokenBucket};
+pub use frag::{split_into_tunnel, FragTable};
 pub use verdict::{DropReason, Verdict};
 
 use crate::tables::{PortId, Role, Snapshot};
@@ -27,9 +36,11 @@ pub const MAX_BURST: usize = 32;
 
 /// Runs the pipeline of `in_port`'s role over `pkts`, writing `verdicts[i]` for `pkts[i]`.
 ///
+/// `ctx` is the calling worker's own state (clock, rate limits, fragment table).
 /// `verdicts` must be at least as long as `pkts`. An unknown `in_port` drops everything.
 pub fn process<B: PacketBuf>(
     snap: &Snapshot,
+    ctx: &mut Context,
     in_port: PortId,
     pkts: &mut [B],
     verdicts: &mut [Verdict],
@@ -47,9 +58,9 @@ pub fn process<B: PacketBuf>(
     {
         let out = &mut out[..pkts.len()];
         match port.role {
-            Role::Aggregator => aggregator::run(snap, port, pkts, out),
-            Role::Demux => demux::run(snap, port, pkts, out),
-            Role::Remux => remux::run(snap, port, pkts, out),
+            Role::Aggregator => aggregator::run(snap, ctx, in_port, port, pkts, out),
+            Role::Demux => demux::run(snap, ctx, in_port, port, pkts, out),
+            Role::Remux => remux::run(snap, ctx, in_port, port, pkts, out),
         }
     }
 }

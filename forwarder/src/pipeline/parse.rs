@@ -3,7 +3,7 @@
 use crate::packet::ethernet::{EtherType, EthernetFrame};
 use crate::packet::icmp::v6_type;
 use crate::packet::{
-    be16, ethernet, icmp, ip_proto, ipv4, ipv6, tcp, udp, Ipv4Packet, Ipv6Packet, MacAddr,
+    be16, checksum, ethernet, icmp, ip_proto, ipv4, ipv6, tcp, udp, Ipv4Packet, Ipv6Packet, MacAddr,
 };
 
 use super::DropReason;
@@ -22,6 +22,10 @@ pub(crate) struct Ip {
     pub proto: u8,
     /// A non-first fragment: no upper-layer header in this packet.
     pub later_frag: bool,
+    /// Any fragment (first or later): its ports, if any, are not every fragment's.
+    pub frag: bool,
+    /// The fragment identification (fragments only).
+    pub frag_id: u32,
 }
 
 impl Ip {
@@ -82,31 +86,54 @@ pub(crate) enum L3 {
 }
 
 /// Parses a frame received on a port with MAC `own_mac` (`None`: skip the destination
-/// MAC check, as for a tunnel's inner frame).
+/// MAC check, as for a tunnel's inner frame). A frame to a group address (broadcast or
+/// multicast) is only accepted for ARP and neighbour discovery; an IPv4 header must
+/// carry a correct checksum.
 #[inline(always)]
 pub(crate) fn classify(b: &[u8], own_mac: Option<MacAddr>) -> Result<L3, DropReason> {
     let eth = EthernetFrame::new_checked(b).map_err(|_| DropReason::Malformed)?;
+    let mut group = false;
     if let Some(own) = own_mac {
         let dst = eth.dst();
-        if dst != own && !dst.is_multicast() {
-            return Err(DropReason::OtherHost);
+        if dst != own {
+            if !dst.is_multicast() {
+                return Err(DropReason::OtherHost);
+            }
+            group = true;
         }
     }
-    if let Some(ip) = fast_ipv4(b) {
-        return Ok(L3::Ip(ip));
+    if !group {
+        if let Some(ip) = fast_ipv4(b) {
+            return Ok(L3::Ip(ip));
+        }
     }
+    let l3 = general(b, &eth)?;
+    if group && !matches!(l3, L3::Arp) && !matches!(l3, L3::Ip(ip) if ip.is_nd(b)) {
+        return Err(DropReason::GroupAddress);
+    }
+    Ok(l3)
+}
+
+/// Everything but the fast case.
+#[inline]
+fn general(b: &[u8], eth: &EthernetFrame<&[u8]>) -> Result<L3, DropReason> {
     let l2 = eth.payload_info().map_err(|_| DropReason::Malformed)?;
     let l3 = l2.l3_offset;
     let ip = match l2.ethertype {
         EtherType::IPV4 => {
             let p = Ipv4Packet::new_checked(&b[l3..]).map_err(|_| DropReason::Malformed)?;
-            let later_frag = p.frag_offset() != 0;
+            if !p.verify_checksum() {
+                return Err(DropReason::BadChecksum);
+            }
+            let frag = p.is_fragment();
             Ip {
                 v6: false,
                 l3,
                 l4: l3 + p.header_len(),
                 proto: p.protocol(),
-                later_frag,
+                later_frag: p.frag_offset() != 0,
+                frag,
+                frag_id: if frag { p.ident() as u32 } else { 0 },
             }
         }
         EtherType::IPV6 => {
@@ -118,6 +145,8 @@ pub(crate) fn classify(b: &[u8], own_mac: Option<MacAddr>) -> Result<L3, DropRea
                 l4: l3 + ul.offset,
                 proto: ul.protocol,
                 later_frag: ul.is_later_fragment(),
+                frag: ul.fragment.is_some(),
+                frag_id: ul.fragment_id,
             }
         }
         EtherType::ARP => return Ok(L3::Arp),
@@ -155,8 +184,14 @@ fn fast_ipv4(b: &[u8]) -> Option<Ip> {
     if total < ipv4::HEADER_LEN || L3 + total > b.len() {
         return None;
     }
+    // A bad header checksum is the general parse's to report.
+    if checksum::fold(checksum::sum(0, &b[L3..L4])) != 0xffff {
+        return None;
+    }
     let proto = b[L3 + ipv4::field::PROTOCOL];
-    let later_frag = be16(b, L3 + ipv4::field::FLG_OFF) & ipv4::OFFSET_MASK != 0;
+    let flags = be16(b, L3 + ipv4::field::FLG_OFF);
+    let later_frag = flags & ipv4::OFFSET_MASK != 0;
+    let frag = flags & ipv4::MF_AND_OFFSET != 0;
     let need = match proto {
         ip_proto::TCP => tcp::HEADER_LEN,
         ip_proto::UDP => udp::HEADER_LEN,
@@ -172,6 +207,12 @@ fn fast_ipv4(b: &[u8]) -> Option<Ip> {
         l4: L4,
         proto,
         later_frag,
+        frag,
+        frag_id: if frag {
+            be16(b, L3 + ipv4::field::IDENT) as u32
+        } else {
+            0
+        },
     })
 }
 

@@ -1,12 +1,22 @@
 //! Remux (data-center egress): an app host's reply leaves with the capture address as
 //! its source (port mode); address-mode replies already carry it and pass unchanged.
+//!
+//! SYNs leaving here get their MSS clamped to the tunnels' inner budget: the device
+//! sizes its segments by it, and they cross the tunnel. Non-first fragments of a
+//! port-mode reply follow their first fragment; an app host's ICMP error about a
+//! device's packet is steered by the quoted packet's destination port, and the quoted
+//! destination becomes the capture address the device sent to.
 
 use crate::packet::be32;
-use crate::tables::{port_key_v4, port_key_v6, Key, PortEntry, Snapshot};
+use crate::tables::{port_key_v4, port_key_v6, Key, PortEntry, PortId, Snapshot};
 
+use super::demux::frag_key;
+use super::frag::FragHit;
+use super::icmp::{quote, rewrite_quote, Field, Quote};
+use super::mss;
 use super::parse::{addr6, classify, Ip, L3};
-use super::rewrite::{decrement_ttl, miss, rewrite_v4, rewrite_v6, to_next_hop};
-use super::{DropReason, PacketBuf, Verdict, MAX_BURST};
+use super::rewrite::{decrement_ttl, miss, rewrite_v4, rewrite_v6, to_next_hop, to_slow_path};
+use super::{Context, DropReason, PacketBuf, Verdict, MAX_BURST};
 
 #[derive(Clone, Copy, Default)]
 struct Pending {
@@ -15,12 +25,20 @@ struct Pending {
     dst4: u32,
     src6: [u8; 16],
     dst6: [u8; 16],
+    /// The port-mode key's port: the reply's source port, or the destination port of
+    /// the device's packet an ICMP error quotes.
+    port: u16,
+    proto: u8,
+    keyed: bool,
+    quote: Option<Quote>,
     port_key_hash: u64,
 }
 
 /// Runs the remux over at most [`MAX_BURST`] packets received on `port`.
 pub(super) fn run<B: PacketBuf>(
     snap: &Snapshot,
+    ctx: &mut Context,
+    in_port: PortId,
     port: &PortEntry,
     pkts: &mut [B],
     out: &mut [Verdict],
@@ -31,33 +49,38 @@ pub(super) fn run<B: PacketBuf>(
         let b = pkt.data();
         out[i] = match classify(b, Some(port.mac)) {
             Err(reason) => Verdict::Drop(reason),
-            Ok(L3::Arp) => Verdict::SlowPath,
-            Ok(L3::Ip(ip)) if ip.is_nd(b) => Verdict::SlowPath,
+            Ok(l3 @ L3::Arp) => to_slow_path(ctx, in_port, b, &l3),
+            Ok(l3 @ L3::Ip(ip)) if ip.is_nd(b) => to_slow_path(ctx, in_port, b, &l3),
             Ok(L3::Ip(ip)) => {
                 let (s, d) = (ip.src_off(), ip.dst_off());
                 let mut p = Pending {
                     ip,
                     ..Pending::default()
                 };
+                if ip.has_ports() {
+                    (p.keyed, p.port, p.proto) = (true, ip.src_port(b), ip.proto);
+                } else if let Some(q) = quote(b, &ip) {
+                    (p.keyed, p.port, p.proto, p.quote) = (true, q.dst_port(b), q.proto, Some(q));
+                }
                 let local = if ip.v6 {
                     p.src6 = addr6(b, s);
                     p.dst6 = addr6(b, d);
-                    if ip.has_ports() {
-                        p.port_key_hash = port_key_v6(p.src6, ip.proto, ip.src_port(b)).hash64();
+                    if p.keyed {
+                        p.port_key_hash = port_key_v6(p.src6, p.proto, p.port).hash64();
                         snap.v6.remux_port.prefetch(p.port_key_hash);
                     }
                     port.is_local_v6(p.dst6)
                 } else {
                     p.src4 = be32(b, s);
                     p.dst4 = be32(b, d);
-                    if ip.has_ports() {
-                        p.port_key_hash = port_key_v4(p.src4, ip.proto, ip.src_port(b)).hash64();
+                    if p.keyed {
+                        p.port_key_hash = port_key_v4(p.src4, p.proto, p.port).hash64();
                         snap.v4.remux_port.prefetch(p.port_key_hash);
                     }
                     port.is_local_v4(p.dst4)
                 };
                 if local {
-                    Verdict::SlowPath
+                    to_slow_path(ctx, in_port, b, &L3::Ip(ip))
                 } else {
                     pending[i] = p;
                     todo[i] = true;
@@ -68,54 +91,98 @@ pub(super) fn run<B: PacketBuf>(
     }
     for (i, pkt) in pkts.iter_mut().enumerate() {
         if todo[i] {
-            out[i] = one(snap, pkt, &pending[i]);
+            out[i] = one(snap, ctx, port, pkt, &pending[i]);
         }
     }
 }
 
 #[inline]
-fn one<B: PacketBuf>(snap: &Snapshot, pkt: &mut B, p: &Pending) -> Verdict {
+fn one<B: PacketBuf>(
+    snap: &Snapshot,
+    ctx: &mut Context,
+    port: &PortEntry,
+    pkt: &mut B,
+    p: &Pending,
+) -> Verdict {
     let ip = &p.ip;
     let b = pkt.data_mut();
-    let nh = if ip.v6 {
-        let hit = if ip.has_ports() {
-            let k = port_key_v6(p.src6, ip.proto, ip.src_port(b));
-            snap.v6.remux_port.get_hashed(&k, p.port_key_hash).copied()
+    let generation = snap.generation();
+    // (new source if rewritten, its checksum delta)
+    let mut rewrite = None;
+    if ip.later_frag {
+        rewrite = ctx
+            .frags
+            .get(&frag_key(b, ip), generation, ctx.now_ms())
+            .map(|h| (h.addr, h.delta));
+    }
+    let port_hit = if rewrite.is_some() {
+        false
+    } else if p.keyed {
+        let r = if ip.v6 {
+            let k = port_key_v6(p.src6, p.proto, p.port);
+            snap.v6
+                .remux_port
+                .get_hashed(&k, p.port_key_hash)
+                .map(|r| (r.addr, r.delta))
         } else {
-            None
+            let k = port_key_v4(p.src4, p.proto, p.port);
+            snap.v4.remux_port.get_hashed(&k, p.port_key_hash).map(|r| {
+                let mut a = [0u8; 16];
+                a[..4].copy_from_slice(&r.addr.to_be_bytes());
+                (a, r.delta)
+            })
         };
-        if hit.is_none() && snap.v6.remux_addr.get(&p.src6).is_none() {
+        rewrite = r;
+        r.is_some()
+    } else {
+        false
+    };
+    if rewrite.is_none() {
+        let pass = if ip.v6 {
+            snap.v6.remux_addr.get(&p.src6).is_some()
+        } else {
+            snap.v4.remux_addr.get(&p.src4).is_some()
+        };
+        if !pass {
             return miss(ip);
         }
-        if !decrement_ttl(b, ip) {
-            return Verdict::Drop(DropReason::TtlExpired);
+    }
+    if let (true, true, Some((addr, delta))) = (port_hit, ip.frag, rewrite) {
+        let hit = FragHit {
+            addr,
+            delta,
+            next_hop: 0,
+        };
+        ctx.frags
+            .insert(frag_key(b, ip), hit, generation, ctx.now_ms());
+    }
+    if !decrement_ttl(b, ip) {
+        return Verdict::Drop(DropReason::TtlExpired);
+    }
+    if port.clamp_mss {
+        mss::clamp(b, ip, mss::mss_for(snap.inner_mtu, ip.v6));
+    }
+    let n = if ip.v6 { 16 } else { 4 };
+    if let Some((addr, delta)) = rewrite {
+        if ip.v6 {
+            rewrite_v6(b, ip, ip.src_off(), addr, delta);
+        } else {
+            let mut a = [0u8; 4];
+            a.copy_from_slice(&addr[..4]);
+            rewrite_v4(b, ip, ip.src_off(), u32::from_be_bytes(a), delta);
         }
-        if let Some(r) = hit {
-            rewrite_v6(b, ip, ip.src_off(), r.addr, r.delta);
+        if let (true, Some(q)) = (port_hit, &p.quote) {
+            rewrite_quote(b, ip, q, Field::Dst, &addr[..n]);
         }
+    }
+    let nh = if ip.v6 {
         snap.routes_v6.lookup(u128::from_be_bytes(p.dst6)).copied()
     } else {
-        let src = p.src4;
-        let hit = if ip.has_ports() {
-            let k = port_key_v4(src, ip.proto, ip.src_port(b));
-            snap.v4.remux_port.get_hashed(&k, p.port_key_hash).copied()
-        } else {
-            None
-        };
-        if hit.is_none() && snap.v4.remux_addr.get(&src).is_none() {
-            return miss(ip);
-        }
-        if !decrement_ttl(b, ip) {
-            return Verdict::Drop(DropReason::TtlExpired);
-        }
-        if let Some(r) = hit {
-            rewrite_v4(b, ip, ip.src_off(), r.addr, r.delta);
-        }
         snap.routes_v4.lookup(p.dst4).copied()
     };
     let Some(nh) = nh else {
         return Verdict::Drop(DropReason::NoRoute);
     };
     // A per-packet destination needs a gateway route: on-link devices are not resolved.
-    to_next_hop(snap, b, nh)
+    to_next_hop(snap, b, ip, nh)
 }

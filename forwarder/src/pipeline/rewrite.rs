@@ -1,11 +1,12 @@
 //! In-place rewrites with incremental checksum updates.
 
 use crate::packet::checksum::{self, Delta};
+use crate::packet::icmp::{v4_type, v6_type};
 use crate::packet::{be16, ethernet, icmp, ip_proto, ipv4, ipv6, set_be16, tcp, udp, MacAddr};
 
-use super::parse::Ip;
-use super::{DropReason, Verdict};
-use crate::tables::{NextHopId, Snapshot, ON_LINK};
+use super::parse::{Ip, L3};
+use super::{Context, DropReason, Verdict};
+use crate::tables::{NextHopId, PortId, Snapshot, ON_LINK};
 
 /// Folds an address change into the upper-layer checksum (TCP, UDP, ICMPv6 all cover the
 /// pseudo-header; ICMPv4 does not). A non-first fragment carries no upper-layer header.
@@ -84,13 +85,17 @@ pub(crate) fn set_macs(b: &mut [u8], dst: MacAddr, src: MacAddr) {
 
 /// Addresses the frame to next hop `nh` (its MAC, the output port's MAC) and says where
 /// it goes; an unresolved neighbour (or an on-link next hop, which a per-packet
-/// destination cannot be resolved to here) drops it.
+/// destination cannot be resolved to here) drops it, and so does a packet larger than
+/// the output port's MTU (never truncated).
 #[inline(always)]
-pub(crate) fn to_next_hop(snap: &Snapshot, b: &mut [u8], nh: NextHopId) -> Verdict {
+pub(crate) fn to_next_hop(snap: &Snapshot, b: &mut [u8], ip: &Ip, nh: NextHopId) -> Verdict {
     if nh == ON_LINK {
         return Verdict::Drop(DropReason::NoNeighbour);
     }
     let nh = &snap.next_hops[nh as usize];
+    if super::parse::ip_end(b, ip) - ip.l3 > snap.ports[nh.port as usize].mtu as usize {
+        return Verdict::Drop(DropReason::TooBig);
+    }
     let Some(mac) = nh.mac() else {
         return Verdict::Drop(DropReason::NoNeighbour);
     };
@@ -106,4 +111,59 @@ pub(crate) fn miss(ip: &Ip) -> Verdict {
     } else {
         DropReason::NoCircuit
     })
+}
+
+/// What goes to the slow path, within the port's rate limits: ARP and neighbour
+/// solicitations and advertisements (their own budget, so that a flood of anything else
+/// cannot starve them) and echo requests to the port's own addresses. Everything else
+/// the slow path would not answer ends here.
+#[inline]
+pub(crate) fn to_slow_path(ctx: &mut Context, port: PortId, b: &[u8], l3: &L3) -> Verdict {
+    let nd = match l3 {
+        L3::Arp => true,
+        L3::Ip(ip) if ip.is_nd(b) => {
+            let t = b[ip.l4];
+            if t != v6_type::NEIGHBOR_SOLICIT && t != v6_type::NEIGHBOR_ADVERT {
+                return Verdict::Drop(DropReason::NotAnswered);
+            }
+            true
+        }
+        L3::Ip(ip) => {
+            let echo = if ip.v6 {
+                ip_proto::ICMPV6
+            } else {
+                ip_proto::ICMP
+            };
+            let want = if ip.v6 {
+                v6_type::ECHO_REQUEST
+            } else {
+                v4_type::ECHO_REQUEST
+            };
+            if ip.proto != echo || ip.frag || b[ip.l4] != want {
+                return Verdict::Drop(DropReason::NotAnswered);
+            }
+            false
+        }
+    };
+    if ctx.slow_token(port as usize, nd) {
+        Verdict::SlowPath
+    } else {
+        Verdict::Drop(DropReason::SlowPathLimit)
+    }
+}
+
+/// True if an IPv4 source can be no device's: loopback, multicast, broadcast,
+/// unspecified, "this network" (RFC 1122 3.2.1.3) or one of the forwarder's own.
+#[inline]
+pub(crate) fn martian_v4(snap: &Snapshot, src: u32) -> bool {
+    let first = (src >> 24) as u8;
+    first == 0 || first == 127 || first >= 224 || snap.own_v4.contains(&src)
+}
+
+/// True if an IPv6 source can be no device's: unspecified, loopback, multicast, an
+/// IPv4-mapped address or one of the forwarder's own.
+#[inline]
+pub(crate) fn martian_v6(snap: &Snapshot, src: &[u8; 16]) -> bool {
+    let a = u128::from_be_bytes(*src);
+    a <= 1 || src[0] == 0xff || (a >> 32) == 0xffff || snap.own_v6.contains(src)
 }

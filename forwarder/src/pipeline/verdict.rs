@@ -30,11 +30,29 @@ pub enum DropReason {
     TxFull,
     /// A unicast frame for another host on the link (seen in promiscuous mode).
     OtherHost,
+    /// An IPv4 header whose checksum is wrong (RFC 1812 5.2.2).
+    BadChecksum,
+    /// An IP packet to a broadcast or multicast MAC (only ARP and ND may use one).
+    GroupAddress,
+    /// A source no device can have: a capture address, the forwarder's own, loopback,
+    /// multicast, broadcast or unspecified.
+    Martian,
+    /// Tunnel traffic with a VNI its peer does not use.
+    BadVni,
+    /// Larger than the tunnel or the output link takes, and not fragmentable (DF set or
+    /// IPv6); an ICMP error went back unless the ICMP rate limit held it.
+    TooBig,
+    /// To the slow path, over its per-port rate limit.
+    SlowPathLimit,
+    /// Addressed to the port itself but nothing the slow path answers.
+    NotAnswered,
+    /// No buffer for a fragment or a generated packet.
+    NoBuffer,
 }
 
 impl DropReason {
     /// Number of reasons (size of a counter array indexed by `reason as usize`).
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 20;
 
     /// Every reason, in counter-index order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -50,6 +68,14 @@ impl DropReason {
         DropReason::SlowPathFull,
         DropReason::TxFull,
         DropReason::OtherHost,
+        DropReason::BadChecksum,
+        DropReason::GroupAddress,
+        DropReason::Martian,
+        DropReason::BadVni,
+        DropReason::TooBig,
+        DropReason::SlowPathLimit,
+        DropReason::NotAnswered,
+        DropReason::NoBuffer,
     ];
 
     /// A short snake_case name (metrics label).
@@ -67,6 +93,14 @@ impl DropReason {
             DropReason::SlowPathFull => "slow_path_full",
             DropReason::TxFull => "tx_full",
             DropReason::OtherHost => "other_host",
+            DropReason::BadChecksum => "bad_checksum",
+            DropReason::GroupAddress => "group_address",
+            DropReason::Martian => "martian",
+            DropReason::BadVni => "bad_vni",
+            DropReason::TooBig => "too_big",
+            DropReason::SlowPathLimit => "slow_path_limit",
+            DropReason::NotAnswered => "not_answered",
+            DropReason::NoBuffer => "no_buffer",
         }
     }
 }
@@ -80,4 +114,14 @@ pub enum Verdict {
     Drop(DropReason),
     /// Hand to the control thread (ARP, neighbour discovery, ICMP echo to the port).
     SlowPath,
+    /// An ICMP message the pipeline made from the packet (too big, an echo reply from a
+    /// capture address): send on this port and count it as generated.
+    Icmp(PortId),
+    /// An IPv4 packet without DF that does not fit tunnel `tunnel` (an index into
+    /// `Snapshot::tunnels`), already rewritten: split it with
+    /// [`super::split_into_tunnel`] and send the pieces.
+    Fragment {
+        /// The tunnel.
+        tunnel: u16,
+    },
 }

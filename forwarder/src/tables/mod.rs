@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use flatmap::{BuildError, FlatMap, Key};
 pub use lpm::{Lpm, Prefixable};
 pub use tarp_api::rules::{
-    self, AggregatorRule, DemuxRule, Protocol, RemuxRule, Route, Rules, Tunnel,
+    self, AggregatorRule, DemuxRule, Protocol, RemuxRule, Route, Rules, Tunnel, TunnelPeer,
 };
 
 use crate::packet::checksum::Delta;
@@ -61,6 +61,27 @@ pub struct PortInfo {
     pub mac: MacAddr,
     /// The port's own addresses (tunnel endpoints, addresses answered by the slow path).
     pub addrs: Vec<IpAddr>,
+    /// The largest IP packet the port sends (its link MTU).
+    pub mtu: u16,
+    /// Clamp the MSS of TCP SYNs received here to what the tunnel carries.
+    pub clamp_mss: bool,
+}
+
+impl PortInfo {
+    /// The MTU of a port whose config does not name one.
+    pub const DEFAULT_MTU: u16 = 1500;
+
+    /// A port with the default MTU and MSS clamping on.
+    pub fn new(name: &str, role: Role, mac: MacAddr, addrs: Vec<IpAddr>) -> PortInfo {
+        PortInfo {
+            name: name.into(),
+            role,
+            mac,
+            addrs,
+            mtu: Self::DEFAULT_MTU,
+            clamp_mss: true,
+        }
+    }
 }
 
 /// A port as the pipelines see it.
@@ -76,6 +97,10 @@ pub struct PortEntry {
     pub v4: Vec<u32>,
     /// Own IPv6 addresses.
     pub v6: Vec<[u8; 16]>,
+    /// The largest IP packet the port sends.
+    pub mtu: u16,
+    /// Clamp the MSS of TCP SYNs received here.
+    pub clamp_mss: bool,
 }
 
 impl PortEntry {
@@ -150,6 +175,8 @@ pub struct AggEntry<A> {
     pub delta: Delta,
     /// Index into [`Snapshot::tunnels`].
     pub tunnel: u16,
+    /// Answer ICMP echo to the capture address here (port mode).
+    pub answer_ping: bool,
 }
 
 /// A tunnel as the aggregator pipeline uses it.
@@ -165,6 +192,8 @@ pub struct TunnelEntry {
     pub inner_dst_mac: MacAddr,
     /// Next hop towards `remote`.
     pub next_hop: NextHopId,
+    /// The largest inner IP packet the tunnel carries (path MTU minus encapsulation).
+    pub inner_mtu: u16,
     /// The outer headers, prebuilt (source MAC of the output port included).
     pub outer: crate::packet::vxlan::OuterTemplate,
 }
@@ -186,8 +215,8 @@ pub struct Maps<A, PK> {
     pub remux_port: FlatMap<PK, Rewrite<A>>,
     /// Capture addresses whose replies pass the remux unchanged (address mode).
     pub remux_addr: FlatMap<A, ()>,
-    /// Outer sources a demux accepts.
-    pub peers: FlatMap<A, ()>,
+    /// Outer sources a demux accepts, with the VNI each must use ([`ANY_VNI`]: any).
+    pub peers: FlatMap<A, u32>,
 }
 
 impl<A: Key + Default, PK: Key> Maps<A, PK> {
@@ -208,6 +237,9 @@ impl<A: Key + Default, PK: Key> Maps<A, PK> {
             + self.remux_addr.len()
     }
 }
+
+/// A tunnel peer that may use any VNI.
+pub const ANY_VNI: u32 = u32::MAX;
 
 /// Port-mode key for IPv4: address, protocol and port packed in a u64.
 #[inline]
@@ -283,6 +315,17 @@ pub enum RulesError {
     /// The unspecified address (0.0.0.0 or ::) where a real address is needed.
     #[error("{0}: the unspecified address cannot be a capture address, alias, app host or peer")]
     Unspecified(&'static str),
+    /// A path MTU too small to carry a minimal IP packet inside the tunnel.
+    #[error("MTU {mtu} is below {min} (576 bytes inside the tunnel)")]
+    MtuTooSmall {
+        /// The MTU.
+        mtu: u16,
+        /// The smallest accepted.
+        min: u16,
+    },
+    /// One tunnel peer with two different VNIs.
+    #[error("tunnel peer {0} is listed twice")]
+    PeerTwice(IpAddr),
     /// More distinct next hops than a snapshot can index.
     #[error("too many next hops")]
     TooManyNextHops,
@@ -337,6 +380,12 @@ pub struct Snapshot {
     pub routes_v6: Lpm<u128, NextHopId>,
     /// Capture address -> the line it lives on (`None`: every aggregator port); slow path.
     capture_lines: HashMap<IpAddr, Option<PortId>>,
+    /// Every port's own IPv4 addresses (martian sources at the aggregator).
+    pub own_v4: Box<[u32]>,
+    /// Every port's own IPv6 addresses.
+    pub own_v6: Box<[[u8; 16]]>,
+    /// The largest inner packet of the circuits' tunnels (the remux's MSS clamp).
+    pub inner_mtu: u16,
 }
 
 fn v4(a: IpAddr) -> Option<u32> {
@@ -506,7 +555,16 @@ impl Snapshot {
                 a: t.local,
                 b: t.remote,
             })?;
+            let path_mtu = t.mtu.unwrap_or(ports[out_port as usize].mtu);
+            let overhead = rules::tunnel_overhead(t.remote.is_ipv6());
+            if path_mtu < 576 + overhead {
+                return Err(at("tunnels", i, ".mtu")(RulesError::MtuTooSmall {
+                    mtu: path_mtu,
+                    min: 576 + overhead,
+                }));
+            }
             tunnels.push(TunnelEntry {
+                inner_mtu: path_mtu.min(ports[out_port as usize].mtu) - overhead,
                 outer,
                 local: t.local,
                 remote: t.remote,
@@ -554,6 +612,7 @@ impl Snapshot {
                         alias: a.into(),
                         delta,
                         tunnel,
+                        answer_ping: r.answer_ping,
                     },
                 )),
                 (IpAddr::V6(c), IpAddr::V6(a)) => agg6.push((
@@ -562,6 +621,7 @@ impl Snapshot {
                         alias: a.octets(),
                         delta,
                         tunnel,
+                        answer_ping: r.answer_ping,
                     },
                 )),
                 _ => unreachable!("families checked above"),
@@ -699,17 +759,28 @@ impl Snapshot {
             }
         }
 
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in rules.tunnel_peers.iter().enumerate() {
+            if !seen.insert(p.address) {
+                return Err(at("tunnel_peers", i, "")(RulesError::PeerTwice(p.address)));
+            }
+            if matches!(p.vni, Some(v) if v >= 1 << 24) {
+                return Err(at("tunnel_peers", i, ".vni")(RulesError::VniTooLarge {
+                    id: 0,
+                    vni: p.vni.unwrap_or_default(),
+                }));
+            }
+        }
+        let vni = |p: &TunnelPeer| p.vni.unwrap_or(ANY_VNI);
         let peers4: Vec<_> = rules
             .tunnel_peers
             .iter()
-            .filter_map(|&a| v4(a))
-            .map(|a| (a, ()))
+            .filter_map(|p| Some((v4(p.address)?, vni(p))))
             .collect();
         let peers6: Vec<_> = rules
             .tunnel_peers
             .iter()
-            .filter_map(|&a| v6(a))
-            .map(|a| (a, ()))
+            .filter_map(|p| Some((v6(p.address)?, vni(p))))
             .collect();
 
         let v4maps = Maps {
@@ -788,6 +859,24 @@ impl Snapshot {
             })
             .collect();
 
+        let inner_mtu = rules.inner_mtu.unwrap_or(rules::DEFAULT_INNER_MTU);
+        if inner_mtu < 576 {
+            return Err(RulesError::At {
+                key: "rules.inner_mtu".into(),
+                source: Box::new(RulesError::MtuTooSmall {
+                    mtu: inner_mtu,
+                    min: 576,
+                }),
+            });
+        }
+        let own_v4 = ports
+            .iter()
+            .flat_map(|p| p.addrs.iter().filter_map(|&a| v4(a)))
+            .collect();
+        let own_v6 = ports
+            .iter()
+            .flat_map(|p| p.addrs.iter().filter_map(|&a| v6(a)))
+            .collect();
         let ports = ports
             .iter()
             .map(|p| PortEntry {
@@ -796,6 +885,8 @@ impl Snapshot {
                 mac: p.mac,
                 v4: p.addrs.iter().filter_map(|&a| v4(a)).collect(),
                 v6: p.addrs.iter().filter_map(|&a| v6(a)).collect(),
+                mtu: p.mtu,
+                clamp_mss: p.clamp_mss,
             })
             .collect();
 
@@ -809,6 +900,9 @@ impl Snapshot {
             routes_v4,
             routes_v6,
             capture_lines,
+            own_v4,
+            own_v6,
+            inner_mtu,
         })
     }
 

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
 use forwarder::packet::MacAddr;
-use forwarder::pipeline::{process, PacketBuf, VecBuf, Verdict};
+use forwarder::pipeline::{process, Context, PacketBuf, VecBuf, Verdict};
 use forwarder::tables::{NeighbourCache, PortInfo, Role, Rules, Snapshot};
 
 pub fn mac(s: &str) -> MacAddr {
@@ -30,18 +30,15 @@ pub const RMX_OUT: &str = "02:00:00:00:0e:02";
 pub const INNER: &str = "02:00:00:00:0f:0f";
 
 fn port(name: &str, role: Role, m: &str, addrs: &[&str]) -> PortInfo {
-    PortInfo {
-        name: name.into(),
-        role,
-        mac: mac(m),
-        addrs: addrs.iter().map(|a| ip(a)).collect(),
-    }
+    PortInfo::new(name, role, mac(m), addrs.iter().map(|a| ip(a)).collect())
 }
 
 /// A forwarder's ports and rules, built into a snapshot with static neighbours.
 pub struct Box_ {
     pub ports: Vec<PortInfo>,
     pub snap: Snapshot,
+    /// The worker state the box's packets share (fragment table, rate limits, clock).
+    pub ctx: std::cell::RefCell<Context>,
 }
 
 impl Box_ {
@@ -52,14 +49,21 @@ impl Box_ {
             n.insert((p, ip(a)), mac(m));
         }
         let snap = Snapshot::build(&rules, &ports, 1, &n).unwrap();
-        Box_ { ports, snap }
+        let ctx = std::cell::RefCell::new(Context::new(ports.len()));
+        Box_ { ports, snap, ctx }
     }
 
     /// Runs one frame received on `in_port` through the pipeline.
     pub fn run(&self, in_port: u16, frame: &[u8]) -> (Verdict, Vec<u8>) {
         let mut pkts = [VecBuf::new(frame)];
         let mut v = [Verdict::SlowPath];
-        process(&self.snap, in_port, &mut pkts, &mut v);
+        process(
+            &self.snap,
+            &mut self.ctx.borrow_mut(),
+            in_port,
+            &mut pkts,
+            &mut v,
+        );
         (v[0], pkts[0].data().to_vec())
     }
 }
@@ -187,6 +191,8 @@ pub fn remux() -> Box_ {
 pub enum L4 {
     Udp,
     Tcp,
+    /// ICMP(v6) echo request: identifier `sport`, sequence `dport`.
+    Echo,
 }
 
 /// Builds an Ethernet frame with etherparse: `src:sport -> dst:dport`, TTL/hop limit `ttl`.
@@ -215,6 +221,14 @@ pub fn frame(
             .tcp(sport, dport, 0x0102_0304, 64240)
             .ack(0x0a0b_0c0d)
             .psh()
+            .write(&mut out, payload)
+            .unwrap(),
+        L4::Echo if src.is_ipv4() => b
+            .icmpv4_echo_request(sport, dport)
+            .write(&mut out, payload)
+            .unwrap(),
+        L4::Echo => b
+            .icmpv6_echo_request(sport, dport)
             .write(&mut out, payload)
             .unwrap(),
     }
@@ -327,6 +341,7 @@ fn protocol(l4: L4) -> &'static str {
     match l4 {
         L4::Udp => "udp",
         L4::Tcp => "tcp",
+        L4::Echo => panic!("echo has no port-mode rule"),
     }
 }
 
@@ -451,4 +466,12 @@ pub fn vxlan(outer_src: IpAddr, outer_dst: IpAddr, vni: u32, inner: &[u8]) -> Ve
     let mut out = Vec::new();
     b.udp(50000, 4789).write(&mut out, &payload).unwrap();
     out
+}
+
+/// Recomputes the IPv4 header checksum of the header at `l3` (after a test edited it).
+pub fn fix_ipv4_header_checksum(frame: &mut [u8], l3: usize) {
+    let ihl = (frame[l3] & 0x0f) as usize * 4;
+    frame[l3 + 10..l3 + 12].fill(0);
+    let c = forwarder::packet::checksum::checksum(&frame[l3..l3 + ihl]);
+    frame[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
 }

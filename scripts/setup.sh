@@ -4,7 +4,7 @@
 # Idempotent: installs only what is missing.
 set -euo pipefail
 pkgs=(dpdk dpdk-dev libdpdk-dev clang libclang-dev pkg-config protobuf-compiler
-  iproute2 ethtool tcpdump curl socat python3 procps shellcheck)
+  iproute2 iputils-ping ethtool tcpdump tshark curl socat iperf3 python3 procps shellcheck)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

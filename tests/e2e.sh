@@ -60,6 +60,15 @@ bg http1 app1 timeout 300 python3 -m http.server --bind 198.19.0.2 --directory "
 nsx app1 ip addr add 203.0.113.2/32 dev lo
 bg echoA app1 timeout 300 python3 "$APPS/udp_echo.py" 203.0.113.2 7000 --tag app1-addr
 bg httpA app1 timeout 300 python3 -m http.server --bind 203.0.113.2 --directory "$TOPO_DIR/www" 8081
+nsx app1 ip addr add 2001:db8:113::2/128 dev lo
+bg echoA6 app1 timeout 300 python3 "$APPS/udp_echo.py" 2001:db8:113::2 7000 --tag app1-addr6
+# Real traffic: iperf3 and 20 MB HTTP transfers in both modes.
+head -c 20000000 /dev/urandom >"$TOPO_DIR/blob"
+BLOB_SHA=$(sha256sum "$TOPO_DIR/blob" | cut -d' ' -f1)
+bg blobP app1 timeout 300 python3 "$APPS/http_blob.py" 198.19.0.2 9000 "$TOPO_DIR/blob"
+bg blobA app1 timeout 300 python3 "$APPS/http_blob.py" 203.0.113.2 9001 "$TOPO_DIR/blob"
+bg iperfP app2 timeout 300 iperf3 -s -B 198.19.0.3 -p 5201
+bg iperfA app1 timeout 300 iperf3 -s -B 203.0.113.2 -p 5202
 # The kernel VXLAN peer listens behind its tunnel.
 bg kvx kvx timeout 300 python3 "$APPS/udp_echo.py" 198.18.0.9 7000 --tag kvx
 
@@ -78,6 +87,11 @@ wait_listen app1 tcp 198.19.0.2:8080
 wait_listen app1 udp 203.0.113.2:7000
 wait_listen app1 tcp 203.0.113.2:8081
 wait_listen kvx udp 198.18.0.9:7000
+wait_listen app1 udp '[2001:db8:113::2]:7000'
+wait_listen app1 tcp 198.19.0.2:9000
+wait_listen app1 tcp 203.0.113.2:9001
+wait_listen app2 tcp 198.19.0.3:5201
+wait_listen app1 tcp 203.0.113.2:5202
 
 for r in agg dmx rmx; do
   for _ in $(seq 100); do [ -n "$(metric "$r" tarp_snapshot_generation 'node=')" ] && break; sleep 0.2; done
@@ -142,14 +156,117 @@ else
   fail "kernel VXLAN log: $(cat "$TOPO_DIR/kvx.log")"
 fi
 
+echo "== full-size packets, fragments and ICMP (every link 1500 unless said)"
+# ping answers from a port-mode capture address (the aggregator, as the host the
+# device talks to); full-size DF packets that must cross the tunnel (address mode: the
+# app host answers pings) get "too big" with the tunnel's budget.
+for dst in 203.0.113.4 2001:db8:113::4; do
+  if out=$(nsx dev1 timeout 10 ping -c 2 -W 2 "$dst" 2>&1) && echo "$out" | grep -q "bytes from $dst"; then
+    pass "ping $dst (port mode): answered by the POP"
+  else
+    fail "ping $dst: $out"
+  fi
+done
+out=$(nsx dev2 timeout 10 ping -c 1 -W 2 -M "do" -s 1472 203.0.113.2 2>&1 || true)
+if echo "$out" | grep -q "Frag needed and DF set (mtu = 1450)"; then
+  pass "ping -M "do" -s 1472 203.0.113.2: \"$(echo "$out" | grep -o 'Frag needed.*')\""
+else
+  fail "ping -M "do" -s 1472: $out"
+fi
+if out=$(nsx dev2 timeout 10 ping -c 2 -W 2 -M "do" -s 1422 203.0.113.2 2>&1) && echo "$out" | grep -q "1430 bytes from"; then
+  pass "ping -M "do" -s 1422 203.0.113.2 (1450 bytes, the inner budget): the app host answered"
+else
+  fail "ping -M "do" -s 1422: $out"
+fi
+out=$(nsx dev2 timeout 10 ping -6 -c 1 -W 2 -M "do" -s 1452 2001:db8:113::2 2>&1 || true)
+if echo "$out" | grep -q "Packet too big: mtu=1450"; then
+  pass "ping -6 -M "do" -s 1452 2001:db8:113::2: \"$(echo "$out" | grep -o 'Packet too big.*')\""
+else
+  fail "ping -6 -M "do" -s 1452: $out"
+fi
+if out=$(nsx dev1 timeout 10 ping -c 2 -W 2 -s 3000 203.0.113.2 2>&1) && echo "$out" | grep -q "3008 bytes from"; then
+  pass "ping -s 3000 203.0.113.2 (address mode, fragmented both ways): answered"
+else
+  fail "ping -s 3000 203.0.113.2: $out"
+fi
+# UDP datagrams of every size, echoed intact, both modes and families.
+for t in "203.0.113.4 4000 app1 port" "2001:db8:113::4 4000 app1v6 port" \
+  "203.0.113.2 7000 app1-addr address" "2001:db8:113::2 7000 app1-addr6 address"; do
+  # shellcheck disable=SC2086 # four words on purpose
+  set -- $t
+  if out=$(nsx dev1 timeout 60 python3 "$APPS/udp_sizes.py" "$1" "$2" 1472 3000 8000 --tag "$3" 2>&1); then
+    pass "udp $4 mode [$1]:$2 echoed 1472/3000/8000 bytes intact: $(echo "$out" | tr '\n' ' ')"
+  else
+    fail "udp $4 mode [$1]:$2: $(echo "$out" | tr '\n' ' ')"
+  fi
+done
+# A device's ICMP port unreachable about a reply reaches the app host's socket.
+if out=$(nsx app1 timeout 20 python3 "$APPS/udp_refused.py" 198.19.0.2 4001 198.51.100.10 9 2>&1) && [ "$out" = refused ]; then
+  pass "port mode: dev1's port unreachable came back to app1's connected socket as ECONNREFUSED"
+else
+  fail "ICMP port unreachable to app1: $out"
+fi
+
+echo "== TCP at full size: iperf3 and 20 MB HTTP transfers"
+# iperf_run NAME NS ADDR PORT [-R]: 3 s of iperf3; every second must carry data.
+iperf_run() {
+  local name=$1 n=$2 addr=$3 port=$4 out
+  shift 4
+  if ! out=$(nsx "$n" timeout 30 iperf3 -c "$addr" -p "$port" -t 3 -J "$@" 2>&1); then
+    fail "iperf3 $name: $(echo "$out" | grep -m1 '"error"' || echo "$out" | tail -3)"
+    return
+  fi
+  if res=$(echo "$out" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+per = [i["sum"]["bytes"] for i in r["intervals"]]
+if len(per) < 3 or min(per) == 0:
+    sys.exit("an interval without data: %s" % per)
+print("%.0f Mbit/s, %s" % (r["end"]["sum_received"]["bits_per_second"] / 1e6,
+      " ".join("%.1fMB" % (b / 1e6) for b in per)))'); then
+    pass "iperf3 $name: $res"
+  else
+    fail "iperf3 $name: $res"
+  fi
+}
+iperf_run "upload, port mode (203.0.113.4:5201)" dev1 203.0.113.4 5201
+iperf_run "download, port mode (203.0.113.4:5201)" dev1 203.0.113.4 5201 -R
+iperf_run "upload, address mode (203.0.113.2:5202)" dev2 203.0.113.2 5202
+iperf_run "download, address mode (203.0.113.2:5202)" dev2 203.0.113.2 5202 -R
+# blob NAME NS URL: a 20 MB GET and POST whose SHA-256 matches at both ends.
+blob() {
+  local name=$1 n=$2 url=$3 got
+  got=$(nsx "$n" timeout 60 curl -s --max-time 50 "$url" | sha256sum | cut -d' ' -f1)
+  if [ "$got" = "$BLOB_SHA" ]; then
+    pass "$name: GET 20 MB, SHA-256 matches"
+  else
+    fail "$name: GET 20 MB, SHA-256 $got, want $BLOB_SHA"
+  fi
+  got=$(nsx "$n" timeout 60 curl -s --max-time 50 --data-binary @"$TOPO_DIR/blob" "$url" || true)
+  if [ "$got" = "$BLOB_SHA" ]; then
+    pass "$name: POST 20 MB, the app host's SHA-256 matches"
+  else
+    fail "$name: POST 20 MB, the app host saw SHA-256 \"$got\", want $BLOB_SHA"
+  fi
+}
+blob "port mode (203.0.113.4:9000)" dev1 http://203.0.113.4:9000/
+blob "address mode (203.0.113.2:9001)" dev2 http://203.0.113.2:9001/
+# Behind the 1400-byte link: the router's "fragmentation needed" reaches the device
+# (uploads) and, through the POP and the tunnel, the app host (downloads).
+blob "dev3 behind a 1400-byte link, port mode" dev3 http://203.0.113.4:9000/
+blob "dev3 behind a 1400-byte link, address mode" dev3 http://203.0.113.2:9001/
+echo "  (aggregator: $(metric agg tarp_port_icmp_sent_total 'port="line0"') ICMP made on line0, $(metric agg tarp_port_fragmented_packets_total 'port="line0"') packets split; demux fragment drops: $(metric dmx tarp_port_drops_total 'port="tun",role="demux",reason="fragment"'))"
+
 echo "== nothing flows back through the aggregator"
 line_tx=$(metric agg tarp_port_tx_packets_total 'port="line0"')
+line_icmp=$(metric agg tarp_port_icmp_sent_total 'port="line0"')
 line_rx=$(metric agg tarp_port_rx_packets_total 'port="line0"')
 up_fwd=$(metric agg tarp_port_tx_packets_total 'port="uplink"')
 rmx_out=$(metric rmx tarp_port_tx_packets_total 'port="out"')
 nocirc=$(metric rmx tarp_port_drops_total 'port="dc",role="remux",reason="no_circuit"')
-if [ "$line_tx" = 0 ] && [ "${up_fwd:-0}" -gt 0 ] && [ "${rmx_out:-0}" -gt 0 ]; then
-  pass "aggregator forwarded $up_fwd packets into the tunnel and 0 out of its line ($line_rx received there); the remux sent $rmx_out replies out"
+# What the line sends is only ICMP the aggregator itself made (too big, echo replies).
+if [ "$line_tx" = "$line_icmp" ] && [ "${up_fwd:-0}" -gt 0 ] && [ "${rmx_out:-0}" -gt 0 ]; then
+  pass "aggregator forwarded $up_fwd packets into the tunnel and none out of its line but its own $line_icmp ICMP ($line_rx received there); the remux sent $rmx_out replies out"
 else
   fail "counters: line0 tx=$line_tx rx=$line_rx uplink tx=$up_fwd remux out=$rmx_out"
 fi

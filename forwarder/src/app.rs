@@ -116,7 +116,10 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
         .map(|p| p.mtu)
         .max()
         .unwrap_or(PortInfo::DEFAULT_MTU);
-    let data_room = Mempool::DEFAULT_DATA_ROOM.max(max_mtu + 18);
+    let data_room = cfg
+        .mempool
+        .data_room
+        .unwrap_or(Mempool::DEFAULT_DATA_ROOM.max(max_mtu + 18));
     let mut pools: HashMap<i32, Mempool> = HashMap::new();
     let mut ports = Vec::with_capacity(cfg.ports.len());
     for (i, pc) in cfg.ports.iter().enumerate() {

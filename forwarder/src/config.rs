@@ -36,6 +36,21 @@ pub struct Config {
     /// absent: static rules only.
     #[serde(default)]
     pub keeper: Option<String>,
+    /// Packet buffers.
+    #[serde(default)]
+    pub mempool: MempoolConfig,
+}
+
+/// Packet buffers (one DPDK mempool per NUMA socket).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MempoolConfig {
+    /// Bytes of packet per buffer; a received frame must fit one. Absent: 2048, or the
+    /// largest port MTU plus 18 if that is more. Raise it for devices that hand up
+    /// frames larger than the link MTU: `net_af_packet` reassembles IPv4 fragments
+    /// (`PACKET_FANOUT_FLAG_DEFRAG`), so a port on it can receive whole datagrams.
+    #[serde(default)]
+    pub data_room: Option<u16>,
 }
 
 /// EAL arguments.
@@ -138,6 +153,8 @@ fn default_true() -> bool {
 pub const MIN_MTU: u16 = 1280;
 /// The largest port MTU.
 pub const MAX_MTU: u16 = 9600;
+/// The largest packet buffer (DPDK's data room is a u16 with the headroom added).
+pub const MAX_DATA_ROOM: u16 = 65535 - 128;
 
 impl PortConfig {
     /// What the snapshot builder needs to know about the port, with MAC `mac`.
@@ -304,6 +321,14 @@ impl Config {
                 return Err(ConfigError::new(
                     format!("ports[{i}].rx_desc"),
                     "descriptor counts must be powers of two",
+                ));
+            }
+        }
+        if let Some(d) = self.mempool.data_room {
+            if !(2048..=MAX_DATA_ROOM).contains(&d) {
+                return Err(ConfigError::new(
+                    "mempool.data_room",
+                    format!("{d} is not in 2048..={MAX_DATA_ROOM}"),
                 ));
             }
         }

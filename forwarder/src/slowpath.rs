@@ -159,6 +159,20 @@ fn handle_ipv6(snap: &Snapshot, port: PortId, own: MacAddr, peer: MacAddr, body:
             let (Ok(target), Some(mac)) = (m.nd_target(), m.nd_lladdr(2)) else {
                 return Outcome::default();
             };
+            // RFC 4861 7.1.2: hop limit 255 (it was not routed here), code 0, a unicast
+            // target; a solicited advertisement goes to a unicast address. And only a
+            // target this port resolves (a next hop): one packet must not be able to
+            // plant any address it likes.
+            let solicited = msg.get(4).is_some_and(|f| f & 0x40 != 0);
+            if ip.hop_limit() != 255
+                || m.code() != 0
+                || target.is_multicast()
+                || mac.is_multicast()
+                || (solicited && ip.dst().is_multicast())
+                || !snap.resolves(port, IpAddr::V6(target))
+            {
+                return Outcome::default();
+            }
             Outcome {
                 reply: None,
                 learned: Some((IpAddr::V6(target), mac)),
@@ -276,7 +290,8 @@ mod tests {
             tunnels = [{ id = 1, local = "203.0.113.1", remote = "203.0.113.200" }]
             aggregator = [{ capture = "203.0.113.2", alias = "198.18.0.3", tunnel = 1, line = "line0" },
                           { capture = "2001:db8:113::2", alias = "2001:db8:18::3", tunnel = 1, line = "line0" }]
-            routes = [{ prefix = "203.0.113.0/24", port = "line0" }]
+            routes = [{ prefix = "203.0.113.0/24", port = "line0" },
+                      { prefix = "2001:db8:ff::/48", port = "line0", via = "2001:db8:113::fe" }]
             "#,
         )
         .unwrap();
@@ -329,12 +344,41 @@ mod tests {
             "2001:db8:113::2".parse::<Ipv6Addr>().unwrap()
         );
         assert_eq!(m.nd_lladdr(2), Some(OWN));
-        // The NA, fed back, teaches the target's MAC.
-        let back = handle(&s, 0, &na);
+        // Fed back, that NA teaches nothing: its target is no neighbour we resolve.
+        assert_eq!(handle(&s, 0, &na).learned, None);
+    }
+
+    /// RFC 4861 7.1.2, and only for a neighbour this port resolves.
+    #[test]
+    fn neighbour_advertisements_accepted_only_as_rfc_4861_says() {
+        let s = snap();
+        let gw: Ipv6Addr = "2001:db8:113::fe".parse().unwrap();
+        let own: Ipv6Addr = "2001:db8:113::1".parse().unwrap();
+        let na = |target: Ipv6Addr, hop_limit: u8, code: u8| {
+            let mut f = nd_frame(PEER, OWN, target, own, |b| {
+                icmp::write_neighbor_advert(b, target, PEER, true)
+            });
+            f[14 + 7] = hop_limit;
+            f[54 + 1] = code;
+            let l4 = 14 + 40;
+            IcmpPacket::new_checked(&mut f[l4..])
+                .unwrap()
+                .fill_checksum_v6(target, own);
+            f
+        };
         assert_eq!(
-            back.learned,
-            Some(("2001:db8:113::2".parse().unwrap(), OWN))
+            handle(&s, 0, &na(gw, 255, 0)).learned,
+            Some((IpAddr::V6(gw), PEER))
         );
+        assert_eq!(handle(&s, 0, &na(gw, 64, 0)).learned, None, "routed here");
+        assert_eq!(handle(&s, 0, &na(gw, 255, 1)).learned, None, "code 1");
+        let other: Ipv6Addr = "2001:db8:113::77".parse().unwrap();
+        assert_eq!(
+            handle(&s, 0, &na(other, 255, 0)).learned,
+            None,
+            "never asked"
+        );
+        assert_eq!(handle(&s, 1, &na(gw, 255, 0)).learned, None, "other port");
     }
 
     #[test]

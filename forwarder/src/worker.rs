@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::config::IdlePolicy;
 use crate::dpdk::{Mbuf, MbufBurst, MbufQueue, Mempool, RxQueue, TxBuffer, BURST};
 use crate::metrics::{bump, WorkerStats};
-use crate::pipeline::{process, split_into_tunnel, Context, DropReason, Verdict};
+use crate::pipeline::{process, split, Context, DropReason, Verdict};
 use crate::prefetch::prefetch0;
 use crate::tables::{PortId, SnapshotHandle};
 
@@ -93,10 +93,9 @@ impl Worker {
                                 bump(&c.drops[DropReason::TxFull as usize], dropped as u64);
                             }
                         }
-                        Verdict::Fragment { tunnel } => {
+                        Verdict::Fragment(how) => {
                             let pool = self.pool;
                             let tx = &mut self.tx;
-                            let mut out_port = None;
                             let mut lost = 0;
                             let l3 = crate::packet::ethernet::HEADER_LEN
                                 + if m.data().get(12..14) == Some(&[0x81, 0x00]) {
@@ -104,9 +103,9 @@ impl Worker {
                                 } else {
                                     0
                                 };
-                            let made = split_into_tunnel(
+                            let made = split(
                                 &snap,
-                                tunnel,
+                                how,
                                 m.data(),
                                 l3,
                                 |len| {
@@ -114,15 +113,7 @@ impl Worker {
                                     f.append(len)?;
                                     Some(f)
                                 },
-                                |f| {
-                                    // The port is known once the first piece exists.
-                                    let p = out_port.get_or_insert_with(|| {
-                                        snap.next_hops
-                                            [snap.tunnels[tunnel as usize].next_hop as usize]
-                                            .port
-                                    });
-                                    lost += tx[*p as usize].push(f);
-                                },
+                                |p, f| lost += tx[p as usize].push(f),
                             );
                             drop(m);
                             match made {

@@ -20,9 +20,7 @@ use forwarder::packet::icmp::IcmpPacket;
 use forwarder::packet::{
     vxlan, EthernetFrame, Ipv4Packet, Ipv6Packet, MacAddr, TcpPacket, UdpPacket, VxlanPacket,
 };
-use forwarder::pipeline::{
-    process, split_into_tunnel, Context, DropReason, PacketBuf, VecBuf, Verdict,
-};
+use forwarder::pipeline::{process, split, Context, DropReason, PacketBuf, VecBuf, Verdict};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -649,20 +647,20 @@ fn run_role(
                     .map(|_| ())
                     .map_err(|e| format!("generated ICMP: {e}")),
                 // Every piece of a split packet is a forwarded packet of its own.
-                Verdict::Fragment { tunnel } => {
+                Verdict::Fragment(how) => {
                     let mut pieces = Vec::new();
                     let l3 = if p.data()[12..14] == [0x81, 0x00] {
                         18
                     } else {
                         14
                     };
-                    match split_into_tunnel(
+                    match split(
                         &bx.snap,
-                        tunnel,
+                        how,
                         p.data(),
                         l3,
                         |len| Some(VecBuf::new(&vec![0u8; len])),
-                        |f| pieces.push(f),
+                        |_, f| pieces.push(f),
                     ) {
                         Ok((port, n)) if n == pieces.len() && n > 1 => {
                             pieces.iter().try_for_each(|f| {
@@ -683,7 +681,7 @@ fn run_role(
                 );
             }
             tally[match v {
-                Verdict::Forward(_) | Verdict::Icmp(_) | Verdict::Fragment { .. } => 0,
+                Verdict::Forward(_) | Verdict::Icmp(_) | Verdict::Fragment(_) => 0,
                 Verdict::Drop(_) => 1,
                 Verdict::SlowPath => 2,
             }] += 1;

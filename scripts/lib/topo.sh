@@ -2,6 +2,7 @@
 # The tarp test topology in network namespaces (sourced by tests/e2e.sh and scripts/demo.sh).
 #
 #   dev1, dev2 ──br-dev── inet ──line0── [agg]                      ("the Internet": a Linux router)
+#   dev3 ──(1500)── mid ──(1400)── inet                              (a narrow link on the way)
 #                         inet ──br-core── [agg uplink] [dmx tun] [rmx out] kvx
 #   [dmx dc] [rmx dc] ──br-dc── app1, app2                           (the data center)
 #
@@ -18,7 +19,7 @@
 : "${P:=tt}"
 : "${TOPO_DIR:=/tmp/tarp-topo}"
 
-NS_ALL=(dev1 dev2 inet app1 app2 dc kvx agg dmx rmx)
+NS_ALL=(dev1 dev2 dev3 mid inet app1 app2 dc kvx agg dmx rmx)
 
 ns() { echo "${P}$1"; }
 nsx() { local n=$1; shift; ip netns exec "$(ns "$n")" "$@"; }
@@ -54,6 +55,12 @@ fw_ns() {
 bridge() { # bridge NS NAME
   nsx "$1" ip link add "$2" type bridge
   nsx "$1" ip link set "$2" up
+  # A switch, not a firewall: where br_netfilter is loaded, bridged frames would go
+  # through the host's netfilter rules.
+  local k
+  for k in iptables ip6tables arptables; do
+    nsx "$1" sysctl -qw "net.bridge.bridge-nf-call-$k=0" 2>/dev/null || true
+  done
 }
 
 enslave() { nsx "$1" ip link set "$2" master "$3"; }
@@ -91,6 +98,23 @@ topo_up() {
     nsx "$d" ip -6 route add default via 2001:db8:51::1
     i=$((i + 10))
   done
+
+  # A device behind a 1400-byte link in the middle of "the Internet": path MTU
+  # discovery has to work both ways (towards the POP, and from the DC to the device).
+  veth_pair dev3 eth0 mid d3
+  veth_pair mid wan inet mid
+  nsx mid ip link set wan mtu 1400
+  nsx inet ip link set mid mtu 1400
+  nsx mid sysctl -qw net.ipv4.ip_forward=1
+  nsx mid sysctl -qw net.ipv4.conf.all.rp_filter=0
+  nsx dev3 ip addr add 198.51.100.130/26 dev eth0
+  nsx dev3 ip route add default via 198.51.100.129
+  nsx mid ip addr add 198.51.100.129/26 dev d3
+  nsx mid ip addr add 198.51.100.202/30 dev wan
+  nsx mid ip route add default via 198.51.100.201
+  nsx inet ip addr add 198.51.100.201/30 dev mid
+  nsx inet ip route add 198.51.100.128/26 via 198.51.100.202
+  nsx inet sysctl -qw net.ipv4.conf.mid.rp_filter=0
 
   # The POP line: the aggregator's line0.
   veth_pair inet line0 agg agg-line0
@@ -138,6 +162,13 @@ fw_config() {
   local role=$1 f="$TOPO_DIR/$1.toml" keeper=""
   [ -n "${KEEPER:-}" ] && keeper="keeper = \"$KEEPER\""
   local eal='args = ["--no-huge", "--no-shconf", "-m", "256"]'
+  # net_af_packet joins its sockets with PACKET_FANOUT_FLAG_DEFRAG: the kernel hands it
+  # IPv4 datagrams reassembled from their fragments, larger than the link MTU (a real
+  # NIC never does). Ports that receive fragments (the POP line from devices, the
+  # remux from app hosts) get rings and buffers that hold such datagrams, which tarp
+  # then splits again to fit the tunnel or the egress link.
+  local defrag_room=$'[mempool]\ndata_room = 12288'
+  local defrag_ring='framesz=12288,blocksz=12288'
   case $role in
   agg) cat >"$f" <<EOF
 node_id = "pop1-agg"
@@ -148,9 +179,10 @@ $eal
 [workers]
 lcores = [1]
 idle = "backoff"
+$defrag_room
 [[ports]]
 name = "line0"
-device = "net_af_packet0,iface=agg-line0"
+device = "net_af_packet0,iface=agg-line0,$defrag_ring"
 role = "aggregator"
 addresses = ["203.0.113.1", "2001:db8:113::1"]
 [[ports]]
@@ -167,8 +199,9 @@ tunnels = [
 ]
 aggregator = [
   { capture = "203.0.113.2", alias = "198.18.0.2", tunnel = 1, line = "line0" },
-  { capture = "203.0.113.4", alias = "198.18.0.4", tunnel = 1, line = "line0" },
-  { capture = "2001:db8:113::4", alias = "2001:db8:18::4", tunnel = 1, line = "line0" },
+  { capture = "2001:db8:113::2", alias = "2001:db8:18::2", tunnel = 1, line = "line0" },
+  { capture = "203.0.113.4", alias = "198.18.0.4", tunnel = 1, line = "line0", answer_ping = true },
+  { capture = "2001:db8:113::4", alias = "2001:db8:18::4", tunnel = 1, line = "line0", answer_ping = true },
   { capture = "203.0.113.9", alias = "198.18.0.9", tunnel = 2, line = "line0" },
 ]
 routes = [{ prefix = "192.0.2.0/24", port = "uplink" }]
@@ -199,7 +232,11 @@ EOF
 tunnel_peers = ["192.0.2.1", "192.0.2.9"]
 demux = [
   { mode = "address", alias = "198.18.0.2", capture = "203.0.113.2", app_host = "198.19.0.2" },
+  { mode = "address", alias = "2001:db8:18::2", capture = "2001:db8:113::2", app_host = "2001:db8:19::2" },
   { mode = "port", alias = "198.18.0.4", protocol = "udp", port = 4000, app_host = "198.19.0.2" },
+  { mode = "port", alias = "198.18.0.4", protocol = "udp", port = 4001, app_host = "198.19.0.2" },
+  { mode = "port", alias = "198.18.0.4", protocol = "tcp", port = 9000, app_host = "198.19.0.2" },
+  { mode = "port", alias = "198.18.0.4", protocol = "tcp", port = 5201, app_host = "198.19.0.3" },
   { mode = "port", alias = "198.18.0.4", protocol = "udp", port = 5000, app_host = "198.19.0.3" },
   { mode = "port", alias = "198.18.0.4", protocol = "tcp", port = 8080, app_host = "198.19.0.2" },
   { mode = "port", alias = "198.18.0.4", protocol = "tcp", port = 5000, app_host = "198.19.0.3" },
@@ -220,9 +257,10 @@ $eal
 [workers]
 lcores = [1]
 idle = "backoff"
+$defrag_room
 [[ports]]
 name = "dc"
-device = "net_af_packet0,iface=rmx-dc"
+device = "net_af_packet0,iface=rmx-dc,$defrag_ring"
 role = "remux"
 addresses = ["198.19.0.254", "2001:db8:19::fe"]
 [[ports]]
@@ -235,7 +273,11 @@ EOF
 [rules]
 remux = [
   { mode = "address", capture = "203.0.113.2" },
+  { mode = "address", capture = "2001:db8:113::2" },
   { mode = "port", app_host = "198.19.0.2", protocol = "udp", port = 4000, capture = "203.0.113.4" },
+  { mode = "port", app_host = "198.19.0.2", protocol = "udp", port = 4001, capture = "203.0.113.4" },
+  { mode = "port", app_host = "198.19.0.2", protocol = "tcp", port = 9000, capture = "203.0.113.4" },
+  { mode = "port", app_host = "198.19.0.3", protocol = "tcp", port = 5201, capture = "203.0.113.4" },
   { mode = "port", app_host = "198.19.0.3", protocol = "udp", port = 5000, capture = "203.0.113.4" },
   { mode = "port", app_host = "198.19.0.2", protocol = "tcp", port = 8080, capture = "203.0.113.4" },
   { mode = "port", app_host = "198.19.0.3", protocol = "tcp", port = 5000, capture = "203.0.113.4" },

@@ -15,7 +15,7 @@ use super::parse::{addr6, classify, ip_end, Ip, L3};
 use super::rewrite::{
     decrement_ttl, martian_v4, martian_v6, rewrite_v4, rewrite_v6, set_macs, to_slow_path,
 };
-use super::{Context, DropReason, PacketBuf, Verdict, MAX_BURST};
+use super::{Context, DropReason, PacketBuf, Split, Verdict, MAX_BURST};
 
 #[derive(Clone, Copy, Default)]
 struct Pending {
@@ -155,9 +155,7 @@ fn one<B: PacketBuf>(
     };
     set_macs(b, t.inner_dst_mac, snap.ports[nh.port as usize].mac);
     if fragment {
-        return Verdict::Fragment {
-            tunnel: entry_tunnel,
-        };
+        return Verdict::Fragment(Split::Tunnel(entry_tunnel));
     }
     let hash = if ip.frag {
         frag_flow_hash(b, ip.l3)

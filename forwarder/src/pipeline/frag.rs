@@ -18,7 +18,7 @@ use crate::packet::checksum::{self, Delta};
 use crate::packet::{be16, ipv4, set_be16};
 use crate::tables::{Key, NextHopId, PortId, Snapshot};
 
-use super::{DropReason, PacketBuf};
+use super::{DropReason, PacketBuf, Split};
 
 /// A datagram's identity: what every one of its fragments carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -130,24 +130,31 @@ impl FragTable {
 /// The most header bytes a fragment starts with: Ethernet, one VLAN tag, IPv4 with options.
 const MAX_HEAD: usize = 18 + 60;
 
-/// Splits the IPv4 packet of `frame` (its IP header at `l3`, already rewritten for the
-/// tunnel) into fragments of at most `mtu` bytes of IP, each encapsulated into tunnel
-/// `tunnel` in a buffer from `alloc(len)` and handed to `out`. Later fragments carry a
-/// 20-byte header (options are not copied). Returns the output port and the count.
-pub fn split_into_tunnel<B: PacketBuf>(
+/// Splits the IPv4 packet of `frame` (its IP header at `l3`, already rewritten and
+/// addressed) into fragments that fit where `how` sends them — the tunnel's inner budget,
+/// each piece then encapsulated, or the port's MTU — each in a buffer from `alloc(len)`
+/// handed to `out` with its output port. Later fragments carry a 20-byte header (options are not copied).
+/// Returns the output port and the number of pieces.
+pub fn split<B: PacketBuf>(
     snap: &Snapshot,
-    tunnel: u16,
+    how: Split,
     frame: &[u8],
     l3: usize,
     mut alloc: impl FnMut(usize) -> Option<B>,
-    mut out: impl FnMut(B),
+    mut out: impl FnMut(PortId, B),
 ) -> Result<(PortId, usize), DropReason> {
-    let t = snap
-        .tunnels
-        .get(tunnel as usize)
-        .ok_or(DropReason::Malformed)?;
-    let nh = &snap.next_hops[t.next_hop as usize];
-    let nh_mac = nh.mac().ok_or(DropReason::NoNeighbour)?;
+    let (mtu, port, tunnel) = match how {
+        Split::Tunnel(t) => {
+            let t = snap.tunnels.get(t as usize).ok_or(DropReason::Malformed)?;
+            let nh = &snap.next_hops[t.next_hop as usize];
+            let mac = nh.mac().ok_or(DropReason::NoNeighbour)?;
+            (t.inner_mtu, nh.port, Some((t, mac)))
+        }
+        Split::Port(p) => {
+            let port = snap.ports.get(p as usize).ok_or(DropReason::Malformed)?;
+            (port.mtu, p, None)
+        }
+    };
     if frame.len() < l3 + ipv4::HEADER_LEN || l3 > 18 {
         return Err(DropReason::Malformed);
     }
@@ -156,7 +163,7 @@ pub fn split_into_tunnel<B: PacketBuf>(
     if ihl < ipv4::HEADER_LEN || total < ihl || l3 + total > frame.len() {
         return Err(DropReason::Malformed);
     }
-    let mtu = t.inner_mtu as usize;
+    let mtu = mtu as usize;
     let flags = be16(frame, l3 + ipv4::field::FLG_OFF);
     let base = (flags & ipv4::OFFSET_MASK) as usize * 8;
     let last_mf = flags & ipv4::FLAG_MF != 0;
@@ -191,7 +198,7 @@ pub fn split_into_tunnel<B: PacketBuf>(
         set_be16(h, l3 + ipv4::field::CHECKSUM, 0);
         let c = checksum::checksum(&h[l3..l3 + hl]);
         set_be16(h, l3 + ipv4::field::CHECKSUM, c);
-        let outer = t.outer.len();
+        let outer = tunnel.map_or(0, |(t, _)| t.outer.len());
         let size = outer + h.len() + len;
         let mut buf = alloc(size).ok_or(DropReason::NoBuffer)?;
         let b = buf.data_mut();
@@ -200,14 +207,16 @@ pub fn split_into_tunnel<B: PacketBuf>(
         }
         b[outer..outer + h.len()].copy_from_slice(h);
         b[outer + h.len()..].copy_from_slice(&payload[at..at + len]);
-        if !t.outer.write(b, nh_mac, src_port) {
-            return Err(DropReason::Malformed);
+        if let Some((t, nh_mac)) = tunnel {
+            if !t.outer.write(b, nh_mac, src_port) {
+                return Err(DropReason::Malformed);
+            }
         }
-        out(buf);
+        out(port, buf);
         n += 1;
         at += len;
     }
-    Ok((nh.port, n))
+    Ok((port, n))
 }
 
 #[cfg(test)]

@@ -25,9 +25,11 @@ mod rewrite;
 mod verdict;
 
 pub use buf::{PacketBuf, VecBuf};
-pub use context::{Context, TokenBucket};
-pub use frag::{split_into_tunnel, FragTable};
-pub use verdict::{DropReason, Verdict};
+pub use context::{
+    Context, TokenBucket, ICMP_BURST, ICMP_RATE, ND_BURST, ND_RATE, SLOW_BURST, SLOW_RATE,
+};
+pub use frag::{split, FragTable};
+pub use verdict::{DropReason, Split, Verdict};
 
 use crate::tables::{PortId, Role, Snapshot};
 

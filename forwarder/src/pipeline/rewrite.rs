@@ -5,7 +5,7 @@ use crate::packet::icmp::{v4_type, v6_type};
 use crate::packet::{be16, ethernet, icmp, ip_proto, ipv4, ipv6, set_be16, tcp, udp, MacAddr};
 
 use super::parse::{Ip, L3};
-use super::{Context, DropReason, Verdict};
+use super::{Context, DropReason, Split, Verdict};
 use crate::tables::{NextHopId, PortId, Snapshot, ON_LINK};
 
 /// Folds an address change into the upper-layer checksum (TCP, UDP, ICMPv6 all cover the
@@ -86,20 +86,26 @@ pub(crate) fn set_macs(b: &mut [u8], dst: MacAddr, src: MacAddr) {
 /// Addresses the frame to next hop `nh` (its MAC, the output port's MAC) and says where
 /// it goes; an unresolved neighbour (or an on-link next hop, which a per-packet
 /// destination cannot be resolved to here) drops it, and so does a packet larger than
-/// the output port's MTU (never truncated).
+/// the output port's MTU (never truncated) unless it is IPv4 without DF, which is split.
 #[inline(always)]
 pub(crate) fn to_next_hop(snap: &Snapshot, b: &mut [u8], ip: &Ip, nh: NextHopId) -> Verdict {
     if nh == ON_LINK {
         return Verdict::Drop(DropReason::NoNeighbour);
     }
     let nh = &snap.next_hops[nh as usize];
-    if super::parse::ip_end(b, ip) - ip.l3 > snap.ports[nh.port as usize].mtu as usize {
-        return Verdict::Drop(DropReason::TooBig);
-    }
     let Some(mac) = nh.mac() else {
         return Verdict::Drop(DropReason::NoNeighbour);
     };
     set_macs(b, mac, snap.ports[nh.port as usize].mac);
+    if super::parse::ip_end(b, ip) - ip.l3 > snap.ports[nh.port as usize].mtu as usize {
+        // A router fragments IPv4 without DF (RFC 791); the rest cannot pass.
+        let df = be16(b, ip.l3 + ipv4::field::FLG_OFF) & ipv4::FLAG_DF != 0;
+        return if ip.v6 || df {
+            Verdict::Drop(DropReason::TooBig)
+        } else {
+            Verdict::Fragment(Split::Port(nh.port))
+        };
+    }
     Verdict::Forward(nh.port)
 }
 

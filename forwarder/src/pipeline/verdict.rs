@@ -117,11 +117,16 @@ pub enum Verdict {
     /// An ICMP message the pipeline made from the packet (too big, an echo reply from a
     /// capture address): send on this port and count it as generated.
     Icmp(PortId),
-    /// An IPv4 packet without DF that does not fit tunnel `tunnel` (an index into
-    /// `Snapshot::tunnels`), already rewritten: split it with
-    /// [`super::split_into_tunnel`] and send the pieces.
-    Fragment {
-        /// The tunnel.
-        tunnel: u16,
-    },
+    /// An IPv4 packet without DF that does not fit where it goes, already rewritten:
+    /// split it with [`super::split`] and send the pieces.
+    Fragment(Split),
+}
+
+/// Where the pieces of a split packet go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// Into tunnel `.0` (an index into `Snapshot::tunnels`), each piece encapsulated.
+    Tunnel(u16),
+    /// Out of port `.0`, each piece within its MTU (the frame is already addressed).
+    Port(PortId),
 }

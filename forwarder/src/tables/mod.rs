@@ -932,6 +932,13 @@ impl Snapshot {
         n
     }
 
+    /// True if `ip` is a next hop on `port`: a neighbour this forwarder resolves.
+    pub fn resolves(&self, port: PortId, ip: IpAddr) -> bool {
+        self.next_hops
+            .iter()
+            .any(|nh| nh.port == port && nh.ip == ip)
+    }
+
     /// True if the slow path should answer ARP / neighbour solicitations for `ip` on
     /// `port`: one of the port's own addresses, or a capture address on this line.
     pub fn answers_for(&self, port: PortId, ip: IpAddr) -> bool {

@@ -29,7 +29,7 @@ pub const RMX_DC: &str = "02:00:00:00:0e:01";
 pub const RMX_OUT: &str = "02:00:00:00:0e:02";
 pub const INNER: &str = "02:00:00:00:0f:0f";
 
-fn port(name: &str, role: Role, m: &str, addrs: &[&str]) -> PortInfo {
+pub fn port(name: &str, role: Role, m: &str, addrs: &[&str]) -> PortInfo {
     PortInfo::new(name, role, mac(m), addrs.iter().map(|a| ip(a)).collect())
 }
 
@@ -474,4 +474,62 @@ pub fn fix_ipv4_header_checksum(frame: &mut [u8], l3: usize) {
     frame[l3 + 10..l3 + 12].fill(0);
     let c = forwarder::packet::checksum::checksum(&frame[l3..l3 + ihl]);
     frame[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Splits the IPv4 packet of an untagged Ethernet frame into fragments of at most
+/// `max_ip` bytes of IP (a test's own fragmenter: etherparse rebuilds every header).
+pub fn fragment_v4(frame: &[u8], max_ip: usize) -> Vec<Vec<u8>> {
+    let (ip, rest) = etherparse::Ipv4Header::from_slice(&frame[14..]).unwrap();
+    let payload = &rest[..ip.payload_len().unwrap() as usize];
+    let room = (max_ip - ip.header_len()) & !7;
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < payload.len() {
+        let len = room.min(payload.len() - at);
+        let mut h = ip.clone();
+        h.dont_fragment = false;
+        h.more_fragments = at + len < payload.len();
+        h.fragment_offset = etherparse::IpFragOffset::try_new((at / 8) as u16).unwrap();
+        h.set_payload_len(len).unwrap();
+        h.header_checksum = h.calc_header_checksum();
+        let mut f = frame[..14].to_vec();
+        h.write(&mut f).unwrap();
+        f.extend_from_slice(&payload[at..at + len]);
+        out.push(f);
+        at += len;
+    }
+    out
+}
+
+/// Reassembles IPv4 fragments (untagged Ethernet frames, any order) into one frame.
+pub fn reassemble_v4(frags: &[Vec<u8>]) -> Vec<u8> {
+    let mut parts: Vec<(usize, bool, Vec<u8>, etherparse::Ipv4Header)> = frags
+        .iter()
+        .map(|f| {
+            let (ip, rest) = etherparse::Ipv4Header::from_slice(&f[14..]).unwrap();
+            let data = rest[..ip.payload_len().unwrap() as usize].to_vec();
+            (
+                ip.fragment_offset.byte_offset() as usize,
+                ip.more_fragments,
+                data,
+                ip,
+            )
+        })
+        .collect();
+    parts.sort_by_key(|p| p.0);
+    let mut payload = Vec::new();
+    for (off, _, data, _) in &parts {
+        assert_eq!(*off, payload.len(), "a hole or an overlap at {off}");
+        payload.extend_from_slice(data);
+    }
+    assert!(!parts.last().unwrap().1, "the last fragment has MF set");
+    let mut h = parts[0].3.clone();
+    h.more_fragments = false;
+    h.fragment_offset = etherparse::IpFragOffset::ZERO;
+    h.set_payload_len(payload.len()).unwrap();
+    h.header_checksum = h.calc_header_checksum();
+    let mut f = frags[0][..14].to_vec();
+    h.write(&mut f).unwrap();
+    f.extend_from_slice(&payload);
+    f
 }

@@ -169,20 +169,20 @@ for dst in 203.0.113.4 2001:db8:113::4; do
 done
 out=$(nsx dev2 timeout 10 ping -c 1 -W 2 -M "do" -s 1472 203.0.113.2 2>&1 || true)
 if echo "$out" | grep -q "Frag needed and DF set (mtu = 1450)"; then
-  pass "ping -M "do" -s 1472 203.0.113.2: \"$(echo "$out" | grep -o 'Frag needed.*')\""
+  pass "ping -M do -s 1472 203.0.113.2: \"$(echo "$out" | grep -o 'Frag needed.*')\""
 else
-  fail "ping -M "do" -s 1472: $out"
+  fail "ping -M do -s 1472: $out"
 fi
 if out=$(nsx dev2 timeout 10 ping -c 2 -W 2 -M "do" -s 1422 203.0.113.2 2>&1) && echo "$out" | grep -q "1430 bytes from"; then
-  pass "ping -M "do" -s 1422 203.0.113.2 (1450 bytes, the inner budget): the app host answered"
+  pass "ping -M do -s 1422 203.0.113.2 (1450 bytes, the inner budget): the app host answered"
 else
-  fail "ping -M "do" -s 1422: $out"
+  fail "ping -M do -s 1422: $out"
 fi
 out=$(nsx dev2 timeout 10 ping -6 -c 1 -W 2 -M "do" -s 1452 2001:db8:113::2 2>&1 || true)
 if echo "$out" | grep -q "Packet too big: mtu=1450"; then
-  pass "ping -6 -M "do" -s 1452 2001:db8:113::2: \"$(echo "$out" | grep -o 'Packet too big.*')\""
+  pass "ping -6 -M do -s 1452 2001:db8:113::2: \"$(echo "$out" | grep -o 'Packet too big.*')\""
 else
-  fail "ping -6 -M "do" -s 1452: $out"
+  fail "ping -6 -M do -s 1452: $out"
 fi
 if out=$(nsx dev1 timeout 10 ping -c 2 -W 2 -s 3000 203.0.113.2 2>&1) && echo "$out" | grep -q "3008 bytes from"; then
   pass "ping -s 3000 203.0.113.2 (address mode, fragmented both ways): answered"

@@ -68,6 +68,9 @@ BLOB_SHA=$(sha256sum "$TOPO_DIR/blob" | cut -d' ' -f1)
 bg blobP app1 timeout 300 python3 "$APPS/http_blob.py" 198.19.0.2 9000 "$TOPO_DIR/blob"
 bg blobA app1 timeout 300 python3 "$APPS/http_blob.py" 203.0.113.2 9001 "$TOPO_DIR/blob"
 bg iperfP app2 timeout 300 iperf3 -s -B 198.19.0.3 -p 5201
+# A symmetric circuit (203.0.113.6): its replies return through the POP's line.
+bg echoS app1 timeout 300 python3 "$APPS/udp_echo.py" 198.19.0.2 4100 --tag app1-sym
+bg blobS app1 timeout 300 python3 "$APPS/http_blob.py" 198.19.0.2 9100 "$TOPO_DIR/blob"
 bg iperfA app1 timeout 300 iperf3 -s -B 203.0.113.2 -p 5202
 # The kernel VXLAN peer listens behind its tunnel.
 bg kvx kvx timeout 300 python3 "$APPS/udp_echo.py" 198.18.0.9 7000 --tag kvx
@@ -92,6 +95,8 @@ wait_listen app1 tcp 198.19.0.2:9000
 wait_listen app1 tcp 203.0.113.2:9001
 wait_listen app2 tcp 198.19.0.3:5201
 wait_listen app1 tcp 203.0.113.2:5202
+wait_listen app1 udp 198.19.0.2:4100
+wait_listen app1 tcp 198.19.0.2:9100
 
 for r in agg dmx rmx; do
   for _ in $(seq 100); do [ -n "$(metric "$r" tarp_snapshot_generation 'node=')" ] && break; sleep 0.2; done
@@ -257,6 +262,52 @@ blob "dev3 behind a 1400-byte link, port mode" dev3 http://203.0.113.4:9000/
 blob "dev3 behind a 1400-byte link, address mode" dev3 http://203.0.113.2:9001/
 echo "  (aggregator: $(metric agg tarp_port_icmp_sent_total 'port="line0"') ICMP made on line0, $(metric agg tarp_port_fragmented_packets_total 'port="line0"') packets split; demux fragment drops: $(metric dmx tarp_port_drops_total 'port="tun",role="demux",reason="fragment"'))"
 
+echo "== symmetric return through a strict provider (BCP 38 on the POP line's network)"
+# What the device side sees: which replies come in from the POP line, and which from
+# the DC, counted by tcpdump on the Internet router's two ports.
+cap() { # cap NAME IFACE FILTER: a bounded capture of what comes in on inet's IFACE
+  bg "cap-$1" inet timeout 120 tcpdump -l -n -Q in -i "$2" "$3"
+}
+cap_count() { # cap_count NAME: stops the capture, prints how many packets it saw
+  kill -INT "$(cat "$TOPO_DIR/cap-$1.pid")" 2>/dev/null || true
+  sleep 0.5
+  grep -c ' IP ' "$TOPO_DIR/cap-$1.log" || true
+}
+sym_replies='src host 203.0.113.6 and (udp src port 4100 or tcp src port 9100)'
+asym_replies='src host 203.0.113.4 and (udp src port 4000 or tcp src port 9000)'
+cap sym-line line0 "$sym_replies"
+cap sym-core br-core "$sym_replies"
+cap asym-line line0 "$asym_replies"
+sleep 1
+# The provider now drops packets from the DC whose source is one of its line's
+# addresses (strict reverse-path filtering on the router's port towards the DC).
+nsx inet sysctl -qw net.ipv4.conf.br-core.rp_filter=1
+if nsx dev1 timeout 10 python3 "$APPS/udp_ask.py" 203.0.113.4 4000 strict --tries 3 >/dev/null 2>&1; then
+  fail "asymmetric circuit through the strict provider: a reply got through"
+else
+  pass "asymmetric circuit (203.0.113.4) through the strict provider: UDP replies dropped, as BCP 38 wants"
+fi
+if nsx dev1 timeout 10 curl -s --max-time 4 -o /dev/null http://203.0.113.4:9000/; then
+  fail "asymmetric TCP through the strict provider got an answer"
+else
+  pass "asymmetric circuit through the strict provider: TCP gets nowhere"
+fi
+if out=$(nsx dev1 timeout 30 python3 "$APPS/udp_sizes.py" 203.0.113.6 4100 100 1472 3000 --tag app1-sym 2>&1); then
+  pass "symmetric circuit (203.0.113.6) through the strict provider: UDP echoed: $(echo "$out" | tr '\n' ' ')"
+else
+  fail "symmetric UDP: $(echo "$out" | tr '\n' ' ')"
+fi
+blob "symmetric circuit (203.0.113.6:9100) through the strict provider" dev1 http://203.0.113.6:9100/
+nsx inet sysctl -qw net.ipv4.conf.br-core.rp_filter=0
+n_sym_line=$(cap_count sym-line)
+n_sym_core=$(cap_count sym-core)
+n_asym_line=$(cap_count asym-line)
+if [ "${n_sym_line:-0}" -gt 100 ] && [ "$n_sym_core" = 0 ] && [ "$n_asym_line" = 0 ]; then
+  pass "at the router: $n_sym_line symmetric replies came in from the POP line, 0 from the DC; 0 asymmetric replies from the POP line"
+else
+  fail "at the router: symmetric replies from the line $n_sym_line, from the DC $n_sym_core; asymmetric replies from the line $n_asym_line"
+fi
+
 echo "== nothing flows back through the aggregator"
 line_tx=$(metric agg tarp_port_tx_packets_total 'port="line0"')
 line_icmp=$(metric agg tarp_port_icmp_sent_total 'port="line0"')
@@ -264,9 +315,11 @@ line_rx=$(metric agg tarp_port_rx_packets_total 'port="line0"')
 up_fwd=$(metric agg tarp_port_tx_packets_total 'port="uplink"')
 rmx_out=$(metric rmx tarp_port_tx_packets_total 'port="out"')
 nocirc=$(metric rmx tarp_port_drops_total 'port="dc",role="remux",reason="no_circuit"')
-# What the line sends is only ICMP the aggregator itself made (too big, echo replies).
-if [ "$line_tx" = "$line_icmp" ] && [ "${up_fwd:-0}" -gt 0 ] && [ "${rmx_out:-0}" -gt 0 ]; then
-  pass "aggregator forwarded $up_fwd packets into the tunnel and none out of its line but its own $line_icmp ICMP ($line_rx received there); the remux sent $rmx_out replies out"
+line_fwd=$(metric agg tarp_port_forwarded_packets_total 'port="uplink"')
+# What the line sends is the ICMP the aggregator itself made (too big, echo replies)
+# and the symmetric circuit's replies that came back through the tunnel.
+if [ "$line_tx" = $((line_icmp + line_fwd)) ] && [ "${up_fwd:-0}" -gt 0 ] && [ "${rmx_out:-0}" -gt 0 ]; then
+  pass "aggregator forwarded $up_fwd packets into the tunnel; out of its line only its own $line_icmp ICMP and $line_fwd symmetric replies ($line_rx received there); the remux sent $rmx_out replies out"
 else
   fail "counters: line0 tx=$line_tx rx=$line_rx uplink tx=$up_fwd remux out=$rmx_out"
 fi

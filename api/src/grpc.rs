@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::rules::{
-    AggregatorRule, DemuxRule, Protocol, RemuxRule, Route, Rules, Tunnel, TunnelPeer,
+    AggregatorRule, DemuxRule, Protocol, RemuxRule, ReturnTunnel, Route, Rules, Tunnel, TunnelPeer,
 };
 use crate::MacAddr;
 
@@ -94,6 +94,14 @@ impl From<&Rules> for v1::Rules {
                 })
                 .collect(),
             inner_mtu: r.inner_mtu.map_or(0, u32::from),
+            return_tunnels: r
+                .return_tunnels
+                .iter()
+                .map(|t| v1::ReturnTunnel {
+                    capture: t.capture.to_string(),
+                    tunnel: t.tunnel,
+                })
+                .collect(),
         }
     }
 }
@@ -120,6 +128,12 @@ impl TryFrom<&v1::Rules> for Rules {
                 })
                 .collect::<Result<_, ProtoError>>()?,
             inner_mtu: opt_mtu("inner_mtu", r.inner_mtu)?,
+            return_tunnels: collect(&r.return_tunnels, "return_tunnels", |at, t| {
+                Ok(ReturnTunnel {
+                    capture: parse_ip(&format!("{at}.capture"), &t.capture)?,
+                    tunnel: t.tunnel,
+                })
+            })?,
         })
     }
 }
@@ -189,6 +203,7 @@ impl From<&AggregatorRule> for v1::AggregatorRule {
             tunnel: a.tunnel,
             line: a.line.clone().unwrap_or_default(),
             answer_ping: a.answer_ping,
+            return_via: a.return_via.map(|a| a.to_string()).unwrap_or_default(),
         }
     }
 }
@@ -204,6 +219,7 @@ fn aggregator_from_wire(at: &str, a: &v1::AggregatorRule) -> Result<AggregatorRu
             Some(a.line.clone())
         },
         answer_ping: a.answer_ping,
+        return_via: parse_opt_ip(&format!("{at}.return_via"), &a.return_via)?,
     })
 }
 
@@ -345,6 +361,7 @@ mod tests {
                 tunnel: 1,
                 line: Some("p0".into()),
                 answer_ping: true,
+                return_via: Some(ip("203.0.113.254")),
             }],
             demux: vec![
                 DemuxRule::Address {
@@ -390,6 +407,10 @@ mod tests {
                 },
             ],
             inner_mtu: Some(1380),
+            return_tunnels: vec![ReturnTunnel {
+                capture: ip("203.0.113.2"),
+                tunnel: 3,
+            }],
         };
         let wire = v1::Rules::from(&rules);
         assert_eq!(Rules::try_from(&wire).unwrap(), rules);

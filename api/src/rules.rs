@@ -154,6 +154,22 @@ pub struct AggregatorRule {
     /// thinks it talks to (port mode: no app host owns the whole address).
     #[serde(default)]
     pub answer_ping: bool,
+    /// Symmetric return: replies from `capture` that come back through a tunnel from the
+    /// DC leave `line` (which must be set) to this gateway. Absent: asymmetric, the
+    /// aggregator never sends out of a line.
+    #[serde(default)]
+    pub return_via: Option<IpAddr>,
+}
+
+/// Symmetric return at a remux: replies whose source is (or becomes) `capture` go into
+/// tunnel `tunnel` to the circuit's aggregator instead of out to the Internet.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReturnTunnel {
+    /// The capture address.
+    pub capture: IpAddr,
+    /// The tunnel (by [`Tunnel::id`]).
+    pub tunnel: u32,
 }
 
 /// Demux map entry, in one of the patent's two modes.
@@ -247,4 +263,7 @@ pub struct Rules {
     /// [`DEFAULT_INNER_MTU`].
     #[serde(default)]
     pub inner_mtu: Option<u16>,
+    /// Symmetric return at a remux.
+    #[serde(default)]
+    pub return_tunnels: Vec<ReturnTunnel>,
 }

@@ -118,6 +118,7 @@ fn aggregator_case(n: usize, zipf: bool) -> Case {
             tunnel: 1,
             line: None,
             answer_ping: false,
+            return_via: None,
         })
         .collect();
     let snap = Snapshot::build(&rules, &ports(Role::Aggregator), 1, &neighbours()).unwrap();

@@ -108,6 +108,7 @@ fn build(g: u64, ports: &[PortInfo], neighbours: &NeighbourCache) -> Snapshot {
             tunnel: t,
             line: None,
             answer_ping: false,
+            return_via: None,
         });
         rules.aggregator.push(AggregatorRule {
             capture: capture_v6(x).into(),
@@ -115,6 +116,7 @@ fn build(g: u64, ports: &[PortInfo], neighbours: &NeighbourCache) -> Snapshot {
             tunnel: t,
             line: None,
             answer_ping: false,
+            return_via: None,
         });
     }
     Snapshot::build(&rules, ports, g, neighbours).unwrap()

@@ -839,3 +839,95 @@ fn the_slow_path_is_rate_limited_per_port_and_arp_keeps_its_own_budget() {
     );
     assert_eq!(run(&udp, &mut ctx), Verdict::Drop(DropReason::NotAnswered));
 }
+
+// ---------------------------------------------------------------------------------------
+// Symmetric return.
+
+#[test]
+fn symmetric_reply_goes_back_through_the_aggregator_and_out_of_its_line() {
+    let rmx = Box_::new(
+        vec![
+            port("dc", Role::Remux, RMX_DC, &["198.19.0.254"]),
+            port("out", Role::Remux, RMX_OUT, &["192.0.2.3"]),
+        ],
+        r#"
+        tunnels = [{ id = 7, local = "192.0.2.3", remote = "192.0.2.1", vni = 100 }]
+        remux = [
+          { mode = "port", app_host = "198.19.0.2", protocol = "udp", port = 4000, capture = "203.0.113.6" },
+          { mode = "port", app_host = "198.19.0.2", protocol = "udp", port = 4001, capture = "203.0.113.4" },
+        ]
+        return_tunnels = [{ capture = "203.0.113.6", tunnel = 7 }]
+        routes = [{ prefix = "0.0.0.0/0", port = "out", via = "192.0.2.254" }, { prefix = "192.0.2.0/24", port = "out" }]
+        "#,
+        &[(1, "192.0.2.254", ROUTER), (1, "192.0.2.1", AGG_UPLINK)],
+    );
+    let agg = Box_::new(
+        vec![
+            port("line0", Role::Aggregator, AGG_LINE, &["203.0.113.1"]),
+            port("uplink", Role::Aggregator, AGG_UPLINK, &["192.0.2.1"]),
+        ],
+        r#"
+        tunnels = [{ id = 1, local = "192.0.2.1", remote = "192.0.2.2", vni = 100 }]
+        tunnel_peers = [{ address = "192.0.2.3", vni = 100 }]
+        aggregator = [
+          { capture = "203.0.113.6", alias = "198.18.0.6", tunnel = 1, line = "line0", return_via = "203.0.113.254" },
+        ]
+        routes = [{ prefix = "192.0.2.0/24", port = "uplink" }]
+        "#,
+        &[(1, "192.0.2.2", DMX_TUN), (0, "203.0.113.254", ROUTER)],
+    );
+    let body = payload(300);
+    let reply = frame(
+        APP2,
+        RMX_DC,
+        ip("198.19.0.2"),
+        ip(DEV),
+        64,
+        L4::Udp,
+        4000,
+        5555,
+        &body,
+    );
+    let (v, t) = rmx.run(0, &reply);
+    assert_eq!(v, Verdict::Forward(1));
+    // Into the tunnel to the aggregator, not to the Internet router.
+    assert_eq!(&t[..6], &mac(AGG_UPLINK).0);
+    let (s, d, _) = check_checksums(&t).unwrap();
+    assert_eq!((s, d), (ip("192.0.2.3"), ip("192.0.2.1")));
+    // The aggregator sends it out of line0 to the line's gateway, as the capture address.
+    let (v, out) = agg.run(1, &t);
+    assert_eq!(v, Verdict::Forward(0));
+    let want = frame(
+        AGG_LINE,
+        ROUTER,
+        ip("203.0.113.6"),
+        ip(DEV),
+        62,
+        L4::Udp,
+        4000,
+        5555,
+        &body,
+    );
+    assert_eq!(out, want);
+    // An asymmetric circuit's reply still leaves the remux towards the Internet.
+    let other = frame(
+        APP2,
+        RMX_DC,
+        ip("198.19.0.2"),
+        ip(DEV),
+        64,
+        L4::Udp,
+        4001,
+        5555,
+        b"x",
+    );
+    let (v, o) = rmx.run(0, &other);
+    assert_eq!((v, &o[..6]), (Verdict::Forward(1), &mac(ROUTER).0[..]));
+    // A tunnel packet from the remux for a capture address without symmetric return is
+    // not sent out of the line.
+    let mut t2 = t.clone();
+    let at = 50 + 14 + 12; // inner source address
+    t2[at..at + 4].copy_from_slice(&[203, 0, 113, 4]);
+    fix_ipv4_header_checksum(&mut t2, 50 + 14);
+    assert_eq!(agg.run(1, &t2).0, Verdict::Drop(DropReason::NoCircuit));
+}

@@ -61,6 +61,7 @@ pub fn compile<'a>(
                     line: Some(c.line.clone()),
                     // No app host owns a port-mode capture address: the POP answers.
                     answer_ping: c.mode == Mode::Port,
+                    return_via: None,
                 });
             }
         }
@@ -253,7 +254,8 @@ mod tests {
                 alias: ip("198.18.0.1"),
                 tunnel: 1,
                 line: Some("line0".into()),
-                answer_ping: false
+                answer_ping: false,
+                return_via: None
             }]
         );
         assert_eq!(
@@ -307,7 +309,8 @@ mod tests {
                 alias,
                 tunnel: 1,
                 line: Some("line0".into()),
-                answer_ping: true
+                answer_ping: true,
+                return_via: None
             }]
         );
         let port = |port: u16, app: &str| DemuxRule::Port {

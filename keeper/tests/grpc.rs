@@ -69,7 +69,8 @@ async fn activate_watch_bounce_release(t: Transport) {
             alias: c.alias,
             tunnel: 1,
             line: Some("line0".into()),
-            answer_ping: false
+            answer_ping: false,
+            return_via: None
         }]
     );
     assert_eq!(c.generation, agg_gen);

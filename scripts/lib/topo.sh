@@ -203,7 +203,10 @@ aggregator = [
   { capture = "203.0.113.4", alias = "198.18.0.4", tunnel = 1, line = "line0", answer_ping = true },
   { capture = "2001:db8:113::4", alias = "2001:db8:18::4", tunnel = 1, line = "line0", answer_ping = true },
   { capture = "203.0.113.9", alias = "198.18.0.9", tunnel = 2, line = "line0" },
+  { capture = "203.0.113.6", alias = "198.18.0.6", tunnel = 1, line = "line0", return_via = "203.0.113.254" },
 ]
+# Symmetric return: replies of 203.0.113.6 come back from the remux through a tunnel.
+tunnel_peers = [{ address = "192.0.2.3", vni = 100 }]
 routes = [{ prefix = "192.0.2.0/24", port = "uplink" }]
 EOF
     ;;
@@ -237,6 +240,8 @@ demux = [
   { mode = "port", alias = "198.18.0.4", protocol = "udp", port = 4001, app_host = "198.19.0.2" },
   { mode = "port", alias = "198.18.0.4", protocol = "tcp", port = 9000, app_host = "198.19.0.2" },
   { mode = "port", alias = "198.18.0.4", protocol = "tcp", port = 5201, app_host = "198.19.0.3" },
+  { mode = "port", alias = "198.18.0.6", protocol = "udp", port = 4100, app_host = "198.19.0.2" },
+  { mode = "port", alias = "198.18.0.6", protocol = "tcp", port = 9100, app_host = "198.19.0.2" },
   { mode = "port", alias = "198.18.0.4", protocol = "udp", port = 5000, app_host = "198.19.0.3" },
   { mode = "port", alias = "198.18.0.4", protocol = "tcp", port = 8080, app_host = "198.19.0.2" },
   { mode = "port", alias = "198.18.0.4", protocol = "tcp", port = 5000, app_host = "198.19.0.3" },
@@ -278,6 +283,8 @@ remux = [
   { mode = "port", app_host = "198.19.0.2", protocol = "udp", port = 4001, capture = "203.0.113.4" },
   { mode = "port", app_host = "198.19.0.2", protocol = "tcp", port = 9000, capture = "203.0.113.4" },
   { mode = "port", app_host = "198.19.0.3", protocol = "tcp", port = 5201, capture = "203.0.113.4" },
+  { mode = "port", app_host = "198.19.0.2", protocol = "udp", port = 4100, capture = "203.0.113.6" },
+  { mode = "port", app_host = "198.19.0.2", protocol = "tcp", port = 9100, capture = "203.0.113.6" },
   { mode = "port", app_host = "198.19.0.3", protocol = "udp", port = 5000, capture = "203.0.113.4" },
   { mode = "port", app_host = "198.19.0.2", protocol = "tcp", port = 8080, capture = "203.0.113.4" },
   { mode = "port", app_host = "198.19.0.3", protocol = "tcp", port = 5000, capture = "203.0.113.4" },
@@ -286,7 +293,11 @@ remux = [
 routes = [
   { prefix = "0.0.0.0/0", port = "out", via = "192.0.2.254" },
   { prefix = "::/0", port = "out", via = "2001:db8:ffff::fe" },
+  { prefix = "192.0.2.0/24", port = "out" },
 ]
+# Symmetric return for 203.0.113.6: back to the POP's aggregator, out of its line.
+tunnels = [{ id = 1, local = "192.0.2.3", remote = "192.0.2.1", vni = 100 }]
+return_tunnels = [{ capture = "203.0.113.6", tunnel = 1 }]
 EOF
     ;;
   esac

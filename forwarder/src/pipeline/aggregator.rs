@@ -6,16 +6,17 @@
 //! to a port-mode capture address is answered here, as the host the device talks to.
 
 use crate::packet::icmp::{v4_type, v6_type};
-use crate::packet::{be32, ip_proto, ipv4, vxlan};
+use crate::packet::{be32, ip_proto, ipv4};
 use crate::tables::{Key, PortEntry, PortId, Snapshot};
 
 use super::icmp::{echo_reply_in_place, too_big_in_place};
 use super::mss;
 use super::parse::{addr6, classify, ip_end, Ip, L3};
 use super::rewrite::{
-    decrement_ttl, martian_v4, martian_v6, rewrite_v4, rewrite_v6, set_macs, to_slow_path,
+    decrement_ttl, into_tunnel, martian_v4, martian_v6, rewrite_v4, rewrite_v6, to_next_hop,
+    to_slow_path,
 };
-use super::{Context, DropReason, PacketBuf, Split, Verdict, MAX_BURST};
+use super::{Context, DropReason, PacketBuf, Verdict, MAX_BURST};
 
 #[derive(Clone, Copy, Default)]
 struct Pending {
@@ -93,7 +94,7 @@ fn one<B: PacketBuf>(
     let mut alias6 = [0u8; 16];
     let (entry_tunnel, answer_ping, delta) = if ip.v6 {
         let Some(e) = snap.v6.aggregator.get_hashed(&p.key6, p.hash) else {
-            return miss(ctx, in_port, b, ip, port.is_local_v6(p.key6));
+            return miss(snap, ctx, in_port, port, pkt, ip, port.is_local_v6(p.key6));
         };
         let src = addr6(b, ip.src_off());
         if martian_v6(snap, &src) || snap.v6.aggregator.get_hashed(&src, p.src_hash).is_some() {
@@ -103,7 +104,7 @@ fn one<B: PacketBuf>(
         (e.tunnel, e.answer_ping, e.delta)
     } else {
         let Some(e) = snap.v4.aggregator.get_hashed(&p.key4, p.hash) else {
-            return miss(ctx, in_port, b, ip, port.is_local_v4(p.key4));
+            return miss(snap, ctx, in_port, port, pkt, ip, port.is_local_v4(p.key4));
         };
         let src = be32(b, ip.src_off());
         if martian_v4(snap, src) || snap.v4.aggregator.get_hashed(&src, p.src_hash).is_some() {
@@ -149,27 +150,7 @@ fn one<B: PacketBuf>(
     } else {
         rewrite_v4(b, ip, ip.l3 + ipv4::DST_OFFSET, alias4, delta);
     }
-    let nh = &snap.next_hops[t.next_hop as usize];
-    let Some(nh_mac) = nh.mac() else {
-        return Verdict::Drop(DropReason::NoNeighbour);
-    };
-    set_macs(b, t.inner_dst_mac, snap.ports[nh.port as usize].mac);
-    if fragment {
-        return Verdict::Fragment(Split::Tunnel(entry_tunnel));
-    }
-    let hash = if ip.frag {
-        frag_flow_hash(b, ip.l3)
-    } else {
-        flow_hash(b, ip)
-    };
-    let src_port = vxlan::flow_port(hash);
-    if !pkt.prepend(t.outer.len()) {
-        return Verdict::Drop(DropReason::NoHeadroom);
-    }
-    if !t.outer.write(pkt.data_mut(), nh_mac, src_port) {
-        return Verdict::Drop(DropReason::Malformed);
-    }
-    Verdict::Forward(nh.port)
+    into_tunnel(snap, pkt, ip, entry_tunnel)
 }
 
 #[inline]
@@ -187,21 +168,56 @@ fn is_echo_request(b: &[u8], ip: &Ip) -> bool {
         }
 }
 
-/// No circuit: what the slow path answers for the port's own address goes there, the
-/// rest is dropped.
+/// No circuit: to the port's own address, a symmetric circuit's reply from the DC (in
+/// a tunnel) or what the slow path answers; the rest is dropped.
 #[inline]
-fn miss(ctx: &mut Context, in_port: PortId, b: &[u8], ip: &Ip, local: bool) -> Verdict {
-    if local {
-        to_slow_path(ctx, in_port, b, &L3::Ip(*ip))
-    } else {
-        Verdict::Drop(DropReason::NoCircuit)
+fn miss<B: PacketBuf>(
+    snap: &Snapshot,
+    ctx: &mut Context,
+    in_port: PortId,
+    port: &PortEntry,
+    pkt: &mut B,
+    ip: &Ip,
+    local: bool,
+) -> Verdict {
+    if !local {
+        return Verdict::Drop(DropReason::NoCircuit);
     }
+    let symmetric = !snap.v4.returns.is_empty() || !snap.v6.returns.is_empty();
+    if symmetric && ip.proto == ip_proto::UDP {
+        if let Some(inner) = super::demux::decap(snap, port, pkt) {
+            return match inner {
+                Ok(inner) => return_to_line(snap, pkt, &inner),
+                Err(v) => v,
+            };
+        }
+    }
+    to_slow_path(ctx, in_port, pkt.data(), &L3::Ip(*ip))
+}
+
+/// Symmetric return: a reply from a capture address leaves the line that holds it, to
+/// the line's gateway, as if the POP had sent it.
+#[inline]
+fn return_to_line<B: PacketBuf>(snap: &Snapshot, pkt: &mut B, ip: &Ip) -> Verdict {
+    let b = pkt.data_mut();
+    let nh = if ip.v6 {
+        snap.v6.returns.get(&addr6(b, ip.src_off())).copied()
+    } else {
+        snap.v4.returns.get(&be32(b, ip.src_off())).copied()
+    };
+    let Some(nh) = nh else {
+        return Verdict::Drop(DropReason::NoCircuit);
+    };
+    if !decrement_ttl(b, ip) {
+        return Verdict::Drop(DropReason::TtlExpired);
+    }
+    to_next_hop(snap, b, ip, nh)
 }
 
 /// A hash of the inner flow (addresses, protocol, ports) for the outer source port:
 /// the same flow always takes the same port, so the receiver's RSS keeps it on one core.
 #[inline(always)]
-fn flow_hash(b: &[u8], ip: &Ip) -> u32 {
+pub(super) fn flow_hash(b: &[u8], ip: &Ip) -> u32 {
     let mut x = addr_hash(b, ip);
     if ip.has_ports() {
         x ^= (be32(b, ip.l4) as u64).rotate_left(7) ^ ip.proto as u64;

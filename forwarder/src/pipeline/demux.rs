@@ -111,72 +111,87 @@ fn decapsulate<B: PacketBuf>(
             DropReason::OtherHost
         }));
     }
+    if let Some(res) = decap(snap, port, pkt) {
+        return res;
+    }
+    // Not a tunnel packet: ARP, neighbour discovery and pings to the port itself.
+    let b = pkt.data();
+    Err(match classify(b, Some(port.mac)) {
+        Err(r) => Verdict::Drop(r),
+        Ok(l3 @ L3::Arp) => to_slow_path(ctx, in_port, b, &l3),
+        Ok(l3 @ L3::Ip(ip)) if ip.is_nd(b) => to_slow_path(ctx, in_port, b, &l3),
+        Ok(l3 @ L3::Ip(ip)) => {
+            let off = ip.dst_off();
+            let local = if ip.v6 {
+                port.is_local_v6(addr6(b, off))
+            } else {
+                port.is_local_v4(be32(b, off))
+            };
+            if local {
+                to_slow_path(ctx, in_port, b, &l3)
+            } else {
+                Verdict::Drop(DropReason::Unsupported)
+            }
+        }
+    })
+}
+
+/// Strips the tunnel of a VXLAN packet from a peer (with its VNI) to one of `port`'s
+/// addresses: the inner packet, or the verdict that ends it. `None`: not VXLAN.
+#[inline]
+pub(super) fn decap<B: PacketBuf>(
+    snap: &Snapshot,
+    port: &PortEntry,
+    pkt: &mut B,
+) -> Option<Result<Ip, Verdict>> {
+    let b = pkt.data();
     let group = b[ethernet::field::DST.start] & 1 == 1;
     if let Some((src, dst, vni, inner_len)) = vxlan::parse_outer_v4_fast(b) {
         if group {
-            return Err(Verdict::Drop(DropReason::GroupAddress));
+            return Some(Err(Verdict::Drop(DropReason::GroupAddress)));
         }
         if !port.is_local_v4(dst) {
-            return Err(Verdict::Drop(DropReason::OtherHost));
+            return Some(Err(Verdict::Drop(DropReason::OtherHost)));
         }
         match snap.v4.peers.get(&src) {
-            None => return Err(Verdict::Drop(DropReason::NotTunnelPeer)),
+            None => return Some(Err(Verdict::Drop(DropReason::NotTunnelPeer))),
             Some(&want) if want != ANY_VNI && want != vni => {
-                return Err(Verdict::Drop(DropReason::BadVni))
+                return Some(Err(Verdict::Drop(DropReason::BadVni)))
             }
             Some(_) => {}
         }
         if !pkt.adj(vxlan::OUTER_LEN_V4) || !pkt.truncate(inner_len) {
-            return Err(Verdict::Drop(DropReason::Malformed));
+            return Some(Err(Verdict::Drop(DropReason::Malformed)));
         }
-        return inner(pkt.data());
+        return Some(inner(pkt.data()));
     }
-    match vxlan::parse_outer(b) {
-        Ok(outer) => {
-            if group {
-                return Err(Verdict::Drop(DropReason::GroupAddress));
-            }
-            if !port.is_local(outer.dst) {
-                return Err(Verdict::Drop(DropReason::OtherHost));
-            }
-            let want = match outer.src {
-                std::net::IpAddr::V4(a) => snap.v4.peers.get(&u32::from(a)),
-                std::net::IpAddr::V6(a) => snap.v6.peers.get(&a.octets()),
-            };
-            match want {
-                None => return Err(Verdict::Drop(DropReason::NotTunnelPeer)),
-                Some(&want) if want != ANY_VNI && want != outer.vni => {
-                    return Err(Verdict::Drop(DropReason::BadVni))
-                }
-                Some(_) => {}
-            }
-            if !pkt.adj(outer.inner_offset) || !pkt.truncate(outer.inner_len) {
-                return Err(Verdict::Drop(DropReason::Malformed));
-            }
-            inner(pkt.data())
+    let outer = match vxlan::parse_outer(b) {
+        Ok(outer) => outer,
+        Err(Error::Unsupported) => return None,
+        Err(Error::Checksum) => return Some(Err(Verdict::Drop(DropReason::BadChecksum))),
+        Err(_) => return Some(Err(Verdict::Drop(DropReason::Malformed))),
+    };
+    if group {
+        return Some(Err(Verdict::Drop(DropReason::GroupAddress)));
+    }
+    if !port.is_local(outer.dst) {
+        return Some(Err(Verdict::Drop(DropReason::OtherHost)));
+    }
+    let want = match outer.src {
+        std::net::IpAddr::V4(a) => snap.v4.peers.get(&u32::from(a)),
+        std::net::IpAddr::V6(a) => snap.v6.peers.get(&a.octets()),
+    };
+    match want {
+        None => return Some(Err(Verdict::Drop(DropReason::NotTunnelPeer))),
+        Some(&want) if want != ANY_VNI && want != outer.vni => {
+            return Some(Err(Verdict::Drop(DropReason::BadVni)))
         }
-        // Not a tunnel packet: ARP, neighbour discovery and pings to the port itself.
-        Err(Error::Unsupported) => Err(match classify(b, Some(port.mac)) {
-            Err(r) => Verdict::Drop(r),
-            Ok(l3 @ L3::Arp) => to_slow_path(ctx, in_port, b, &l3),
-            Ok(l3 @ L3::Ip(ip)) if ip.is_nd(b) => to_slow_path(ctx, in_port, b, &l3),
-            Ok(l3 @ L3::Ip(ip)) => {
-                let off = ip.dst_off();
-                let local = if ip.v6 {
-                    port.is_local_v6(addr6(b, off))
-                } else {
-                    port.is_local_v4(be32(b, off))
-                };
-                if local {
-                    to_slow_path(ctx, in_port, b, &l3)
-                } else {
-                    Verdict::Drop(DropReason::Unsupported)
-                }
-            }
-        }),
-        Err(Error::Checksum) => Err(Verdict::Drop(DropReason::BadChecksum)),
-        Err(_) => Err(Verdict::Drop(DropReason::Malformed)),
+        Some(_) => {}
     }
+    if !pkt.adj(outer.inner_offset) || !pkt.truncate(outer.inner_len) {
+        return Some(Err(Verdict::Drop(DropReason::Malformed)));
+    }
+    Some(inner(pkt.data()))
 }
 
 /// The inner frame of a tunnel packet: an IP packet (ARP does not cross tunnels).

@@ -15,7 +15,9 @@ use super::frag::FragHit;
 use super::icmp::{quote, rewrite_quote, Field, Quote};
 use super::mss;
 use super::parse::{addr6, classify, Ip, L3};
-use super::rewrite::{decrement_ttl, miss, rewrite_v4, rewrite_v6, to_next_hop, to_slow_path};
+use super::rewrite::{
+    decrement_ttl, into_tunnel, miss, rewrite_v4, rewrite_v6, to_next_hop, to_slow_path,
+};
 use super::{Context, DropReason, PacketBuf, Verdict, MAX_BURST};
 
 #[derive(Clone, Copy, Default)]
@@ -174,6 +176,22 @@ fn one<B: PacketBuf>(
         if let (true, Some(q)) = (port_hit, &p.quote) {
             rewrite_quote(b, ip, q, Field::Dst, &addr[..n]);
         }
+    }
+    // Symmetric return: back through a tunnel to the circuit's aggregator.
+    let src = ip.src_off();
+    let tunnel = if ip.v6 {
+        let t = &snap.v6.return_tunnels;
+        (!t.is_empty())
+            .then(|| t.get(&addr6(b, src)).copied())
+            .flatten()
+    } else {
+        let t = &snap.v4.return_tunnels;
+        (!t.is_empty())
+            .then(|| t.get(&be32(b, src)).copied())
+            .flatten()
+    };
+    if let Some(t) = tunnel {
+        return into_tunnel(snap, pkt, ip, t);
     }
     let nh = if ip.v6 {
         snap.routes_v6.lookup(u128::from_be_bytes(p.dst6)).copied()

@@ -5,7 +5,7 @@ use crate::packet::icmp::{v4_type, v6_type};
 use crate::packet::{be16, ethernet, icmp, ip_proto, ipv4, ipv6, set_be16, tcp, udp, MacAddr};
 
 use super::parse::{Ip, L3};
-use super::{Context, DropReason, Split, Verdict};
+use super::{Context, DropReason, PacketBuf, Split, Verdict};
 use crate::tables::{NextHopId, PortId, Snapshot, ON_LINK};
 
 /// Folds an address change into the upper-layer checksum (TCP, UDP, ICMPv6 all cover the
@@ -172,4 +172,48 @@ pub(crate) fn martian_v4(snap: &Snapshot, src: u32) -> bool {
 pub(crate) fn martian_v6(snap: &Snapshot, src: &[u8; 16]) -> bool {
     let a = u128::from_be_bytes(*src);
     a <= 1 || src[0] == 0xff || (a >> 32) == 0xffff || snap.own_v6.contains(src)
+}
+
+/// Puts the packet (its IP header already rewritten) into tunnel `tunnel`: the inner
+/// Ethernet header for the far end, the outer headers in the headroom. A packet larger
+/// than the tunnel's inner budget is split if it is IPv4 without DF, dropped otherwise
+/// (the aggregator answers those with ICMP before it gets here).
+#[inline(always)]
+pub(crate) fn into_tunnel<B: PacketBuf>(
+    snap: &Snapshot,
+    pkt: &mut B,
+    ip: &Ip,
+    tunnel: u16,
+) -> Verdict {
+    let t = &snap.tunnels[tunnel as usize];
+    let nh = &snap.next_hops[t.next_hop as usize];
+    let Some(nh_mac) = nh.mac() else {
+        return Verdict::Drop(DropReason::NoNeighbour);
+    };
+    let b = pkt.data_mut();
+    set_macs(b, t.inner_dst_mac, snap.ports[nh.port as usize].mac);
+    if super::parse::ip_end(b, ip) - ip.l3 > t.inner_mtu as usize {
+        let df = !ip.v6 && be16(b, ip.l3 + ipv4::field::FLG_OFF) & ipv4::FLAG_DF != 0;
+        return if ip.v6 || df {
+            Verdict::Drop(DropReason::TooBig)
+        } else {
+            Verdict::Fragment(Split::Tunnel(tunnel))
+        };
+    }
+    let hash = if ip.frag {
+        super::aggregator::frag_flow_hash(b, ip.l3)
+    } else {
+        super::aggregator::flow_hash(b, ip)
+    };
+    if !pkt.prepend(t.outer.len()) {
+        return Verdict::Drop(DropReason::NoHeadroom);
+    }
+    if !t.outer.write(
+        pkt.data_mut(),
+        nh_mac,
+        crate::packet::vxlan::flow_port(hash),
+    ) {
+        return Verdict::Drop(DropReason::Malformed);
+    }
+    Verdict::Forward(nh.port)
 }

@@ -215,8 +215,15 @@ pub struct Maps<A, PK> {
     pub remux_port: FlatMap<PK, Rewrite<A>>,
     /// Capture addresses whose replies pass the remux unchanged (address mode).
     pub remux_addr: FlatMap<A, ()>,
-    /// Outer sources a demux accepts, with the VNI each must use ([`ANY_VNI`]: any).
+    /// Outer sources a demux (or, for symmetric return, an aggregator) accepts, with the
+    /// VNI each must use ([`ANY_VNI`]: any).
     pub peers: FlatMap<A, u32>,
+    /// Symmetric return at an aggregator: capture address -> the next hop (a line's
+    /// gateway) its replies from the DC leave to.
+    pub returns: FlatMap<A, NextHopId>,
+    /// Symmetric return at a remux: capture address -> index into
+    /// [`Snapshot::tunnels`] its replies go into.
+    pub return_tunnels: FlatMap<A, u16>,
 }
 
 impl<A: Key + Default, PK: Key> Maps<A, PK> {
@@ -227,6 +234,8 @@ impl<A: Key + Default, PK: Key> Maps<A, PK> {
             + self.remux_port.memory_bytes()
             + self.remux_addr.memory_bytes()
             + self.peers.memory_bytes()
+            + self.returns.memory_bytes()
+            + self.return_tunnels.memory_bytes()
     }
 
     fn entries(&self) -> usize {
@@ -323,6 +332,9 @@ pub enum RulesError {
         /// The smallest accepted.
         min: u16,
     },
+    /// `return_via` without the line it leaves from.
+    #[error("return_via needs the rule's line")]
+    ReturnWithoutLine,
     /// One tunnel peer with two different VNIs.
     #[error("tunnel peer {0} is listed twice")]
     PeerTwice(IpAddr),
@@ -578,6 +590,7 @@ impl Snapshot {
         let mut agg4 = Vec::new();
         let mut agg6 = Vec::new();
         let mut capture_lines = HashMap::new();
+        let (mut ret4, mut ret6) = (Vec::new(), Vec::new());
         for (i, r) in rules.aggregator.iter().enumerate() {
             same_family("aggregator rule", r.capture, r.alias).map_err(at(
                 "aggregator",
@@ -604,6 +617,25 @@ impl Snapshot {
                 ),
             };
             capture_lines.insert(r.capture, line);
+            if let Some(gw) = r.return_via {
+                same_family("aggregator return_via", r.capture, gw).map_err(at(
+                    "aggregator",
+                    i,
+                    ".return_via",
+                ))?;
+                let line = line.ok_or(RulesError::ReturnWithoutLine).map_err(at(
+                    "aggregator",
+                    i,
+                    ".return_via",
+                ))?;
+                let nh = b
+                    .intern(line, gw)
+                    .map_err(at("aggregator", i, ".return_via"))?;
+                match r.capture {
+                    IpAddr::V4(c) => ret4.push((u32::from(c), nh)),
+                    IpAddr::V6(c) => ret6.push((c.octets(), nh)),
+                }
+            }
             let delta = Delta::of_addr(r.capture, r.alias);
             match (r.capture, r.alias) {
                 (IpAddr::V4(c), IpAddr::V4(a)) => agg4.push((
@@ -759,6 +791,20 @@ impl Snapshot {
             }
         }
 
+        let (mut rt4, mut rt6) = (Vec::new(), Vec::new());
+        for (i, r) in rules.return_tunnels.iter().enumerate() {
+            let t = *tunnel_index
+                .get(&r.tunnel)
+                .ok_or(RulesError::UnknownTunnel {
+                    capture: r.capture,
+                    tunnel: r.tunnel,
+                })
+                .map_err(at("return_tunnels", i, ".tunnel"))?;
+            match r.capture {
+                IpAddr::V4(c) => rt4.push((u32::from(c), t)),
+                IpAddr::V6(c) => rt6.push((c.octets(), t)),
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, p) in rules.tunnel_peers.iter().enumerate() {
             if !seen.insert(p.address) {
@@ -806,6 +852,12 @@ impl Snapshot {
                 show_v4,
             ))?,
             peers: FlatMap::build(peers4).map_err(err("tunnel_peers", "tunnel peer", show_v4))?,
+            returns: FlatMap::build(ret4).map_err(err("aggregator", "return", show_v4))?,
+            return_tunnels: FlatMap::build(rt4).map_err(err(
+                "return_tunnels",
+                "return tunnel",
+                show_v4,
+            ))?,
         };
         let v6maps = Maps {
             aggregator: FlatMap::build(agg6).map_err(err(
@@ -830,6 +882,12 @@ impl Snapshot {
                 show_v6,
             ))?,
             peers: FlatMap::build(peers6).map_err(err("tunnel_peers", "tunnel peer", show_v6))?,
+            returns: FlatMap::build(ret6).map_err(err("aggregator", "return", show_v6))?,
+            return_tunnels: FlatMap::build(rt6).map_err(err(
+                "return_tunnels",
+                "return tunnel",
+                show_v6,
+            ))?,
         };
         let route_err = |(a, l): (String, u8)| RulesError::At {
             key: "rules.routes".into(),

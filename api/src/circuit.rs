@@ -60,6 +60,40 @@ impl fmt::Display for Mode {
     }
 }
 
+/// Which way a circuit's replies take back to the devices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReturnPath {
+    /// Straight out of the data center through the remux (the patent's point).
+    #[default]
+    Asymmetric,
+    /// Back through a tunnel to the circuit's aggregator and out of the line that holds
+    /// the capture address: for providers that drop packets whose source is not theirs
+    /// (BCP 38, uRPF).
+    Symmetric,
+}
+
+impl fmt::Display for ReturnPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReturnPath::Asymmetric => "asymmetric",
+            ReturnPath::Symmetric => "symmetric",
+        })
+    }
+}
+
+impl std::str::FromStr for ReturnPath {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ReturnPath, String> {
+        match s {
+            "asymmetric" => Ok(ReturnPath::Asymmetric),
+            "symmetric" => Ok(ReturnPath::Symmetric),
+            _ => Err(format!("{s:?} is neither asymmetric nor symmetric")),
+        }
+    }
+}
+
 /// Where a circuit is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -196,6 +230,9 @@ pub struct Circuit {
     pub demux: NodeId,
     /// Remux node the application host's replies leave through.
     pub remux: NodeId,
+    /// Which way replies take.
+    #[serde(default)]
+    pub return_path: ReturnPath,
     /// The keeper generation that carried the circuit to every forwarder on its path
     /// (0 until it is active).
     pub generation: u64,
@@ -284,6 +321,8 @@ pub struct ActivateRequest {
     pub idempotency_key: Option<String>,
     /// A specific capture address instead of one from the pool.
     pub capture: Option<IpAddr>,
+    /// Which way replies take.
+    pub return_path: ReturnPath,
 }
 
 /// Which circuits a listing returns.

@@ -56,7 +56,7 @@ use tonic::{Code, Streaming};
 
 pub use crate::circuit::{
     ActivateRequest, Circuit, CircuitEvent, CircuitId, CircuitState, EventKind, ListFilter, Mode,
-    PortRange, Role,
+    PortRange, ReturnPath, Role,
 };
 pub use crate::rules::Protocol;
 

@@ -6,7 +6,8 @@
 use std::net::IpAddr;
 
 use crate::circuit::{
-    ActivateRequest, Circuit, CircuitEvent, CircuitState, EventKind, Mode, PortRange, Role,
+    ActivateRequest, Circuit, CircuitEvent, CircuitState, EventKind, Mode, PortRange, ReturnPath,
+    Role,
 };
 use crate::grpc::v1;
 use crate::grpc::{parse_ip, protocol_from_wire, ProtoError};
@@ -111,7 +112,23 @@ pub fn activate_from_wire(r: &v1::ActivateRequest) -> Result<ActivateRequest, Pr
         } else {
             Some(parse_ip("capture_address", &r.capture_address)?)
         },
+        return_path: return_from_wire("return_path", r.return_path)?,
     })
+}
+
+fn return_to_wire(r: ReturnPath) -> i32 {
+    match r {
+        ReturnPath::Asymmetric => v1::ReturnPath::Asymmetric as i32,
+        ReturnPath::Symmetric => v1::ReturnPath::Symmetric as i32,
+    }
+}
+
+fn return_from_wire(field: &str, v: i32) -> Result<ReturnPath, ProtoError> {
+    match v1::ReturnPath::try_from(v) {
+        Ok(v1::ReturnPath::Asymmetric) => Ok(ReturnPath::Asymmetric),
+        Ok(v1::ReturnPath::Symmetric) => Ok(ReturnPath::Symmetric),
+        Err(_) => Err(ProtoError::new(field, format!("unknown return path {v}"))),
+    }
 }
 
 /// The wire form of an application's request.
@@ -130,6 +147,7 @@ pub fn activate_to_wire(r: &ActivateRequest) -> v1::ActivateRequest {
         app_host: r.app_host.to_string(),
         idempotency_key: r.idempotency_key.clone().unwrap_or_default(),
         capture_address: r.capture.map(|c| c.to_string()).unwrap_or_default(),
+        return_path: return_to_wire(r.return_path),
     }
 }
 
@@ -157,6 +175,7 @@ pub fn circuit_to_wire(c: &Circuit) -> v1::Circuit {
         replaces: c.replaces.unwrap_or(0),
         replaced_by: c.replaced_by.unwrap_or(0),
         reason: c.reason.clone().unwrap_or_default(),
+        return_path: return_to_wire(c.return_path),
     }
 }
 
@@ -184,6 +203,7 @@ pub fn circuit_from_wire(c: &v1::Circuit) -> Result<Circuit, ProtoError> {
         replaces: opt_id(c.replaces),
         replaced_by: opt_id(c.replaced_by),
         reason: opt_string(&c.reason),
+        return_path: return_from_wire("return_path", c.return_path)?,
     })
 }
 
@@ -246,6 +266,7 @@ mod tests {
             app_host: "198.19.0.2".parse().unwrap(),
             idempotency_key: Some("k".into()),
             capture: None,
+            return_path: ReturnPath::Symmetric,
         };
         assert_eq!(activate_from_wire(&activate_to_wire(&req)).unwrap(), req);
         let mut wire = activate_to_wire(&req);

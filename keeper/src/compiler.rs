@@ -6,9 +6,14 @@
 
 use std::collections::BTreeMap;
 
-use tarp_api::rules::{AggregatorRule, DemuxRule, RemuxRule, Rules, TunnelPeer};
+use tarp_api::rules::{
+    AggregatorRule, DemuxRule, RemuxRule, ReturnTunnel, Rules, Tunnel, TunnelPeer,
+};
 
-use crate::circuits::{Circuit, CircuitState, Mode};
+use crate::circuits::{Circuit, CircuitState, Mode, ReturnPath};
+
+/// Ids of a remux's return tunnels: this plus the aggregator's place in the inventory.
+pub const RETURN_TUNNEL_BASE: u32 = 1000;
 use crate::inventory::{Inventory, NodeId, Role};
 
 /// Compiles the table set of every node in the inventory (nodes without circuits get
@@ -33,6 +38,13 @@ pub fn compile<'a>(
     for agg in &inv.aggregators {
         if let Some(r) = out.get_mut(&agg.node) {
             r.tunnels.push(agg.tunnel.clone());
+            // Symmetric return: every remux that can send replies back may reach it.
+            for &local in inv.return_locals.values() {
+                r.tunnel_peers.push(TunnelPeer {
+                    address: local,
+                    vni: Some(agg.tunnel.vni),
+                });
+            }
         }
         if let Some(r) = out.get_mut(&agg.demux) {
             r.tunnel_peers.push(TunnelPeer {
@@ -61,7 +73,14 @@ pub fn compile<'a>(
                     line: Some(c.line.clone()),
                     // No app host owns a port-mode capture address: the POP answers.
                     answer_ping: c.mode == Mode::Port,
-                    return_via: None,
+                    return_via: match c.return_path {
+                        ReturnPath::Asymmetric => None,
+                        ReturnPath::Symmetric => agg
+                            .lines
+                            .iter()
+                            .find(|l| l.name == c.line)
+                            .and_then(|l| l.gateway),
+                    },
                 });
             }
         }
@@ -86,6 +105,29 @@ pub fn compile<'a>(
             }
         }
         if let Some(rules) = out.get_mut(&c.remux) {
+            // Symmetric return: the reply goes into a tunnel to the circuit's aggregator
+            // (from activation to release, like the rest of the remux's part).
+            let back = inv
+                .aggregators
+                .iter()
+                .position(|a| a.node == c.aggregator)
+                .zip(inv.return_locals.get(&c.remux));
+            if let (ReturnPath::Symmetric, Some((i, &local))) = (c.return_path, back) {
+                let agg = &inv.aggregators[i];
+                let id = RETURN_TUNNEL_BASE + i as u32;
+                rules.tunnels.push(Tunnel {
+                    id,
+                    local,
+                    remote: agg.tunnel.local,
+                    vni: agg.tunnel.vni,
+                    inner_dst_mac: None,
+                    mtu: agg.tunnel.mtu,
+                });
+                rules.return_tunnels.push(ReturnTunnel {
+                    capture: c.capture,
+                    tunnel: id,
+                });
+            }
             match c.mode {
                 Mode::Address => rules.remux.push(RemuxRule::Address { capture: c.capture }),
                 Mode::Port => rules
@@ -122,6 +164,8 @@ pub fn compile<'a>(
         rules.demux.dedup();
         rules.remux.sort();
         rules.remux.dedup();
+        rules.return_tunnels.sort();
+        rules.return_tunnels.dedup();
         rules.tunnel_peers.sort();
         rules.tunnel_peers.dedup();
         // One VNI per peer address: a peer listed with several accepts any.
@@ -181,6 +225,7 @@ mod tests {
             app_host: ip(app),
             idempotency_key: None,
             capture: None,
+            return_path: ReturnPath::Asymmetric,
         };
         let Activation::Started(id) = s.activate(inv, 256, &req).unwrap() else {
             panic!()
@@ -189,6 +234,82 @@ mod tests {
             s.confirm(id).unwrap();
         }
         id
+    }
+
+    fn symmetric_req(capture: &str) -> ActivateRequest {
+        ActivateRequest {
+            region: Some("eu".into()),
+            pop: None,
+            protocol: Protocol::Udp,
+            ports: PortRange::single(4000),
+            mode: Mode::Port,
+            app_host: ip("198.19.0.2"),
+            idempotency_key: None,
+            capture: Some(ip(capture)),
+            return_path: ReturnPath::Symmetric,
+        }
+    }
+
+    /// Both tunnel directions, make before break: the remux returns through the tunnel
+    /// from activation on; the aggregator sends replies out of the line once active.
+    #[test]
+    fn symmetric_return_compiles_both_tunnel_directions() {
+        let inv = inv();
+        let mut s = Circuits::new();
+        let Activation::Started(id) = s
+            .activate(&inv, 256, &symmetric_req("203.0.113.2"))
+            .unwrap()
+        else {
+            panic!()
+        };
+        let back = Tunnel {
+            id: RETURN_TUNNEL_BASE,
+            local: ip("192.0.2.100"),
+            remote: ip("192.0.2.1"),
+            vni: 100,
+            inner_dst_mac: None,
+            mtu: None,
+        };
+        let out = compile(&inv, s.iter());
+        assert_eq!(out["dc-1"].tunnels, [back.clone()]);
+        assert_eq!(
+            out["dc-1"].return_tunnels,
+            [ReturnTunnel {
+                capture: ip("203.0.113.2"),
+                tunnel: RETURN_TUNNEL_BASE
+            }]
+        );
+        assert!(out["pop-ams-1"].aggregator.is_empty());
+        // Every aggregator accepts the remux's return tunnel, with its own VNI.
+        assert_eq!(
+            out["pop-fra-1"].tunnel_peers,
+            [TunnelPeer {
+                address: ip("192.0.2.100"),
+                vni: Some(101)
+            }]
+        );
+        s.confirm(id).unwrap();
+        let out = compile(&inv, s.iter());
+        let rule = &out["pop-ams-1"].aggregator[0];
+        assert_eq!(
+            (rule.capture, rule.return_via, rule.line.as_deref()),
+            (ip("203.0.113.2"), Some(ip("203.0.113.14")), Some("line0"))
+        );
+        // An asymmetric circuit next to it changes none of that.
+        assert!(out["dc-1"].remux.len() == 1 && out["dc-1"].return_tunnels.len() == 1);
+    }
+
+    #[test]
+    fn symmetric_return_needs_a_line_gateway() {
+        let inv = inv();
+        let mut s = Circuits::new();
+        let err = s
+            .activate(&inv, 256, &symmetric_req("203.0.113.17"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "symmetric return needs a gateway for line line1 of pop-ams-1 in the inventory"
+        );
     }
 
     #[test]

@@ -216,6 +216,9 @@ fn default_tunnel_id() -> u32 {
 struct LineEntry {
     name: String,
     captures: Vec<String>,
+    /// The line's gateway (its provider's router): where symmetric circuits' replies go.
+    #[serde(default)]
+    gateway: Option<IpAddr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,6 +232,9 @@ struct DemuxEntry {
 #[serde(deny_unknown_fields)]
 struct RemuxEntry {
     node: String,
+    /// The remux's tunnel endpoint for symmetric return (one of its port addresses).
+    #[serde(default)]
+    tunnel_local: Option<IpAddr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -258,6 +264,8 @@ pub struct Line {
     pub name: String,
     /// Capture addresses on the line, in allocation order.
     pub captures: Vec<IpAddr>,
+    /// Its gateway, if symmetric circuits may use it.
+    pub gateway: Option<IpAddr>,
 }
 
 /// An aggregator node at a POP.
@@ -319,6 +327,8 @@ pub struct Inventory {
     pub demuxes: Vec<Demux>,
     /// Remux node ids.
     pub remuxes: Vec<NodeId>,
+    /// Remux node -> its tunnel endpoint for symmetric return.
+    pub return_locals: BTreeMap<NodeId, IpAddr>,
     /// Application hosts.
     pub app_hosts: Vec<AppHost>,
     /// Every node by id.
@@ -499,6 +509,7 @@ impl Inventory {
             aggregators: Vec::new(),
             demuxes: Vec::new(),
             remuxes: Vec::new(),
+            return_locals: BTreeMap::new(),
             app_hosts: Vec::new(),
             nodes: BTreeMap::new(),
         };
@@ -577,6 +588,11 @@ impl Inventory {
                 aliases,
             });
         }
+        for r in &remuxes {
+            if let Some(a) = r.tunnel_local {
+                inv.return_locals.insert(r.node.clone(), a);
+            }
+        }
         inv.remuxes = remuxes.into_iter().map(|r| r.node).collect();
 
         let mut captures_seen: BTreeMap<IpAddr, String> = BTreeMap::new();
@@ -647,6 +663,7 @@ impl Inventory {
                     ));
                 }
                 lines.push(Line {
+                    gateway: l.gateway,
                     name: l.name,
                     captures,
                 });

@@ -219,6 +219,7 @@ mod tests {
             line: "line0".into(),
             demux: "dc-1".into(),
             remux: "dc-1".into(),
+            return_path: crate::circuits::ReturnPath::Symmetric,
             generation: 4,
             idempotency_key: Some("k".into()),
             replaces: None,

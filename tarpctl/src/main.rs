@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use tarp_api::client::{
     ActivateRequest, AppClient, Circuit, CircuitEvent, CircuitId, CircuitState, EventKind,
-    ListFilter, Mode, PortRange, Protocol,
+    ListFilter, Mode, PortRange, Protocol, ReturnPath,
 };
 
 /// Talk to the tarp circuit keeper.
@@ -63,6 +63,10 @@ enum Command {
         /// Idempotency key: retrying with the same key returns the same circuit.
         #[arg(long)]
         key: Option<String>,
+        /// Which way replies take: straight out of the data center (asymmetric), or back
+        /// through the POP's line (symmetric, for providers that filter foreign sources).
+        #[arg(long = "return", value_enum, default_value = "asymmetric")]
+        return_path: ReturnArg,
         /// Address mode: do not put the capture address on this host's loopback.
         #[arg(long)]
         no_loopback: bool,
@@ -116,6 +120,12 @@ enum Command {
 enum ModeArg {
     Address,
     Port,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ReturnArg {
+    Asymmetric,
+    Symmetric,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -187,6 +197,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             pop,
             capture,
             key,
+            return_path,
             no_loopback,
             command,
         } => {
@@ -206,6 +217,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 app_host,
                 idempotency_key: key,
                 capture,
+                return_path: match return_path {
+                    ReturnArg::Asymmetric => ReturnPath::Asymmetric,
+                    ReturnArg::Symmetric => ReturnPath::Symmetric,
+                },
             };
             let circuit = client.activate(&req).await?;
             let on_loopback = mode == Mode::Address && !no_loopback;
@@ -420,10 +435,10 @@ fn print_circuits(circuits: &[Circuit], json: bool) {
         return;
     }
     let header = [
-        "ID", "STATE", "MODE", "PROTO", "PORTS", "CAPTURE", "BIND", "APP HOST", "POP", "LINE",
-        "GEN", "NOTE",
+        "ID", "STATE", "MODE", "RETURN", "PROTO", "PORTS", "CAPTURE", "BIND", "APP HOST", "POP",
+        "LINE", "GEN", "NOTE",
     ];
-    let rows: Vec<[String; 12]> = circuits
+    let rows: Vec<[String; 13]> = circuits
         .iter()
         .map(|c| {
             let note = match (c.replaces, c.replaced_by, &c.reason) {
@@ -436,6 +451,7 @@ fn print_circuits(circuits: &[Circuit], json: bool) {
                 c.id.to_string(),
                 c.state.to_string(),
                 c.mode.to_string(),
+                c.return_path.to_string(),
                 c.protocol.name().to_string(),
                 ports(c),
                 c.capture.to_string(),

@@ -53,6 +53,45 @@ async fn tarpctl_runs_a_command_with_its_circuit(t: Transport) {
         (v["id"].as_u64(), v["state"].as_str()),
         (Some(1), Some("released"))
     );
+    // A symmetric circuit: asked for on the command line, shown by `list`.
+    let out = tokio::process::Command::new(tarpctl)
+        .args([
+            "--keeper",
+            &keeper,
+            "activate",
+            "--mode",
+            "port",
+            "--protocol",
+            "udp",
+        ])
+        .args([
+            "--port",
+            "4001",
+            "--app-host",
+            "198.19.0.2",
+            "--return",
+            "symmetric",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tokio::process::Command::new(tarpctl)
+        .args(["--keeper", &keeper, "list"])
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = table
+        .lines()
+        .find(|l| l.contains("4001"))
+        .unwrap_or_else(|| panic!("no circuit on 4001 in\n{table}"));
+    assert!(row.contains("symmetric"), "{table}");
+    assert!(table.lines().next().unwrap().contains("RETURN"), "{table}");
     // Errors: one line, non-zero exit.
     let out = tokio::process::Command::new(tarpctl)
         .args(["--keeper", &keeper, "get", "7"])

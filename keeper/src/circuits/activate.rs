@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use super::{
     ActivateRequest, Activation, Circuit, CircuitError, CircuitId, CircuitState, Circuits, LineId,
-    Mode, NodeId, Placement,
+    Mode, NodeId, Placement, ReturnPath,
 };
 use crate::inventory::{Aggregator, Inventory};
 
@@ -56,6 +56,20 @@ impl Circuits {
             .app_host(req.app_host)
             .ok_or(CircuitError::UnknownAppHost(req.app_host))?;
         let place = self.place(inv, req)?;
+        if req.return_path == ReturnPath::Symmetric {
+            if place.line.gateway.is_none() {
+                return Err(CircuitError::NoSymmetricReturn(format!(
+                    "a gateway for line {} of {} in the inventory",
+                    place.line.name, place.aggregator.node
+                )));
+            }
+            if !inv.return_locals.contains_key(&app_host.remux) {
+                return Err(CircuitError::NoSymmetricReturn(format!(
+                    "a tunnel_local for remux {} in the inventory",
+                    app_host.remux
+                )));
+            }
+        }
         let id = self.next_id;
         self.next_id += 1;
         let circuit = Circuit {
@@ -73,6 +87,7 @@ impl Circuits {
             line: place.line.name.clone(),
             demux: place.aggregator.demux.clone(),
             remux: app_host.remux.clone(),
+            return_path: req.return_path,
             generation: 0,
             idempotency_key: req.idempotency_key.clone(),
             replaces,
@@ -358,6 +373,7 @@ fn check_request(req: &ActivateRequest, max_port_range: u16) -> Result<(), Circu
 
 fn same_request(c: &Circuit, req: &ActivateRequest) -> bool {
     c.mode == req.mode
+        && c.return_path == req.return_path
         && c.protocol == req.protocol
         && c.ports == req.ports
         && c.app_host == req.app_host

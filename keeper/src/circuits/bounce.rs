@@ -44,6 +44,7 @@ impl Circuits {
             app_host: c.app_host,
             idempotency_key: c.idempotency_key.clone(),
             capture: None,
+            return_path: c.return_path,
         };
         let new = self.start(inv, &req, Some(old))?;
         if let Some(o) = self.touch(old) {

@@ -97,6 +97,9 @@ pub enum CircuitError {
     /// No such circuit.
     #[error("no circuit {0}")]
     NotFound(CircuitId),
+    /// Symmetric return asked for where the inventory cannot provide it.
+    #[error("symmetric return needs {0}")]
+    NoSymmetricReturn(String),
     /// The circuit cannot take this step now.
     #[error("circuit {id} is {state}: {why}")]
     WrongState {

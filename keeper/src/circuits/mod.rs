@@ -31,7 +31,7 @@ mod tests;
 pub use error::CircuitError;
 pub use tarp_api::circuit::{
     ActivateRequest, Circuit, CircuitEvent, CircuitId, CircuitState, EventKind, LineId, Mode,
-    NodeId, PortRange,
+    NodeId, PortRange, ReturnPath,
 };
 
 /// The outcome of [`Circuits::activate`].

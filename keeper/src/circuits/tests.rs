@@ -27,6 +27,7 @@ fn port_req(port: u16) -> ActivateRequest {
         app_host: ip("198.19.0.2"),
         idempotency_key: None,
         capture: None,
+        return_path: ReturnPath::Asymmetric,
     }
 }
 

@@ -80,7 +80,8 @@ impl KeeperError {
                 | CircuitError::CaptureTaken { .. }
                 | CircuitError::AppHostPortTaken { .. }
                 | CircuitError::KeyMismatch { .. }
-                | CircuitError::WrongState { .. } => Code::FailedPrecondition,
+                | CircuitError::WrongState { .. }
+                | CircuitError::NoSymmetricReturn(_) => Code::FailedPrecondition,
                 CircuitError::Exhausted { .. } | CircuitError::AliasesExhausted(_) => {
                     Code::ResourceExhausted
                 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use keeper::inventory::Config;
 use keeper::server::Server;
 use keeper::transport::{ListenAddr, Listener};
+use tarp_api::circuit::ReturnPath;
 use tarp_api::client::{
     ActivateRequest, ForwarderSession, Mode, PortRange, PortState, Protocol, Role, SessionOptions,
 };
@@ -232,6 +233,7 @@ pub fn address_req(app: &str) -> ActivateRequest {
         app_host: ip(app),
         idempotency_key: None,
         capture: None,
+        return_path: ReturnPath::Asymmetric,
     }
 }
 

@@ -271,7 +271,7 @@ mod tests {
             mtu: None,
         };
         let out = compile(&inv, s.iter());
-        assert_eq!(out["dc-1"].tunnels, [back.clone()]);
+        assert_eq!(out["dc-1"].tunnels, [back]);
         assert_eq!(
             out["dc-1"].return_tunnels,
             [ReturnTunnel {

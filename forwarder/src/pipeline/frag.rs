@@ -174,7 +174,7 @@ pub fn split<B: PacketBuf>(
     let mut n = 0;
     while at < payload.len() {
         let hl = if at == 0 { ihl } else { ipv4::HEADER_LEN };
-        let room = (mtu - hl) & !7;
+        let room = mtu.saturating_sub(hl) & !7;
         if room == 0 {
             return Err(DropReason::TooBig);
         }

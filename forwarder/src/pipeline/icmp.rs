@@ -86,7 +86,12 @@ pub(crate) fn too_big_in_place<B: PacketBuf>(pkt: &mut B, ip: &Ip, mtu: u16) -> 
     }
     pkt.truncate(q + quote);
     let b = pkt.data_mut();
-    fill_icmp_checksum(b, l3, ip.v6);
+    let m = l3 + if ip.v6 {
+        ipv6::HEADER_LEN
+    } else {
+        ipv4::HEADER_LEN
+    };
+    fill_icmp_checksum(b, l3, m, q + quote, ip.v6);
     true
 }
 
@@ -248,28 +253,21 @@ pub(crate) fn rewrite_quote(b: &mut [u8], ip: &Ip, q: &Quote, field: Field, new:
             set_be16(b, l4_sum, new);
         }
     }
-    fill_icmp_checksum(b, ip.l3, ip.v6);
+    fill_icmp_checksum(b, ip.l3, ip.l4, end, ip.v6);
 }
 
-/// Recomputes the ICMP(v6) checksum of the packet whose IP header is at `l3`.
-fn fill_icmp_checksum(b: &mut [u8], l3: usize, v6: bool) {
+/// Recomputes the checksum of the ICMP(v6) message at `m..end` of the packet whose IP
+/// header is at `l3` (ICMPv6: over the pseudo-header too).
+fn fill_icmp_checksum(b: &mut [u8], l3: usize, m: usize, end: usize, v6: bool) {
+    set_be16(b, m + 2, 0);
+    let mut acc = 0;
     if v6 {
-        let m = l3 + ipv6::HEADER_LEN;
-        let end = m + be16(b, l3 + ipv6::field::LENGTH) as usize;
-        set_be16(b, m + 2, 0);
-        let mut acc = checksum::sum(0, &b[l3 + ipv6::SRC_OFFSET..l3 + ipv6::DST_OFFSET + 16]);
+        acc = checksum::sum(0, &b[l3 + ipv6::SRC_OFFSET..l3 + ipv6::DST_OFFSET + 16]);
         let len = (end - m) as u32;
         acc += ip_proto::ICMPV6 as u32 + (len >> 16) + (len & 0xffff);
-        let c = !checksum::fold(checksum::sum(acc, &b[m..end]));
-        set_be16(b, m + 2, c);
-    } else {
-        let ihl = (b[l3] & 0x0f) as usize * 4;
-        let m = l3 + ihl;
-        let end = l3 + be16(b, l3 + ipv4::field::LENGTH) as usize;
-        set_be16(b, m + 2, 0);
-        let c = checksum::checksum(&b[m..end]);
-        set_be16(b, m + 2, c);
     }
+    let c = !checksum::fold(checksum::sum(acc, &b[m..end]));
+    set_be16(b, m + 2, c);
 }
 
 fn write_v4(b: &mut [u8], src: [u8; 4], dst: [u8; 4], payload: usize) {

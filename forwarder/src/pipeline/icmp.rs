@@ -86,11 +86,12 @@ pub(crate) fn too_big_in_place<B: PacketBuf>(pkt: &mut B, ip: &Ip, mtu: u16) -> 
     }
     pkt.truncate(q + quote);
     let b = pkt.data_mut();
-    let m = l3 + if ip.v6 {
-        ipv6::HEADER_LEN
-    } else {
-        ipv4::HEADER_LEN
-    };
+    let m = l3
+        + if ip.v6 {
+            ipv6::HEADER_LEN
+        } else {
+            ipv4::HEADER_LEN
+        };
     fill_icmp_checksum(b, l3, m, q + quote, ip.v6);
     true
 }

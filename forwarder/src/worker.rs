@@ -75,17 +75,12 @@ impl Worker {
                 process(&snap, &mut ctx, *port, &mut burst, &mut verdicts[..n]);
                 for (m, v) in burst.drain().zip(verdicts.iter()) {
                     match *v {
-                        Verdict::Forward(out) => {
-                            forwarded += 1;
-                            let c = &stats.ports[out as usize];
-                            bump(&c.tx, 1);
-                            let dropped = self.tx[out as usize].push(m);
-                            if dropped > 0 {
-                                bump(&c.drops[DropReason::TxFull as usize], dropped as u64);
+                        Verdict::Forward(out) | Verdict::Icmp(out) => {
+                            if matches!(v, Verdict::Icmp(_)) {
+                                bump(&counters.icmp_sent, 1);
+                            } else {
+                                forwarded += 1;
                             }
-                        }
-                        Verdict::Icmp(out) => {
-                            bump(&counters.icmp_sent, 1);
                             let c = &stats.ports[out as usize];
                             bump(&c.tx, 1);
                             let dropped = self.tx[out as usize].push(m);

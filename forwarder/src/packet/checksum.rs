@@ -8,21 +8,30 @@
 
 use std::net::IpAddr;
 
-/// Adds `data` as big-endian 16-bit words to a running one's-complement sum (unfolded).
+/// Adds `data` as big-endian 16-bit words to a running one's-complement sum (unfolded,
+/// at most 17 bits wide on return, so that a caller may add a few more words).
+///
+/// Sums 32-bit words into a 64-bit accumulator (no carry to track for 16 GiB of input)
+/// and folds at the end: since 2^16 = 1 modulo 0xffff, the folded sum of 32-bit words is
+/// the sum of their 16-bit halves (RFC 1071, section 2(C)). No branch per word, so a
+/// 20-byte IPv4 header is five adds.
 #[inline]
-pub fn sum(mut acc: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        acc = acc.wrapping_add(u16::from_be_bytes([c[0], c[1]]) as u32);
-        // Keep headroom: fold early on long inputs so the u32 never overflows.
-        if acc & 0x8000_0000 != 0 {
-            acc = (acc & 0xffff) + (acc >> 16);
-        }
+pub fn sum(acc: u32, data: &[u8]) -> u32 {
+    let mut wide = acc as u64;
+    let mut words = data.chunks_exact(4);
+    for w in &mut words {
+        wide += u32::from_be_bytes([w[0], w[1], w[2], w[3]]) as u64;
     }
-    if let [last] = chunks.remainder() {
-        acc = acc.wrapping_add((*last as u32) << 8);
+    match *words.remainder() {
+        [a, b, c] => wide += ((a as u64) << 8 | b as u64) + ((c as u64) << 8),
+        [a, b] => wide += (a as u64) << 8 | b as u64,
+        [a] => wide += (a as u64) << 8,
+        _ => {}
     }
-    acc
+    wide = (wide & 0xffff_ffff) + (wide >> 32);
+    wide = (wide & 0xffff_ffff) + (wide >> 32);
+    let narrow = wide as u32;
+    (narrow & 0xffff) + (narrow >> 16)
 }
 
 /// Folds a running sum to 16 bits (one's-complement addition of the carries).
@@ -130,6 +139,35 @@ mod tests {
         let new = [198, 18, 0, 3];
         data[12..16].copy_from_slice(&new);
         assert_eq!(update(before, Delta::of(&old, &new)), checksum(&data));
+    }
+
+    /// The word-at-a-time sum against the plain definition, every length and
+    /// alignment up to 80 bytes, with sums that carry.
+    #[test]
+    fn sum_matches_definition() {
+        fn slow(mut acc: u64, data: &[u8]) -> u16 {
+            for c in data.chunks(2) {
+                acc += (c[0] as u64) << 8 | *c.get(1).unwrap_or(&0) as u64;
+            }
+            while acc > 0xffff {
+                acc = (acc & 0xffff) + (acc >> 16);
+            }
+            acc as u16
+        }
+        let data: Vec<u8> = (0..96u32).map(|i| (i * 193 + 0xf0) as u8 | 0x80).collect();
+        for start in 0..4 {
+            for len in 0..80 {
+                let d = &data[start..start + len];
+                for acc in [0, 1, 0xffff, 0x1_fffe] {
+                    assert_eq!(
+                        fold(sum(acc, d)),
+                        slow(acc as u64, d),
+                        "{start} {len} {acc}"
+                    );
+                }
+            }
+        }
+        assert_eq!(fold(sum(0, &[0xff; 65536])), 0xffff);
     }
 
     #[test]

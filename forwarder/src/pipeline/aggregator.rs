@@ -9,12 +9,13 @@ use crate::packet::icmp::{v4_type, v6_type};
 use crate::packet::{be32, ip_proto, ipv4};
 use crate::tables::{Key, PortEntry, PortId, Snapshot};
 
+use super::demux::Decap;
 use super::icmp::{echo_reply_in_place, too_big_in_place};
 use super::mss;
-use super::parse::{addr6, classify, ip_end, Ip, L3};
+use super::parse::{addr6, classify_into, ip_end, Frame, Ip, L3};
 use super::rewrite::{
-    decrement_ttl, into_tunnel, martian_v4, martian_v6, rewrite_v4, rewrite_v6, to_next_hop,
-    to_slow_path,
+    decrement_ttl, into_tunnel, martian_v4, martian_v6, rewrite_v6, to_next_hop, to_slow_path,
+    ttl_and_rewrite_v4,
 };
 use super::{Context, DropReason, PacketBuf, Verdict, MAX_BURST};
 
@@ -42,17 +43,17 @@ pub(super) fn run<B: PacketBuf>(
     // prefetch their slots.
     for (i, pkt) in pkts.iter().enumerate() {
         let b = pkt.data();
-        out[i] = match classify(b, Some(port.mac)) {
-            Err(reason) => Verdict::Drop(reason),
-            Ok(l3 @ L3::Arp) => to_slow_path(ctx, in_port, b, &l3),
-            Ok(l3 @ L3::Ip(ip)) if ip.is_nd(b) => to_slow_path(ctx, in_port, b, &l3),
-            Ok(L3::Ip(ip)) => {
+        // Filled in place: a struct built on the stack and copied in costs a
+        // store-forwarding stall per packet.
+        let p = &mut pending[i];
+        out[i] = match classify_into(b, port.mac, &mut p.ip) {
+            Frame::Drop(reason) => Verdict::Drop(reason),
+            Frame::Arp => to_slow_path(ctx, in_port, b, &L3::Arp),
+            Frame::Ip if p.ip.is_nd(b) => to_slow_path(ctx, in_port, b, &L3::Ip(p.ip)),
+            Frame::Ip => {
+                let ip = p.ip;
                 let off = ip.dst_off();
-                let mut p = Pending {
-                    ip,
-                    ..Pending::default()
-                };
-                if ip.v6 {
+                if ip.v6() {
                     p.key6 = addr6(b, off);
                     p.hash = p.key6.hash64();
                     snap.v6.aggregator.prefetch(p.hash);
@@ -65,7 +66,6 @@ pub(super) fn run<B: PacketBuf>(
                     p.src_hash = be32(b, ip.src_off()).hash64();
                     snap.v4.aggregator.prefetch(p.src_hash);
                 }
-                pending[i] = p;
                 todo[i] = true;
                 continue;
             }
@@ -92,7 +92,7 @@ fn one<B: PacketBuf>(
     let b = pkt.data();
     let mut alias4 = 0;
     let mut alias6 = [0u8; 16];
-    let (entry_tunnel, answer_ping, delta) = if ip.v6 {
+    let (entry_tunnel, answer_ping, delta) = if ip.v6() {
         let Some(e) = snap.v6.aggregator.get_hashed(&p.key6, p.hash) else {
             return miss(snap, ctx, in_port, port, pkt, ip, port.is_local_v6(p.key6));
         };
@@ -114,63 +114,83 @@ fn one<B: PacketBuf>(
         (e.tunnel, e.answer_ping, e.delta)
     };
     if answer_ping && is_echo_request(b, ip) {
-        if !ctx.icmp_token(in_port as usize) {
-            return Verdict::Drop(DropReason::SlowPathLimit);
-        }
-        echo_reply_in_place(pkt.data_mut(), ip);
-        return Verdict::Icmp(in_port);
+        return answer_echo(ctx, in_port, pkt, ip);
     }
     let t = &snap.tunnels[entry_tunnel as usize];
     // Does it fit? The ICMP error quotes the packet as it arrived, so decide first.
-    let len = ip_end(b, ip) - ip.l3;
-    let fragment = len > t.inner_mtu as usize;
-    if fragment && (ip.v6 || dont_fragment(b, ip)) {
-        let ttl = if ip.v6 {
-            crate::packet::ipv6::field::HOP_LIMIT
-        } else {
-            ipv4::field::TTL
-        };
-        if b[ip.l3 + ttl] <= 1 {
-            return Verdict::Drop(DropReason::TtlExpired);
-        }
-        if !ctx.icmp_token(in_port as usize) || !too_big_in_place(pkt, ip, t.inner_mtu) {
-            return Verdict::Drop(DropReason::TooBig);
-        }
-        return Verdict::Icmp(in_port);
+    let len = ip_end(b, ip) - ip.l3();
+    if len > t.inner_mtu as usize && (ip.v6() || dont_fragment(b, ip)) {
+        return too_big(ctx, in_port, pkt, ip, t.inner_mtu);
     }
     let b = pkt.data_mut();
-    if !decrement_ttl(b, ip) {
+    if ip.v6() {
+        if !decrement_ttl(b, ip) {
+            return Verdict::Drop(DropReason::TtlExpired);
+        }
+        rewrite_v6(b, ip, ip.dst_off(), alias6, delta);
+    } else if !ttl_and_rewrite_v4(b, ip, ip.l3() + ipv4::DST_OFFSET, alias4, delta) {
         return Verdict::Drop(DropReason::TtlExpired);
     }
     if port.clamp_mss {
-        mss::clamp(b, ip, mss::mss_for(t.inner_mtu, ip.v6));
-    }
-    if ip.v6 {
-        rewrite_v6(b, ip, ip.dst_off(), alias6, delta);
-    } else {
-        rewrite_v4(b, ip, ip.l3 + ipv4::DST_OFFSET, alias4, delta);
+        mss::clamp(b, ip, mss::mss_for(t.inner_mtu, ip.v6()));
     }
     into_tunnel(snap, pkt, ip, entry_tunnel)
 }
 
+/// An echo request to a port-mode capture address, answered as its host would.
+#[cold]
+#[inline(never)]
+fn answer_echo<B: PacketBuf>(ctx: &mut Context, in_port: PortId, pkt: &mut B, ip: &Ip) -> Verdict {
+    if !ctx.icmp_token(in_port as usize) {
+        return Verdict::Drop(DropReason::SlowPathLimit);
+    }
+    echo_reply_in_place(pkt.data_mut(), ip);
+    Verdict::Icmp(in_port)
+}
+
+/// Too big for the tunnel and not to be split: ICMP "too big" from the capture address.
+#[cold]
+#[inline(never)]
+fn too_big<B: PacketBuf>(
+    ctx: &mut Context,
+    in_port: PortId,
+    pkt: &mut B,
+    ip: &Ip,
+    inner_mtu: u16,
+) -> Verdict {
+    let ttl = if ip.v6() {
+        crate::packet::ipv6::field::HOP_LIMIT
+    } else {
+        ipv4::field::TTL
+    };
+    if pkt.data()[ip.l3() + ttl] <= 1 {
+        return Verdict::Drop(DropReason::TtlExpired);
+    }
+    if !ctx.icmp_token(in_port as usize) || !too_big_in_place(pkt, ip, inner_mtu) {
+        return Verdict::Drop(DropReason::TooBig);
+    }
+    Verdict::Icmp(in_port)
+}
+
 #[inline]
 fn dont_fragment(b: &[u8], ip: &Ip) -> bool {
-    crate::packet::be16(b, ip.l3 + ipv4::field::FLG_OFF) & ipv4::FLAG_DF != 0
+    crate::packet::be16(b, ip.l3() + ipv4::field::FLG_OFF) & ipv4::FLAG_DF != 0
 }
 
 #[inline]
 fn is_echo_request(b: &[u8], ip: &Ip) -> bool {
-    !ip.frag
-        && if ip.v6 {
-            ip.proto == ip_proto::ICMPV6 && b[ip.l4] == v6_type::ECHO_REQUEST
+    !ip.frag()
+        && if ip.v6() {
+            ip.proto() == ip_proto::ICMPV6 && b[ip.l4()] == v6_type::ECHO_REQUEST
         } else {
-            ip.proto == ip_proto::ICMP && b[ip.l4] == v4_type::ECHO_REQUEST
+            ip.proto() == ip_proto::ICMP && b[ip.l4()] == v4_type::ECHO_REQUEST
         }
 }
 
 /// No circuit: to the port's own address, a symmetric circuit's reply from the DC (in
 /// a tunnel) or what the slow path answers; the rest is dropped.
-#[inline]
+#[cold]
+#[inline(never)]
 fn miss<B: PacketBuf>(
     snap: &Snapshot,
     ctx: &mut Context,
@@ -184,12 +204,12 @@ fn miss<B: PacketBuf>(
         return Verdict::Drop(DropReason::NoCircuit);
     }
     let symmetric = !snap.v4.returns.is_empty() || !snap.v6.returns.is_empty();
-    if symmetric && ip.proto == ip_proto::UDP {
-        if let Some(inner) = super::demux::decap(snap, port, pkt) {
-            return match inner {
-                Ok(inner) => return_to_line(snap, pkt, &inner),
-                Err(v) => v,
-            };
+    if symmetric && ip.proto() == ip_proto::UDP {
+        let mut inner = Ip::default();
+        match super::demux::decap(snap, port, pkt, &mut inner) {
+            Decap::Inner => return return_to_line(snap, pkt, &inner),
+            Decap::Drop(r) => return Verdict::Drop(r),
+            Decap::NotTunnel => {}
         }
     }
     to_slow_path(ctx, in_port, pkt.data(), &L3::Ip(*ip))
@@ -200,7 +220,7 @@ fn miss<B: PacketBuf>(
 #[inline]
 fn return_to_line<B: PacketBuf>(snap: &Snapshot, pkt: &mut B, ip: &Ip) -> Verdict {
     let b = pkt.data_mut();
-    let nh = if ip.v6 {
+    let nh = if ip.v6() {
         snap.v6.returns.get(&addr6(b, ip.src_off())).copied()
     } else {
         snap.v4.returns.get(&be32(b, ip.src_off())).copied()
@@ -220,7 +240,7 @@ fn return_to_line<B: PacketBuf>(snap: &Snapshot, pkt: &mut B, ip: &Ip) -> Verdic
 pub(super) fn flow_hash(b: &[u8], ip: &Ip) -> u32 {
     let mut x = addr_hash(b, ip);
     if ip.has_ports() {
-        x ^= (be32(b, ip.l4) as u64).rotate_left(7) ^ ip.proto as u64;
+        x ^= (be32(b, ip.l4()) as u64).rotate_left(7) ^ ip.proto() as u64;
     }
     (x.hash64() >> 32) as u32
 }
@@ -228,7 +248,7 @@ pub(super) fn flow_hash(b: &[u8], ip: &Ip) -> u32 {
 #[inline(always)]
 fn addr_hash(b: &[u8], ip: &Ip) -> u64 {
     let (s, d) = (ip.src_off(), ip.dst_off());
-    if ip.v6 {
+    if ip.v6() {
         let a = u128::from_ne_bytes(addr6(b, s)) ^ u128::from_ne_bytes(addr6(b, d)).rotate_left(17);
         (a as u64) ^ (a >> 64) as u64
     } else {
@@ -241,11 +261,7 @@ fn addr_hash(b: &[u8], ip: &Ip) -> u64 {
 #[inline]
 pub(super) fn frag_flow_hash(b: &[u8], l3: usize) -> u32 {
     let v6 = b[l3] >> 4 == 6;
-    let ip = Ip {
-        v6,
-        l3,
-        ..Ip::default()
-    };
+    let ip = Ip::header_at(v6, l3);
     let proto = if v6 { 0 } else { b[l3 + ipv4::field::PROTOCOL] };
     ((addr_hash(b, &ip) ^ proto as u64).hash64() >> 32) as u32
 }

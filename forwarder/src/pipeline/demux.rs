@@ -13,8 +13,10 @@ use crate::tables::{port_key_v4, port_key_v6, Key, PortEntry, PortId, Rewrite, S
 
 use super::frag::{FragHit, FragKey};
 use super::icmp::{quote, rewrite_quote, Field, Quote};
-use super::parse::{addr6, classify, Ip, L3};
-use super::rewrite::{decrement_ttl, miss, rewrite_v4, rewrite_v6, to_next_hop, to_slow_path};
+use super::parse::{addr6, classify, classify_inner, fast_inner, Ip, L3};
+use super::rewrite::{
+    decrement_ttl, miss, rewrite_v4, rewrite_v6, to_next_hop, to_slow_path, ttl_and_rewrite_v4,
+};
 use super::{Context, DropReason, PacketBuf, Verdict, MAX_BURST};
 
 #[derive(Clone, Copy, Default)]
@@ -45,45 +47,43 @@ pub(super) fn run<B: PacketBuf>(
     let mut todo = [false; MAX_BURST];
     // Pass 1: check and strip the tunnel, parse the inner packet, prefetch its slots.
     for (i, pkt) in pkts.iter_mut().enumerate() {
-        match decapsulate(snap, ctx, in_port, port, pkt) {
-            Err(v) => out[i] = v,
-            Ok(ip) => {
-                let b = pkt.data();
-                let off = ip.dst_off();
-                let mut p = Pending {
-                    ip,
-                    ..Pending::default()
-                };
-                if ip.has_ports() {
-                    (p.keyed, p.port, p.proto) = (true, ip.dst_port(b), ip.proto);
-                } else if let Some(q) = quote(b, &ip) {
-                    (p.keyed, p.port, p.proto, p.quote) = (true, q.src_port(b), q.proto, Some(q));
-                }
-                if ip.v6 {
-                    p.dst6 = addr6(b, off);
-                    if p.keyed && !snap.v6.demux_port.is_empty() {
-                        p.port_key_hash = port_key_v6(p.dst6, p.proto, p.port).hash64();
-                        snap.v6.demux_port.prefetch(p.port_key_hash);
-                    }
-                    if !snap.v6.demux_addr.is_empty() {
-                        p.addr_hash = p.dst6.hash64();
-                        snap.v6.demux_addr.prefetch(p.addr_hash);
-                    }
-                } else {
-                    p.dst4 = be32(b, off);
-                    if p.keyed && !snap.v4.demux_port.is_empty() {
-                        p.port_key_hash = port_key_v4(p.dst4, p.proto, p.port).hash64();
-                        snap.v4.demux_port.prefetch(p.port_key_hash);
-                    }
-                    if !snap.v4.demux_addr.is_empty() {
-                        p.addr_hash = p.dst4.hash64();
-                        snap.v4.demux_addr.prefetch(p.addr_hash);
-                    }
-                }
-                pending[i] = p;
-                todo[i] = true;
+        // Filled in place: a struct built on the stack and copied in costs a
+        // store-forwarding stall per packet.
+        let p = &mut pending[i];
+        if let Some(v) = decapsulate(snap, ctx, in_port, port, pkt, &mut p.ip) {
+            out[i] = v;
+            continue;
+        }
+        let b = pkt.data();
+        let ip = p.ip;
+        let off = ip.dst_off();
+        if ip.has_ports() {
+            (p.keyed, p.port, p.proto) = (true, ip.dst_port(b), ip.proto());
+        } else if let Some(q) = quote(b, &ip) {
+            (p.keyed, p.port, p.proto, p.quote) = (true, q.src_port(b), q.proto, Some(q));
+        }
+        if ip.v6() {
+            p.dst6 = addr6(b, off);
+            if p.keyed && !snap.v6.demux_port.is_empty() {
+                p.port_key_hash = port_key_v6(p.dst6, p.proto, p.port).hash64();
+                snap.v6.demux_port.prefetch(p.port_key_hash);
+            }
+            if !snap.v6.demux_addr.is_empty() {
+                p.addr_hash = p.dst6.hash64();
+                snap.v6.demux_addr.prefetch(p.addr_hash);
+            }
+        } else {
+            p.dst4 = be32(b, off);
+            if p.keyed && !snap.v4.demux_port.is_empty() {
+                p.port_key_hash = port_key_v4(p.dst4, p.proto, p.port).hash64();
+                snap.v4.demux_port.prefetch(p.port_key_hash);
+            }
+            if !snap.v4.demux_addr.is_empty() {
+                p.addr_hash = p.dst4.hash64();
+                snap.v4.demux_addr.prefetch(p.addr_hash);
             }
         }
+        todo[i] = true;
     }
     // Pass 2: look up and rewrite.
     for (i, pkt) in pkts.iter_mut().enumerate() {
@@ -93,36 +93,45 @@ pub(super) fn run<B: PacketBuf>(
     }
 }
 
-/// Accepts a tunnel packet from a peer to one of this port's addresses and strips the
-/// outer headers. Anything else ends here with its verdict.
-#[inline]
+/// Accepts a tunnel packet from a peer to one of this port's addresses, strips the
+/// outer headers and parses the inner packet into `ip`. Anything else ends here with its
+/// verdict. (Out parameters rather than nested `Result`s: the hot path then keeps `Ip`
+/// out of enum shuffles through the stack.)
+#[inline(always)]
 fn decapsulate<B: PacketBuf>(
     snap: &Snapshot,
     ctx: &mut Context,
     in_port: PortId,
     port: &PortEntry,
     pkt: &mut B,
-) -> Result<Ip, Verdict> {
+    ip: &mut Ip,
+) -> Option<Verdict> {
     let b = pkt.data();
     if !for_us(b, port) {
-        return Err(Verdict::Drop(if b.len() < ethernet::HEADER_LEN {
+        return Some(Verdict::Drop(if b.len() < ethernet::HEADER_LEN {
             DropReason::Malformed
         } else {
             DropReason::OtherHost
         }));
     }
-    if let Some(res) = decap(snap, port, pkt) {
-        return res;
+    match decap(snap, port, pkt, ip) {
+        Decap::Inner => None,
+        Decap::Drop(r) => Some(Verdict::Drop(r)),
+        Decap::NotTunnel => Some(not_tunnel(ctx, in_port, port, pkt.data())),
     }
-    // Not a tunnel packet: ARP, neighbour discovery and pings to the port itself.
-    let b = pkt.data();
-    Err(match classify(b, Some(port.mac)) {
+}
+
+/// Not a tunnel packet: ARP, neighbour discovery and pings to the port itself.
+#[cold]
+#[inline(never)]
+fn not_tunnel(ctx: &mut Context, in_port: PortId, port: &PortEntry, b: &[u8]) -> Verdict {
+    match classify(b, port.mac) {
         Err(r) => Verdict::Drop(r),
         Ok(l3 @ L3::Arp) => to_slow_path(ctx, in_port, b, &l3),
         Ok(l3 @ L3::Ip(ip)) if ip.is_nd(b) => to_slow_path(ctx, in_port, b, &l3),
         Ok(l3 @ L3::Ip(ip)) => {
             let off = ip.dst_off();
-            let local = if ip.v6 {
+            let local = if ip.v6() {
                 port.is_local_v6(addr6(b, off))
             } else {
                 port.is_local_v4(be32(b, off))
@@ -133,74 +142,110 @@ fn decapsulate<B: PacketBuf>(
                 Verdict::Drop(DropReason::Unsupported)
             }
         }
-    })
+    }
+}
+
+/// What [`decap`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Decap {
+    /// A tunnel packet from a peer, stripped; its inner packet is parsed.
+    Inner,
+    /// Not VXLAN: the caller's to handle.
+    NotTunnel,
+    /// A tunnel packet that ends here.
+    Drop(DropReason),
 }
 
 /// Strips the tunnel of a VXLAN packet from a peer (with its VNI) to one of `port`'s
-/// addresses: the inner packet, or the verdict that ends it. `None`: not VXLAN.
-#[inline]
+/// addresses and parses the inner packet into `ip`. The common case (IPv4 outer, no
+/// options, no VLAN) inline; the rest in [`decap_general`].
+#[inline(always)]
 pub(super) fn decap<B: PacketBuf>(
     snap: &Snapshot,
     port: &PortEntry,
     pkt: &mut B,
-) -> Option<Result<Ip, Verdict>> {
+    ip: &mut Ip,
+) -> Decap {
     let b = pkt.data();
-    let group = b[ethernet::field::DST.start] & 1 == 1;
-    if let Some((src, dst, vni, inner_len)) = vxlan::parse_outer_v4_fast(b) {
-        if group {
-            return Some(Err(Verdict::Drop(DropReason::GroupAddress)));
-        }
-        if !port.is_local_v4(dst) {
-            return Some(Err(Verdict::Drop(DropReason::OtherHost)));
-        }
-        match snap.v4.peers.get(&src) {
-            None => return Some(Err(Verdict::Drop(DropReason::NotTunnelPeer))),
-            Some(&want) if want != ANY_VNI && want != vni => {
-                return Some(Err(Verdict::Drop(DropReason::BadVni)))
-            }
-            Some(_) => {}
-        }
-        if !pkt.adj(vxlan::OUTER_LEN_V4) || !pkt.truncate(inner_len) {
-            return Some(Err(Verdict::Drop(DropReason::Malformed)));
-        }
-        return Some(inner(pkt.data()));
+    let Some((src, dst, vni, inner_len)) = vxlan::parse_outer_v4_fast(b) else {
+        return decap_general(snap, port, pkt, ip);
+    };
+    if b[ethernet::field::DST.start] & 1 == 1 {
+        return Decap::Drop(DropReason::GroupAddress);
     }
+    if !port.is_local_v4(dst) {
+        return Decap::Drop(DropReason::OtherHost);
+    }
+    match snap.v4.peers.get(&src) {
+        None => return Decap::Drop(DropReason::NotTunnelPeer),
+        Some(&want) if want != ANY_VNI && want != vni => return Decap::Drop(DropReason::BadVni),
+        Some(_) => {}
+    }
+    if !pkt.adj(vxlan::OUTER_LEN_V4) || !pkt.truncate(inner_len) {
+        return Decap::Drop(DropReason::Malformed);
+    }
+    inner(pkt.data(), ip)
+}
+
+/// [`decap`] for everything but the common outer header: VLAN tags, IPv6, IPv4 options.
+#[inline(never)]
+fn decap_general<B: PacketBuf>(
+    snap: &Snapshot,
+    port: &PortEntry,
+    pkt: &mut B,
+    ip: &mut Ip,
+) -> Decap {
+    let b = pkt.data();
     let outer = match vxlan::parse_outer(b) {
         Ok(outer) => outer,
-        Err(Error::Unsupported) => return None,
-        Err(Error::Checksum) => return Some(Err(Verdict::Drop(DropReason::BadChecksum))),
-        Err(_) => return Some(Err(Verdict::Drop(DropReason::Malformed))),
+        Err(Error::Unsupported) => return Decap::NotTunnel,
+        Err(Error::Checksum) => return Decap::Drop(DropReason::BadChecksum),
+        Err(_) => return Decap::Drop(DropReason::Malformed),
     };
-    if group {
-        return Some(Err(Verdict::Drop(DropReason::GroupAddress)));
+    if b[ethernet::field::DST.start] & 1 == 1 {
+        return Decap::Drop(DropReason::GroupAddress);
     }
     if !port.is_local(outer.dst) {
-        return Some(Err(Verdict::Drop(DropReason::OtherHost)));
+        return Decap::Drop(DropReason::OtherHost);
     }
     let want = match outer.src {
         std::net::IpAddr::V4(a) => snap.v4.peers.get(&u32::from(a)),
         std::net::IpAddr::V6(a) => snap.v6.peers.get(&a.octets()),
     };
     match want {
-        None => return Some(Err(Verdict::Drop(DropReason::NotTunnelPeer))),
+        None => return Decap::Drop(DropReason::NotTunnelPeer),
         Some(&want) if want != ANY_VNI && want != outer.vni => {
-            return Some(Err(Verdict::Drop(DropReason::BadVni)))
+            return Decap::Drop(DropReason::BadVni)
         }
         Some(_) => {}
     }
     if !pkt.adj(outer.inner_offset) || !pkt.truncate(outer.inner_len) {
-        return Some(Err(Verdict::Drop(DropReason::Malformed)));
+        return Decap::Drop(DropReason::Malformed);
     }
-    Some(inner(pkt.data()))
+    inner(pkt.data(), ip)
 }
 
-/// The inner frame of a tunnel packet: an IP packet (ARP does not cross tunnels).
-#[inline]
-fn inner(b: &[u8]) -> Result<Ip, Verdict> {
-    match classify(b, None) {
-        Ok(L3::Ip(ip)) => Ok(ip),
-        Ok(L3::Arp) => Err(Verdict::Drop(DropReason::Unsupported)),
-        Err(r) => Err(Verdict::Drop(r)),
+/// The inner frame of a tunnel packet: an IP packet (ARP does not cross tunnels). Its
+/// IPv4 header checksum is not verified again: the aggregator that encapsulated it
+/// verified it (and updated it incrementally since), and the outer header's was checked.
+#[inline(always)]
+fn inner(b: &[u8], ip: &mut Ip) -> Decap {
+    if let Some(i) = fast_inner(b) {
+        *ip = i;
+        return Decap::Inner;
+    }
+    inner_general(b, ip)
+}
+
+#[inline(never)]
+fn inner_general(b: &[u8], ip: &mut Ip) -> Decap {
+    match classify_inner(b) {
+        Ok(L3::Ip(i)) => {
+            *ip = i;
+            Decap::Inner
+        }
+        Ok(L3::Arp) => Decap::Drop(DropReason::Unsupported),
+        Err(r) => Decap::Drop(r),
     }
 }
 
@@ -208,29 +253,78 @@ fn inner(b: &[u8]) -> Result<Ip, Verdict> {
 #[inline]
 pub(super) fn frag_key(b: &[u8], ip: &Ip) -> FragKey {
     let mut k = FragKey {
-        id: ip.frag_id,
-        proto: ip.proto,
-        v6: ip.v6,
+        id: ip.frag_id(b),
+        proto: ip.proto(),
+        v6: ip.v6(),
         ..FragKey::default()
     };
-    let n = if ip.v6 { 16 } else { 4 };
+    let n = if ip.v6() { 16 } else { 4 };
     k.src[..n].copy_from_slice(&b[ip.src_off()..ip.src_off() + n]);
     k.dst[..n].copy_from_slice(&b[ip.dst_off()..ip.dst_off() + n]);
     k
 }
 
-#[inline]
+/// The common case (no fragment, no quote) straight through; the rest beside it.
+#[inline(always)]
 fn one<B: PacketBuf>(snap: &Snapshot, ctx: &mut Context, pkt: &mut B, p: &Pending) -> Verdict {
+    let ip = &p.ip;
+    if ip.frag() || p.quote.is_some() {
+        return rare(snap, ctx, pkt, p);
+    }
+    let b = pkt.data_mut();
+    let nh = if ip.v6() {
+        let hit = if p.keyed {
+            let k = port_key_v6(p.dst6, p.proto, p.port);
+            snap.v6.demux_port.get_hashed(&k, p.port_key_hash)
+        } else {
+            None
+        };
+        let Some(r) = hit
+            .or_else(|| snap.v6.demux_addr.get_hashed(&p.dst6, p.addr_hash))
+            .copied()
+        else {
+            return miss(ip);
+        };
+        if !decrement_ttl(b, ip) {
+            return Verdict::Drop(DropReason::TtlExpired);
+        }
+        rewrite_v6(b, ip, ip.dst_off(), r.addr, r.delta);
+        r.next_hop
+    } else {
+        let hit = if p.keyed {
+            let k = port_key_v4(p.dst4, p.proto, p.port);
+            snap.v4.demux_port.get_hashed(&k, p.port_key_hash)
+        } else {
+            None
+        };
+        let Some(r) = hit
+            .or_else(|| snap.v4.demux_addr.get_hashed(&p.dst4, p.addr_hash))
+            .copied()
+        else {
+            return miss(ip);
+        };
+        if !ttl_and_rewrite_v4(b, ip, ip.dst_off(), r.addr, r.delta) {
+            return Verdict::Drop(DropReason::TtlExpired);
+        }
+        r.next_hop
+    };
+    to_next_hop(snap, b, ip, nh)
+}
+
+/// Fragments and ICMP errors: the fragment table and the quote.
+#[cold]
+#[inline(never)]
+fn rare<B: PacketBuf>(snap: &Snapshot, ctx: &mut Context, pkt: &mut B, p: &Pending) -> Verdict {
     let ip = &p.ip;
     let b = pkt.data_mut();
     let generation = snap.generation();
     // A later fragment follows its first (port mode) or its address (address mode).
-    if ip.later_frag {
+    if ip.later_frag() {
         if let Some(h) = ctx.frags.get(&frag_key(b, ip), generation, ctx.now_ms()) {
             if !decrement_ttl(b, ip) {
                 return Verdict::Drop(DropReason::TtlExpired);
             }
-            if ip.v6 {
+            if ip.v6() {
                 rewrite_v6(b, ip, ip.dst_off(), h.addr, h.delta);
             } else {
                 let mut a = [0u8; 4];
@@ -240,7 +334,7 @@ fn one<B: PacketBuf>(snap: &Snapshot, ctx: &mut Context, pkt: &mut B, p: &Pendin
             return to_next_hop(snap, b, ip, h.next_hop);
         }
     }
-    let (nh, port_hit, hit) = if ip.v6 {
+    let (nh, port_hit, hit) = if ip.v6() {
         let hit: Option<&Rewrite<[u8; 16]>> = if p.keyed {
             let k = port_key_v6(p.dst6, p.proto, p.port);
             snap.v6.demux_port.get_hashed(&k, p.port_key_hash)
@@ -254,7 +348,7 @@ fn one<B: PacketBuf>(snap: &Snapshot, ctx: &mut Context, pkt: &mut B, p: &Pendin
         else {
             return miss(ip);
         };
-        if ip.frag && port_hit {
+        if ip.frag() && port_hit {
             let key = frag_key(b, ip);
             let hit = FragHit {
                 addr: r.addr,
@@ -285,7 +379,7 @@ fn one<B: PacketBuf>(snap: &Snapshot, ctx: &mut Context, pkt: &mut B, p: &Pendin
         };
         let mut addr = [0u8; 16];
         addr[..4].copy_from_slice(&r.addr.to_be_bytes());
-        if ip.frag && port_hit {
+        if ip.frag() && port_hit {
             let key = frag_key(b, ip);
             let hit = FragHit {
                 addr,
@@ -302,7 +396,7 @@ fn one<B: PacketBuf>(snap: &Snapshot, ctx: &mut Context, pkt: &mut B, p: &Pendin
     };
     // An error about a reply: the quoted reply's source becomes the app host too.
     if let (true, Some(q)) = (port_hit, &p.quote) {
-        let n = if ip.v6 { 16 } else { 4 };
+        let n = if ip.v6() { 16 } else { 4 };
         rewrite_quote(b, ip, q, Field::Src, &hit[..n]);
     }
     to_next_hop(snap, b, ip, nh)

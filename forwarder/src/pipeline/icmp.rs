@@ -43,10 +43,10 @@ pub(crate) fn is_error(v6: bool, t: u8) -> bool {
 pub(crate) fn too_big_in_place<B: PacketBuf>(pkt: &mut B, ip: &Ip, mtu: u16) -> bool {
     let b = pkt.data();
     let end = ip_end(b, ip);
-    let l3 = ip.l3;
+    let l3 = ip.l3();
     let peer = mac_at(b, ethernet::field::SRC.start);
     let own = mac_at(b, ethernet::field::DST.start);
-    let (hdr, max) = if ip.v6 {
+    let (hdr, max) = if ip.v6() {
         (ipv6::HEADER_LEN + ICMP_HDR, V6_MAX)
     } else {
         (ipv4::HEADER_LEN + ICMP_HDR, V4_MAX)
@@ -61,7 +61,7 @@ pub(crate) fn too_big_in_place<B: PacketBuf>(pkt: &mut B, ip: &Ip, mtu: u16) -> 
     set_macs(b, peer, own);
     let q = l3 + hdr;
     let icmp_len = ICMP_HDR + quote;
-    if ip.v6 {
+    if ip.v6() {
         let (src, dst) = (q + ipv6::SRC_OFFSET, q + ipv6::DST_OFFSET);
         let mut from = [0u8; 16];
         let mut to = [0u8; 16];
@@ -87,12 +87,12 @@ pub(crate) fn too_big_in_place<B: PacketBuf>(pkt: &mut B, ip: &Ip, mtu: u16) -> 
     pkt.truncate(q + quote);
     let b = pkt.data_mut();
     let m = l3
-        + if ip.v6 {
+        + if ip.v6() {
             ipv6::HEADER_LEN
         } else {
             ipv4::HEADER_LEN
         };
-    fill_icmp_checksum(b, l3, m, q + quote, ip.v6);
+    fill_icmp_checksum(b, l3, m, q + quote, ip.v6());
     true
 }
 
@@ -101,14 +101,14 @@ pub(crate) fn echo_reply_in_place(b: &mut [u8], ip: &Ip) {
     let peer = mac_at(b, ethernet::field::SRC.start);
     let own = mac_at(b, ethernet::field::DST.start);
     set_macs(b, peer, own);
-    let l3 = ip.l3;
-    if ip.v6 {
+    let l3 = ip.l3();
+    if ip.v6() {
         let (s, d) = (l3 + ipv6::SRC_OFFSET, l3 + ipv6::DST_OFFSET);
         for i in 0..16 {
             b.swap(s + i, d + i);
         }
         b[l3 + ipv6::field::HOP_LIMIT] = TTL;
-        b[ip.l4] = v6_type::ECHO_REPLY;
+        b[ip.l4()] = v6_type::ECHO_REPLY;
     } else {
         let (s, d) = (l3 + ipv4::SRC_OFFSET, l3 + ipv4::DST_OFFSET);
         for i in 0..4 {
@@ -123,20 +123,20 @@ pub(crate) fn echo_reply_in_place(b: &mut [u8], ip: &Ip) {
             at,
             checksum::update(be16(b, at), Delta::of_word(old, new)),
         );
-        let old = be16(b, ip.l4);
-        b[ip.l4] = v4_type::ECHO_REPLY;
-        let at = ip.l4 + 2;
+        let old = be16(b, ip.l4());
+        b[ip.l4()] = v4_type::ECHO_REPLY;
+        let at = ip.l4() + 2;
         set_be16(
             b,
             at,
-            checksum::update(be16(b, at), Delta::of_word(old, be16(b, ip.l4))),
+            checksum::update(be16(b, at), Delta::of_word(old, be16(b, ip.l4()))),
         );
     }
-    if ip.v6 {
+    if ip.v6() {
         // The pseudo-header's addresses only swapped; the type changed by one word.
-        let at = ip.l4 + 2;
-        let old = u16::from_be_bytes([v6_type::ECHO_REQUEST, b[ip.l4 + 1]]);
-        let new = u16::from_be_bytes([v6_type::ECHO_REPLY, b[ip.l4 + 1]]);
+        let at = ip.l4() + 2;
+        let old = u16::from_be_bytes([v6_type::ECHO_REQUEST, b[ip.l4() + 1]]);
+        let new = u16::from_be_bytes([v6_type::ECHO_REPLY, b[ip.l4() + 1]]);
         set_be16(
             b,
             at,
@@ -175,17 +175,17 @@ impl Quote {
 /// IPv6 quotes with extension headers) is `None`.
 #[inline]
 pub(crate) fn quote(b: &[u8], ip: &Ip) -> Option<Quote> {
-    let want = if ip.v6 {
+    let want = if ip.v6() {
         ip_proto::ICMPV6
     } else {
         ip_proto::ICMP
     };
-    if ip.proto != want || ip.frag || !is_error(ip.v6, b[ip.l4]) {
+    if ip.proto() != want || ip.frag() || !is_error(ip.v6(), b[ip.l4()]) {
         return None;
     }
     let end = ip_end(b, ip);
-    let q = ip.l4 + ICMP_HDR;
-    let (l4, proto) = if ip.v6 {
+    let q = ip.l4() + ICMP_HDR;
+    let (l4, proto) = if ip.v6() {
         if q + ipv6::HEADER_LEN > end || b[q] >> 4 != 6 {
             return None;
         }
@@ -222,7 +222,7 @@ pub(crate) enum Field {
 pub(crate) fn rewrite_quote(b: &mut [u8], ip: &Ip, q: &Quote, field: Field, new: &[u8]) {
     let end = ip_end(b, ip);
     let off = q.l3
-        + match (ip.v6, field) {
+        + match (ip.v6(), field) {
             (true, Field::Src) => ipv6::SRC_OFFSET,
             (true, Field::Dst) => ipv6::DST_OFFSET,
             (false, Field::Src) => ipv4::SRC_OFFSET,
@@ -234,7 +234,7 @@ pub(crate) fn rewrite_quote(b: &mut [u8], ip: &Ip, q: &Quote, field: Field, new:
     }
     let delta = Delta::of(&b[off..off + n], new);
     b[off..off + n].copy_from_slice(new);
-    if !ip.v6 {
+    if !ip.v6() {
         let at = q.l3 + ipv4::field::CHECKSUM;
         set_be16(b, at, checksum::update(be16(b, at), delta));
     }
@@ -254,7 +254,7 @@ pub(crate) fn rewrite_quote(b: &mut [u8], ip: &Ip, q: &Quote, field: Field, new:
             set_be16(b, l4_sum, new);
         }
     }
-    fill_icmp_checksum(b, ip.l3, ip.l4, end, ip.v6);
+    fill_icmp_checksum(b, ip.l3(), ip.l4(), end, ip.v6());
 }
 
 /// Recomputes the checksum of the ICMP(v6) message at `m..end` of the packet whose IP

@@ -25,15 +25,21 @@ pub(crate) const fn mss_for(mtu: u16, v6: bool) -> u16 {
 }
 
 /// Lowers the MSS option of a TCP SYN (or SYN-ACK) to at most `max`. True if changed.
-#[inline]
+/// The test for a SYN is inline; the option walk is not (one packet of a connection).
+#[inline(always)]
 pub(crate) fn clamp(b: &mut [u8], ip: &Ip, max: u16) -> bool {
-    if ip.proto != ip_proto::TCP || ip.frag || b[ip.l4 + tcp::field::FLAGS] & SYN == 0 {
+    if ip.proto() != ip_proto::TCP || ip.frag() || b[ip.l4() + tcp::field::FLAGS] & SYN == 0 {
         return false;
     }
+    clamp_syn(b, ip, max)
+}
+
+#[inline(never)]
+fn clamp_syn(b: &mut [u8], ip: &Ip, max: u16) -> bool {
     let end = ip_end(b, ip);
-    let hl = (b[ip.l4 + tcp::field::DATA_OFF] >> 4) as usize * 4;
-    let opts_end = (ip.l4 + hl).min(end);
-    let mut at = ip.l4 + tcp::HEADER_LEN;
+    let hl = (b[ip.l4() + tcp::field::DATA_OFF] >> 4) as usize * 4;
+    let opts_end = (ip.l4() + hl).min(end);
+    let mut at = ip.l4() + tcp::HEADER_LEN;
     while at < opts_end {
         match b[at] {
             0 => break,
@@ -52,7 +58,7 @@ pub(crate) fn clamp(b: &mut [u8], ip: &Ip, max: u16) -> bool {
                         return false;
                     }
                     set_be16(b, at + 2, max);
-                    let c = ip.l4 + tcp::CHECKSUM_OFFSET;
+                    let c = ip.l4() + tcp::CHECKSUM_OFFSET;
                     set_be16(b, c, checksum::update(be16(b, c), Delta::of_word(old, max)));
                     return true;
                 }

@@ -10,48 +10,122 @@ use super::DropReason;
 
 /// Offsets of an IP packet inside a frame, checked so that the rewrites that follow can
 /// index without failing.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Ip {
-    /// IPv6 (else IPv4).
-    pub v6: bool,
-    /// Offset of the IP header.
-    pub l3: usize,
-    /// Offset of the upper-layer header.
-    pub l4: usize,
-    /// Upper-layer protocol.
-    pub proto: u8,
-    /// A non-first fragment: no upper-layer header in this packet.
-    pub later_frag: bool,
-    /// Any fragment (first or later): its ports, if any, are not every fragment's.
-    pub frag: bool,
-    /// The fragment identification (fragments only).
-    pub frag_id: u32,
+///
+/// One `u64` (offsets of 16 bits: a frame is at most 64 KiB), built in a register and
+/// stored with one write. A struct of small fields is written field by field and then
+/// copied as a whole into the burst's pending state, and on x86 a load that spans several
+/// smaller stores cannot be forwarded from them: that stall, once per packet, cost the
+/// pipelines more than everything issue 9 added to them.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Ip(u64);
+
+const V6: u64 = 1 << 40;
+const LATER_FRAG: u64 = 1 << 41;
+const FRAG: u64 = 1 << 42;
+
+impl std::fmt::Debug for Ip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ip")
+            .field("v6", &self.v6())
+            .field("l3", &self.l3())
+            .field("l4", &self.l4())
+            .field("proto", &self.proto())
+            .field("later_frag", &self.later_frag())
+            .field("frag", &self.frag())
+            .finish()
+    }
 }
 
 impl Ip {
+    /// An IP header at `l3` (IPv6 if `v6`), its upper-layer header `proto` at `l4`;
+    /// `later_frag`: a non-first fragment; `frag`: any fragment.
+    #[inline(always)]
+    pub fn new(v6: bool, l3: u16, l4: u16, proto: u8, later_frag: bool, frag: bool) -> Ip {
+        Ip(l3 as u64
+            | (l4 as u64) << 16
+            | (proto as u64) << 32
+            | if v6 { V6 } else { 0 }
+            | if later_frag { LATER_FRAG } else { 0 }
+            | if frag { FRAG } else { 0 })
+    }
+
+    /// An IP header of the given version at `l3`, nothing else known (for the address
+    /// fields only).
+    #[inline]
+    pub fn header_at(v6: bool, l3: usize) -> Ip {
+        Ip::new(v6, l3 as u16, 0, 0, false, false)
+    }
+
+    /// Offset of the IP header.
+    #[inline(always)]
+    pub fn l3(&self) -> usize {
+        (self.0 & 0xffff) as usize
+    }
+
+    /// Offset of the upper-layer header.
+    #[inline(always)]
+    pub fn l4(&self) -> usize {
+        (self.0 >> 16 & 0xffff) as usize
+    }
+
+    /// Upper-layer protocol.
+    #[inline(always)]
+    pub fn proto(&self) -> u8 {
+        (self.0 >> 32) as u8
+    }
+
+    /// IPv6 (else IPv4).
+    #[inline(always)]
+    pub fn v6(&self) -> bool {
+        self.0 & V6 != 0
+    }
+
+    /// A non-first fragment: no upper-layer header in this packet.
+    #[inline(always)]
+    pub fn later_frag(&self) -> bool {
+        self.0 & LATER_FRAG != 0
+    }
+
+    /// Any fragment (first or later): its ports, if any, are not every fragment's.
+    #[inline(always)]
+    pub fn frag(&self) -> bool {
+        self.0 & FRAG != 0
+    }
+
+    /// The fragment identification of a fragment (IPv4's 16 bits, or the IPv6 fragment
+    /// header's 32), read from the packet: a rare path's, so not kept in `Ip`.
+    pub fn frag_id(&self, b: &[u8]) -> u32 {
+        if !self.v6() {
+            return be16(b, self.l3() + ipv4::field::IDENT) as u32;
+        }
+        Ipv6Packet::new_checked(&b[self.l3()..])
+            .and_then(|p| p.upper_layer())
+            .map_or(0, |ul| ul.fragment_id)
+    }
+
     /// True if the packet carries TCP or UDP ports.
     #[inline]
     pub fn has_ports(&self) -> bool {
-        !self.later_frag && (self.proto == ip_proto::TCP || self.proto == ip_proto::UDP)
+        !self.later_frag() && (self.proto() == ip_proto::TCP || self.proto() == ip_proto::UDP)
     }
 
     /// Source port (call only when [`Ip::has_ports`]).
     #[inline]
     pub fn src_port(&self, b: &[u8]) -> u16 {
-        be16(b, self.l4 + udp::field::SRC_PORT)
+        be16(b, self.l4() + udp::field::SRC_PORT)
     }
 
     /// Destination port (call only when [`Ip::has_ports`]).
     #[inline]
     pub fn dst_port(&self, b: &[u8]) -> u16 {
-        be16(b, self.l4 + udp::field::DST_PORT)
+        be16(b, self.l4() + udp::field::DST_PORT)
     }
 
     /// Source address bytes offset.
     #[inline]
     pub fn src_off(&self) -> usize {
-        self.l3
-            + if self.v6 {
+        self.l3()
+            + if self.v6() {
                 ipv6::SRC_OFFSET
             } else {
                 ipv4::SRC_OFFSET
@@ -61,8 +135,8 @@ impl Ip {
     /// Destination address bytes offset.
     #[inline]
     pub fn dst_off(&self) -> usize {
-        self.l3
-            + if self.v6 {
+        self.l3()
+            + if self.v6() {
                 ipv6::DST_OFFSET
             } else {
                 ipv4::DST_OFFSET
@@ -72,7 +146,10 @@ impl Ip {
     /// True for ICMPv6 neighbour discovery (slow path).
     #[inline]
     pub fn is_nd(&self, b: &[u8]) -> bool {
-        self.v6 && self.proto == ip_proto::ICMPV6 && !self.later_frag && v6_type::is_nd(b[self.l4])
+        self.v6()
+            && self.proto() == ip_proto::ICMPV6
+            && !self.later_frag()
+            && v6_type::is_nd(b[self.l4()])
     }
 }
 
@@ -85,93 +162,147 @@ pub(crate) enum L3 {
     Arp,
 }
 
-/// Parses a frame received on a port with MAC `own_mac` (`None`: skip the destination
-/// MAC check, as for a tunnel's inner frame). A frame to a group address (broadcast or
-/// multicast) is only accepted for ARP and neighbour discovery; an IPv4 header must
-/// carry a correct checksum.
+/// Parses a frame received on a port with MAC `own_mac`. A frame to a group address
+/// (broadcast or multicast) is only accepted for ARP and neighbour discovery; an IPv4
+/// header must carry a correct checksum (RFC 1812 5.2.2).
 #[inline(always)]
-pub(crate) fn classify(b: &[u8], own_mac: Option<MacAddr>) -> Result<L3, DropReason> {
+pub(crate) fn classify(b: &[u8], own_mac: MacAddr) -> Result<L3, DropReason> {
     let eth = EthernetFrame::new_checked(b).map_err(|_| DropReason::Malformed)?;
-    let mut group = false;
-    if let Some(own) = own_mac {
-        let dst = eth.dst();
-        if dst != own {
-            if !dst.is_multicast() {
-                return Err(DropReason::OtherHost);
-            }
-            group = true;
-        }
+    let dst = eth.dst();
+    let group = dst != own_mac;
+    if group && !dst.is_multicast() {
+        return Err(DropReason::OtherHost);
     }
     if !group {
-        if let Some(ip) = fast_ipv4(b) {
+        if let Some(ip) = fast_ipv4::<true>(b) {
             return Ok(L3::Ip(ip));
         }
     }
-    let l3 = general(b, &eth)?;
+    let l3 = general::<true>(b, &eth)?;
     if group && !matches!(l3, L3::Arp) && !matches!(l3, L3::Ip(ip) if ip.is_nd(b)) {
         return Err(DropReason::GroupAddress);
     }
     Ok(l3)
 }
 
+/// What [`classify_into`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Frame {
+    /// An IP packet, parsed into the caller's [`Ip`].
+    Ip,
+    /// ARP (slow path).
+    Arp,
+    /// Nothing to forward.
+    Drop(DropReason),
+}
+
+/// [`classify`] into the caller's `ip`: the common case (unicast to `own_mac`,
+/// untagged IPv4 without options) inline, the rest out of line. (An out parameter rather
+/// than a `Result<L3, _>`: the hot path then keeps `Ip` out of enum shuffles through
+/// the stack.)
+#[inline(always)]
+pub(crate) fn classify_into(b: &[u8], own_mac: MacAddr, ip: &mut Ip) -> Frame {
+    if b.len() >= ethernet::HEADER_LEN && b[ethernet::field::DST] == own_mac.0 {
+        if let Some(i) = fast_ipv4::<true>(b) {
+            *ip = i;
+            return Frame::Ip;
+        }
+    }
+    classify_general(b, own_mac, ip)
+}
+
+#[inline(never)]
+fn classify_general(b: &[u8], own_mac: MacAddr, ip: &mut Ip) -> Frame {
+    match classify(b, own_mac) {
+        Ok(L3::Ip(i)) => {
+            *ip = i;
+            Frame::Ip
+        }
+        Ok(L3::Arp) => Frame::Arp,
+        Err(r) => Frame::Drop(r),
+    }
+}
+
+/// Parses the inner frame of a tunnel packet from a checked peer: no MAC to match, and
+/// an IPv4 header checksum is not verified again (the encapsulating end did, and kept
+/// it right through its rewrites).
+#[inline]
+pub(crate) fn classify_inner(b: &[u8]) -> Result<L3, DropReason> {
+    let eth = EthernetFrame::new_checked(b).map_err(|_| DropReason::Malformed)?;
+    if let Some(ip) = fast_inner(b) {
+        return Ok(L3::Ip(ip));
+    }
+    general::<false>(b, &eth)
+}
+
+/// [`classify_inner`]'s common case alone: untagged IPv4 without options (`None`: ask
+/// [`classify_inner`]).
+#[inline(always)]
+pub(crate) fn fast_inner(b: &[u8]) -> Option<Ip> {
+    fast_ipv4::<false>(b)
+}
+
 /// Everything but the fast case.
 #[inline]
-fn general(b: &[u8], eth: &EthernetFrame<&[u8]>) -> Result<L3, DropReason> {
+fn general<const VERIFY: bool>(b: &[u8], eth: &EthernetFrame<&[u8]>) -> Result<L3, DropReason> {
     let l2 = eth.payload_info().map_err(|_| DropReason::Malformed)?;
     let l3 = l2.l3_offset;
     let ip = match l2.ethertype {
         EtherType::IPV4 => {
             let p = Ipv4Packet::new_checked(&b[l3..]).map_err(|_| DropReason::Malformed)?;
-            if !p.verify_checksum() {
+            if VERIFY && !p.verify_checksum() {
                 return Err(DropReason::BadChecksum);
             }
-            let frag = p.is_fragment();
-            Ip {
-                v6: false,
-                l3,
-                l4: l3 + p.header_len(),
-                proto: p.protocol(),
-                later_frag: p.frag_offset() != 0,
-                frag,
-                frag_id: if frag { p.ident() as u32 } else { 0 },
-            }
+            Ip::new(
+                false,
+                off16(l3)?,
+                off16(l3 + p.header_len())?,
+                p.protocol(),
+                p.frag_offset() != 0,
+                p.is_fragment(),
+            )
         }
         EtherType::IPV6 => {
             let p = Ipv6Packet::new_checked(&b[l3..]).map_err(|_| DropReason::Malformed)?;
             let ul = p.upper_layer().map_err(|_| DropReason::Malformed)?;
-            Ip {
-                v6: true,
-                l3,
-                l4: l3 + ul.offset,
-                proto: ul.protocol,
-                later_frag: ul.is_later_fragment(),
-                frag: ul.fragment.is_some(),
-                frag_id: ul.fragment_id,
-            }
+            Ip::new(
+                true,
+                off16(l3)?,
+                off16(l3 + ul.offset)?,
+                ul.protocol,
+                ul.is_later_fragment(),
+                ul.fragment.is_some(),
+            )
         }
         EtherType::ARP => return Ok(L3::Arp),
         _ => return Err(DropReason::Unsupported),
     };
     // The upper-layer header must be whole for the fields a rewrite touches.
     let end = ip_end(b, &ip);
-    if !ip.later_frag {
-        let need = match ip.proto {
+    if !ip.later_frag() {
+        let need = match ip.proto() {
             ip_proto::TCP => tcp::HEADER_LEN,
             ip_proto::UDP => udp::HEADER_LEN,
             ip_proto::ICMP | ip_proto::ICMPV6 => icmp::CHECKSUMMED_LEN,
             _ => 0,
         };
-        if ip.l4 + need > end {
+        if ip.l4() + need > end {
             return Err(DropReason::Malformed);
         }
     }
     Ok(L3::Ip(ip))
 }
 
+/// An offset as stored in [`Ip`]; a header beyond 64 KiB is no frame's.
+#[inline]
+fn off16(off: usize) -> Result<u16, DropReason> {
+    u16::try_from(off).map_err(|_| DropReason::Malformed)
+}
+
 /// The common case first: untagged IPv4 without options, its whole upper-layer header
 /// present. Anything else (or anything odd) is left to the general parse.
 #[inline(always)]
-fn fast_ipv4(b: &[u8]) -> Option<Ip> {
+fn fast_ipv4<const VERIFY: bool>(b: &[u8]) -> Option<Ip> {
     const L3: usize = ethernet::HEADER_LEN;
     const L4: usize = L3 + ipv4::HEADER_LEN;
     if b.len() < L4
@@ -185,7 +316,7 @@ fn fast_ipv4(b: &[u8]) -> Option<Ip> {
         return None;
     }
     // A bad header checksum is the general parse's to report.
-    if checksum::fold(checksum::sum(0, &b[L3..L4])) != 0xffff {
+    if VERIFY && checksum::fold(checksum::sum(0, &b[L3..L4])) != 0xffff {
         return None;
     }
     let proto = b[L3 + ipv4::field::PROTOCOL];
@@ -201,28 +332,18 @@ fn fast_ipv4(b: &[u8]) -> Option<Ip> {
     if !later_frag && L4 + need > L3 + total {
         return None;
     }
-    Some(Ip {
-        v6: false,
-        l3: L3,
-        l4: L4,
-        proto,
-        later_frag,
-        frag,
-        frag_id: if frag {
-            be16(b, L3 + ipv4::field::IDENT) as u32
-        } else {
-            0
-        },
-    })
+    Some(Ip::new(
+        false, L3 as u16, L4 as u16, proto, later_frag, frag,
+    ))
 }
 
 /// End of the IP packet (its stated length), which the checked views bounded by `b`.
 #[inline]
 pub(crate) fn ip_end(b: &[u8], ip: &Ip) -> usize {
-    if ip.v6 {
-        ip.l3 + ipv6::HEADER_LEN + be16(b, ip.l3 + ipv6::field::LENGTH) as usize
+    if ip.v6() {
+        ip.l3() + ipv6::HEADER_LEN + be16(b, ip.l3() + ipv6::field::LENGTH) as usize
     } else {
-        ip.l3 + be16(b, ip.l3 + ipv4::field::LENGTH) as usize
+        ip.l3() + be16(b, ip.l3() + ipv4::field::LENGTH) as usize
     }
 }
 

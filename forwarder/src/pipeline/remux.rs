@@ -14,9 +14,10 @@ use super::demux::frag_key;
 use super::frag::FragHit;
 use super::icmp::{quote, rewrite_quote, Field, Quote};
 use super::mss;
-use super::parse::{addr6, classify, Ip, L3};
+use super::parse::{addr6, classify_into, Frame, Ip, L3};
 use super::rewrite::{
     decrement_ttl, into_tunnel, miss, rewrite_v4, rewrite_v6, to_next_hop, to_slow_path,
+    ttl_and_rewrite_v4,
 };
 use super::{Context, DropReason, PacketBuf, Verdict, MAX_BURST};
 
@@ -49,22 +50,22 @@ pub(super) fn run<B: PacketBuf>(
     let mut todo = [false; MAX_BURST];
     for (i, pkt) in pkts.iter().enumerate() {
         let b = pkt.data();
-        out[i] = match classify(b, Some(port.mac)) {
-            Err(reason) => Verdict::Drop(reason),
-            Ok(l3 @ L3::Arp) => to_slow_path(ctx, in_port, b, &l3),
-            Ok(l3 @ L3::Ip(ip)) if ip.is_nd(b) => to_slow_path(ctx, in_port, b, &l3),
-            Ok(L3::Ip(ip)) => {
+        // Filled in place: a struct built on the stack and copied in costs a
+        // store-forwarding stall per packet.
+        let p = &mut pending[i];
+        out[i] = match classify_into(b, port.mac, &mut p.ip) {
+            Frame::Drop(reason) => Verdict::Drop(reason),
+            Frame::Arp => to_slow_path(ctx, in_port, b, &L3::Arp),
+            Frame::Ip if p.ip.is_nd(b) => to_slow_path(ctx, in_port, b, &L3::Ip(p.ip)),
+            Frame::Ip => {
+                let ip = p.ip;
                 let (s, d) = (ip.src_off(), ip.dst_off());
-                let mut p = Pending {
-                    ip,
-                    ..Pending::default()
-                };
                 if ip.has_ports() {
-                    (p.keyed, p.port, p.proto) = (true, ip.src_port(b), ip.proto);
+                    (p.keyed, p.port, p.proto) = (true, ip.src_port(b), ip.proto());
                 } else if let Some(q) = quote(b, &ip) {
                     (p.keyed, p.port, p.proto, p.quote) = (true, q.dst_port(b), q.proto, Some(q));
                 }
-                let local = if ip.v6 {
+                let local = if ip.v6() {
                     p.src6 = addr6(b, s);
                     p.dst6 = addr6(b, d);
                     if p.keyed {
@@ -84,7 +85,6 @@ pub(super) fn run<B: PacketBuf>(
                 if local {
                     to_slow_path(ctx, in_port, b, &L3::Ip(ip))
                 } else {
-                    pending[i] = p;
                     todo[i] = true;
                     continue;
                 }
@@ -98,8 +98,66 @@ pub(super) fn run<B: PacketBuf>(
     }
 }
 
-#[inline]
+/// The common case (no fragment, no quote) straight through; the rest beside it.
+#[inline(always)]
 fn one<B: PacketBuf>(
+    snap: &Snapshot,
+    ctx: &mut Context,
+    port: &PortEntry,
+    pkt: &mut B,
+    p: &Pending,
+) -> Verdict {
+    let ip = &p.ip;
+    if ip.frag() || p.quote.is_some() {
+        return rare(snap, ctx, port, pkt, p);
+    }
+    let b = pkt.data_mut();
+    let max_mss = mss::mss_for(snap.inner_mtu, ip.v6());
+    if ip.v6() {
+        let hit = if p.keyed {
+            let k = port_key_v6(p.src6, p.proto, p.port);
+            snap.v6.remux_port.get_hashed(&k, p.port_key_hash).copied()
+        } else {
+            None
+        };
+        if hit.is_none() && snap.v6.remux_addr.get(&p.src6).is_none() {
+            return miss(ip);
+        }
+        if !decrement_ttl(b, ip) {
+            return Verdict::Drop(DropReason::TtlExpired);
+        }
+        if port.clamp_mss {
+            mss::clamp(b, ip, max_mss);
+        }
+        if let Some(r) = hit {
+            rewrite_v6(b, ip, ip.src_off(), r.addr, r.delta);
+        }
+    } else {
+        let hit = if p.keyed {
+            let k = port_key_v4(p.src4, p.proto, p.port);
+            snap.v4.remux_port.get_hashed(&k, p.port_key_hash).copied()
+        } else {
+            None
+        };
+        let forwarded = match hit {
+            Some(r) => ttl_and_rewrite_v4(b, ip, ip.src_off(), r.addr, r.delta),
+            None if snap.v4.remux_addr.get(&p.src4).is_none() => return miss(ip),
+            None => decrement_ttl(b, ip),
+        };
+        if !forwarded {
+            return Verdict::Drop(DropReason::TtlExpired);
+        }
+        if port.clamp_mss {
+            mss::clamp(b, ip, max_mss);
+        }
+    }
+    leave(snap, pkt, ip, p)
+}
+
+/// Fragments and ICMP errors: the fragment table and the quote.
+#[cold]
+#[inline(never)]
+fn rare<B: PacketBuf>(
     snap: &Snapshot,
     ctx: &mut Context,
     port: &PortEntry,
@@ -111,7 +169,7 @@ fn one<B: PacketBuf>(
     let generation = snap.generation();
     // (new source if rewritten, its checksum delta)
     let mut rewrite = None;
-    if ip.later_frag {
+    if ip.later_frag() {
         rewrite = ctx
             .frags
             .get(&frag_key(b, ip), generation, ctx.now_ms())
@@ -120,7 +178,7 @@ fn one<B: PacketBuf>(
     let port_hit = if rewrite.is_some() {
         false
     } else if p.keyed {
-        let r = if ip.v6 {
+        let r = if ip.v6() {
             let k = port_key_v6(p.src6, p.proto, p.port);
             snap.v6
                 .remux_port
@@ -140,7 +198,7 @@ fn one<B: PacketBuf>(
         false
     };
     if rewrite.is_none() {
-        let pass = if ip.v6 {
+        let pass = if ip.v6() {
             snap.v6.remux_addr.get(&p.src6).is_some()
         } else {
             snap.v4.remux_addr.get(&p.src4).is_some()
@@ -149,7 +207,7 @@ fn one<B: PacketBuf>(
             return miss(ip);
         }
     }
-    if let (true, true, Some((addr, delta))) = (port_hit, ip.frag, rewrite) {
+    if let (true, true, Some((addr, delta))) = (port_hit, ip.frag(), rewrite) {
         let hit = FragHit {
             addr,
             delta,
@@ -162,11 +220,11 @@ fn one<B: PacketBuf>(
         return Verdict::Drop(DropReason::TtlExpired);
     }
     if port.clamp_mss {
-        mss::clamp(b, ip, mss::mss_for(snap.inner_mtu, ip.v6));
+        mss::clamp(b, ip, mss::mss_for(snap.inner_mtu, ip.v6()));
     }
-    let n = if ip.v6 { 16 } else { 4 };
+    let n = if ip.v6() { 16 } else { 4 };
     if let Some((addr, delta)) = rewrite {
-        if ip.v6 {
+        if ip.v6() {
             rewrite_v6(b, ip, ip.src_off(), addr, delta);
         } else {
             let mut a = [0u8; 4];
@@ -177,9 +235,16 @@ fn one<B: PacketBuf>(
             rewrite_quote(b, ip, q, Field::Dst, &addr[..n]);
         }
     }
+    leave(snap, pkt, ip, p)
+}
+
+/// Out of the remux: into a symmetric circuit's return tunnel, or routed to the device.
+#[inline(always)]
+fn leave<B: PacketBuf>(snap: &Snapshot, pkt: &mut B, ip: &Ip, p: &Pending) -> Verdict {
     // Symmetric return: back through a tunnel to the circuit's aggregator.
+    let b = pkt.data_mut();
     let src = ip.src_off();
-    let tunnel = if ip.v6 {
+    let tunnel = if ip.v6() {
         let t = &snap.v6.return_tunnels;
         (!t.is_empty())
             .then(|| t.get(&addr6(b, src)).copied())
@@ -191,9 +256,9 @@ fn one<B: PacketBuf>(
             .flatten()
     };
     if let Some(t) = tunnel {
-        return into_tunnel(snap, pkt, ip, t);
+        return return_tunnel(snap, pkt, ip, t);
     }
-    let nh = if ip.v6 {
+    let nh = if ip.v6() {
         snap.routes_v6.lookup(u128::from_be_bytes(p.dst6)).copied()
     } else {
         snap.routes_v4.lookup(p.dst4).copied()
@@ -203,4 +268,10 @@ fn one<B: PacketBuf>(
     };
     // A per-packet destination needs a gateway route: on-link devices are not resolved.
     to_next_hop(snap, b, ip, nh)
+}
+
+#[cold]
+#[inline(never)]
+fn return_tunnel<B: PacketBuf>(snap: &Snapshot, pkt: &mut B, ip: &Ip, tunnel: u16) -> Verdict {
+    into_tunnel(snap, pkt, ip, tunnel)
 }

@@ -12,20 +12,20 @@ use crate::tables::{NextHopId, PortId, Snapshot, ON_LINK};
 /// pseudo-header; ICMPv4 does not). A non-first fragment carries no upper-layer header.
 #[inline(always)]
 fn fix_l4(b: &mut [u8], ip: &Ip, delta: Delta) {
-    if ip.later_frag {
+    if ip.later_frag() {
         return;
     }
-    match ip.proto {
+    match ip.proto() {
         ip_proto::TCP => {
-            let at = ip.l4 + tcp::CHECKSUM_OFFSET;
+            let at = ip.l4() + tcp::CHECKSUM_OFFSET;
             set_be16(b, at, checksum::update(be16(b, at), delta));
         }
         ip_proto::UDP => {
-            let at = ip.l4 + udp::CHECKSUM_OFFSET;
+            let at = ip.l4() + udp::CHECKSUM_OFFSET;
             set_be16(b, at, checksum::update_udp(be16(b, at), delta));
         }
         ip_proto::ICMPV6 => {
-            let at = ip.l4 + icmp::field::CHECKSUM;
+            let at = ip.l4() + icmp::field::CHECKSUM;
             set_be16(b, at, checksum::update(be16(b, at), delta));
         }
         _ => {}
@@ -36,9 +36,35 @@ fn fix_l4(b: &mut [u8], ip: &Ip, delta: Delta) {
 #[inline(always)]
 pub(crate) fn rewrite_v4(b: &mut [u8], ip: &Ip, off: usize, new: u32, delta: Delta) {
     b[off..off + 4].copy_from_slice(&new.to_be_bytes());
-    let at = ip.l3 + ipv4::field::CHECKSUM;
+    let at = ip.l3() + ipv4::field::CHECKSUM;
     set_be16(b, at, checksum::update(be16(b, at), delta));
     fix_l4(b, ip, delta);
+}
+
+/// The header checksum difference of a TTL decrement: the TTL is the high byte of the
+/// word it shares with the protocol, and `~w + (w - 0x0100)` is `0xfeff` for every `w`.
+const TTL_DELTA: Delta = Delta(0xfeff);
+
+/// [`decrement_ttl`] and [`rewrite_v4`] in one, with one update of the header checksum;
+/// false (packet untouched) if the TTL would reach zero.
+#[inline(always)]
+pub(crate) fn ttl_and_rewrite_v4(
+    b: &mut [u8],
+    ip: &Ip,
+    off: usize,
+    new: u32,
+    delta: Delta,
+) -> bool {
+    let at = ip.l3() + ipv4::field::TTL;
+    if b[at] <= 1 {
+        return false;
+    }
+    b[at] -= 1;
+    b[off..off + 4].copy_from_slice(&new.to_be_bytes());
+    let c = ip.l3() + ipv4::field::CHECKSUM;
+    set_be16(b, c, checksum::update(be16(b, c), delta.then(TTL_DELTA)));
+    fix_l4(b, ip, delta);
+    true
 }
 
 /// Writes IPv6 address `new` at `off` and fixes the upper-layer checksum.
@@ -51,14 +77,14 @@ pub(crate) fn rewrite_v6(b: &mut [u8], ip: &Ip, off: usize, new: [u8; 16], delta
 /// Decrements the TTL or hop limit; false (packet untouched) if it would reach zero.
 #[inline(always)]
 pub(crate) fn decrement_ttl(b: &mut [u8], ip: &Ip) -> bool {
-    if ip.v6 {
-        let at = ip.l3 + ipv6::field::HOP_LIMIT;
+    if ip.v6() {
+        let at = ip.l3() + ipv6::field::HOP_LIMIT;
         if b[at] <= 1 {
             return false;
         }
         b[at] -= 1;
     } else {
-        let at = ip.l3 + ipv4::field::TTL;
+        let at = ip.l3() + ipv4::field::TTL;
         if b[at] <= 1 {
             return false;
         }
@@ -66,7 +92,7 @@ pub(crate) fn decrement_ttl(b: &mut [u8], ip: &Ip) -> bool {
         // by 0x0100.
         let old = be16(b, at);
         b[at] -= 1;
-        let c = ip.l3 + ipv4::field::CHECKSUM;
+        let c = ip.l3() + ipv4::field::CHECKSUM;
         set_be16(
             b,
             c,
@@ -96,23 +122,30 @@ pub(crate) fn to_next_hop(snap: &Snapshot, b: &mut [u8], ip: &Ip, nh: NextHopId)
     let Some(mac) = nh.mac() else {
         return Verdict::Drop(DropReason::NoNeighbour);
     };
-    set_macs(b, mac, snap.ports[nh.port as usize].mac);
-    if super::parse::ip_end(b, ip) - ip.l3 > snap.ports[nh.port as usize].mtu as usize {
-        // A router fragments IPv4 without DF (RFC 791); the rest cannot pass.
-        let df = be16(b, ip.l3 + ipv4::field::FLG_OFF) & ipv4::FLAG_DF != 0;
-        return if ip.v6 || df {
-            Verdict::Drop(DropReason::TooBig)
-        } else {
-            Verdict::Fragment(Split::Port(nh.port))
-        };
+    let out = &snap.ports[nh.port as usize];
+    set_macs(b, mac, out.mac);
+    if super::parse::ip_end(b, ip) - ip.l3() > out.mtu as usize {
+        return too_big_for_port(b, ip, nh.port);
     }
     Verdict::Forward(nh.port)
+}
+
+/// A router fragments IPv4 without DF (RFC 791); the rest cannot pass.
+#[cold]
+#[inline(never)]
+fn too_big_for_port(b: &[u8], ip: &Ip, port: PortId) -> Verdict {
+    let df = be16(b, ip.l3() + ipv4::field::FLG_OFF) & ipv4::FLAG_DF != 0;
+    if ip.v6() || df {
+        Verdict::Drop(DropReason::TooBig)
+    } else {
+        Verdict::Fragment(Split::Port(port))
+    }
 }
 
 /// No circuit: a non-first fragment cannot be matched by port, anything else has none.
 #[inline(always)]
 pub(crate) fn miss(ip: &Ip) -> Verdict {
-    Verdict::Drop(if ip.later_frag {
+    Verdict::Drop(if ip.later_frag() {
         DropReason::Fragment
     } else {
         DropReason::NoCircuit
@@ -128,24 +161,24 @@ pub(crate) fn to_slow_path(ctx: &mut Context, port: PortId, b: &[u8], l3: &L3) -
     let nd = match l3 {
         L3::Arp => true,
         L3::Ip(ip) if ip.is_nd(b) => {
-            let t = b[ip.l4];
+            let t = b[ip.l4()];
             if t != v6_type::NEIGHBOR_SOLICIT && t != v6_type::NEIGHBOR_ADVERT {
                 return Verdict::Drop(DropReason::NotAnswered);
             }
             true
         }
         L3::Ip(ip) => {
-            let echo = if ip.v6 {
+            let echo = if ip.v6() {
                 ip_proto::ICMPV6
             } else {
                 ip_proto::ICMP
             };
-            let want = if ip.v6 {
+            let want = if ip.v6() {
                 v6_type::ECHO_REQUEST
             } else {
                 v4_type::ECHO_REQUEST
             };
-            if ip.proto != echo || ip.frag || b[ip.l4] != want {
+            if ip.proto() != echo || ip.frag() || b[ip.l4()] != want {
                 return Verdict::Drop(DropReason::NotAnswered);
             }
             false
@@ -192,16 +225,16 @@ pub(crate) fn into_tunnel<B: PacketBuf>(
     };
     let b = pkt.data_mut();
     set_macs(b, t.inner_dst_mac, snap.ports[nh.port as usize].mac);
-    if super::parse::ip_end(b, ip) - ip.l3 > t.inner_mtu as usize {
-        let df = !ip.v6 && be16(b, ip.l3 + ipv4::field::FLG_OFF) & ipv4::FLAG_DF != 0;
-        return if ip.v6 || df {
+    if super::parse::ip_end(b, ip) - ip.l3() > t.inner_mtu as usize {
+        let df = !ip.v6() && be16(b, ip.l3() + ipv4::field::FLG_OFF) & ipv4::FLAG_DF != 0;
+        return if ip.v6() || df {
             Verdict::Drop(DropReason::TooBig)
         } else {
             Verdict::Fragment(Split::Tunnel(tunnel))
         };
     }
-    let hash = if ip.frag {
-        super::aggregator::frag_flow_hash(b, ip.l3)
+    let hash = if ip.frag() {
+        super::aggregator::frag_flow_hash(b, ip.l3())
     } else {
         super::aggregator::flow_hash(b, ip)
     };

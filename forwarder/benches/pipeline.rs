@@ -254,61 +254,72 @@ fn bench_role(c: &mut Criterion, name: &str, make: fn(usize, bool) -> Case) {
                 );
             }
             let id = format!("{n}/{}", if zipf { "zipf" } else { "uniform" });
-            // Each burst is refilled from the pool before it is processed (a pipeline
-            // rewrites in place); `copy-only` below measures that refill alone.
-            let mut bufs: Vec<VecBuf> =
-                (0..MAX_BURST).map(|k| VecBuf::new(&case.pool[k])).collect();
-            let mut verdicts = [Verdict::SlowPath; MAX_BURST];
-            let mut ctx = Context::new(2);
-            // Every packet the measurement will use must be forwarded, in bench builds too
-            // (a fast wrong answer must not pass): checked once, outside the timing.
-            for chunk in case.pool.chunks(MAX_BURST) {
-                let n = chunk.len();
-                for (buf, frame) in bufs.iter_mut().zip(chunk) {
-                    buf.reset(frame);
-                }
-                process(&case.snap, &mut ctx, 0, &mut bufs[..n], &mut verdicts[..n]);
-                assert!(
-                    verdicts[..n]
-                        .iter()
-                        .all(|v| matches!(v, Verdict::Forward(1))),
-                    "{name} {id}: not every packet forwarded: {:?}",
-                    &verdicts[..n]
-                );
-            }
-            let mut pos = 0usize;
-            g.bench_function(id, |b| {
-                b.iter_custom(|iters| {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        for (k, buf) in bufs.iter_mut().enumerate() {
-                            buf.reset(&case.pool[(pos + k) & (POOL - 1)]);
-                        }
-                        pos = pos.wrapping_add(MAX_BURST);
-                        process(&case.snap, &mut ctx, 0, &mut bufs, &mut verdicts);
-                        black_box(&mut verdicts);
-                    }
-                    start.elapsed()
-                })
-            });
-            if n == SIZES[0] && !zipf {
-                g.bench_function("copy-only", |b| {
-                    b.iter_custom(|iters| {
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            for (k, buf) in bufs.iter_mut().enumerate() {
-                                buf.reset(&case.pool[(pos + k) & (POOL - 1)]);
-                            }
-                            pos = pos.wrapping_add(MAX_BURST);
-                            black_box(&mut bufs);
-                        }
-                        start.elapsed()
-                    })
-                });
-            }
+            bench_case(&mut g, name, &id, &case, n == SIZES[0] && !zipf);
         }
     }
     g.finish();
+}
+
+/// Measures `process` over bursts of `case`'s pool, after checking that every packet of
+/// the pool is forwarded.
+fn bench_case(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    id: &str,
+    case: &Case,
+    copy_only: bool,
+) {
+    // Each burst is refilled from the pool before it is processed (a pipeline
+    // rewrites in place); `copy-only` below measures that refill alone.
+    let mut bufs: Vec<VecBuf> = (0..MAX_BURST).map(|k| VecBuf::new(&case.pool[k])).collect();
+    let mut verdicts = [Verdict::SlowPath; MAX_BURST];
+    let mut ctx = Context::new(2);
+    // Every packet the measurement will use must be forwarded, in bench builds too
+    // (a fast wrong answer must not pass): checked once, outside the timing.
+    for chunk in case.pool.chunks(MAX_BURST) {
+        let n = chunk.len();
+        for (buf, frame) in bufs.iter_mut().zip(chunk) {
+            buf.reset(frame);
+        }
+        process(&case.snap, &mut ctx, 0, &mut bufs[..n], &mut verdicts[..n]);
+        assert!(
+            verdicts[..n]
+                .iter()
+                .all(|v| matches!(v, Verdict::Forward(1))),
+            "{name} {id}: not every packet forwarded: {:?}",
+            &verdicts[..n]
+        );
+    }
+    let mut pos = 0usize;
+    g.bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                for (k, buf) in bufs.iter_mut().enumerate() {
+                    buf.reset(&case.pool[(pos + k) & (POOL - 1)]);
+                }
+                pos = pos.wrapping_add(MAX_BURST);
+                process(&case.snap, &mut ctx, 0, &mut bufs, &mut verdicts);
+                black_box(&mut verdicts);
+            }
+            start.elapsed()
+        })
+    });
+    if copy_only {
+        g.bench_function("copy-only", |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    for (k, buf) in bufs.iter_mut().enumerate() {
+                        buf.reset(&case.pool[(pos + k) & (POOL - 1)]);
+                    }
+                    pos = pos.wrapping_add(MAX_BURST);
+                    black_box(&mut bufs);
+                }
+                start.elapsed()
+            })
+        });
+    }
 }
 
 fn aggregator(c: &mut Criterion) {
@@ -323,5 +334,76 @@ fn remux(c: &mut Criterion) {
     bench_role(c, "remux", remux_case);
 }
 
-criterion_group!(benches, aggregator, demux, remux);
+/// The rarer paths at 10k circuits, each costed on its own: SYNs whose MSS the
+/// aggregator clamps (every packet a SYN), and port-mode fragments at the demux (every
+/// packet a fragment: a first that fills the fragment table, then the later one that
+/// follows it).
+fn rare(c: &mut Criterion) {
+    const N: usize = 10_000;
+    let mut g = c.benchmark_group("rare");
+    g.throughput(Throughput::Elements(MAX_BURST as u64));
+
+    let mut syns = aggregator_case(N, false);
+    let mut rng = StdRng::seed_from_u64(4);
+    syns.pool = pick(N, false, &mut rng)
+        .into_iter()
+        .map(|i| {
+            support::syn(
+                "198.51.100.10",
+                40000,
+                &capture(i, N).to_string(),
+                80,
+                (support::ROUTER, support::AGG_LINE),
+                false,
+                1460,
+            )
+        })
+        .collect();
+    bench_case(&mut g, "rare", "aggregator-syn-mss/10000", &syns, false);
+
+    let mut frags = demux_case(N, false);
+    let mut rng = StdRng::seed_from_u64(5);
+    frags.pool = pick(N, false, &mut rng)[..POOL / 2]
+        .iter()
+        .enumerate()
+        .flat_map(|(k, &i)| {
+            let (alias, port) = port_circuit(i);
+            let mut inner = frame(
+                support::AGG_UPLINK,
+                support::INNER,
+                ip("198.51.100.10"),
+                alias,
+                63,
+                L4::Udp,
+                40000,
+                port,
+                &[0x5a; 1400],
+            );
+            inner[18..20].copy_from_slice(&(k as u16).to_be_bytes()); // IPv4 identification
+            support::fix_ipv4_header_checksum(&mut inner, 14);
+            support::fragment_v4(&inner, 800)
+                .into_iter()
+                .map(|f| {
+                    let mut t = vec![0u8; vxlan::OUTER_LEN_V4];
+                    t.extend_from_slice(&f);
+                    let outer = Outer {
+                        dst_mac: mac(support::AGG_LINE),
+                        src_mac: mac(support::ROUTER),
+                        src: ip("192.0.2.1"),
+                        dst: ip("192.0.2.2"),
+                        vni: 7,
+                        src_port: vxlan::flow_port(i as u32),
+                    };
+                    assert!(vxlan::write_outer(&mut t, &outer));
+                    t
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(frags.pool.len(), POOL, "two fragments per datagram");
+    bench_case(&mut g, "rare", "demux-fragments/10000", &frags, true);
+    g.finish();
+}
+
+criterion_group!(benches, aggregator, demux, remux, rare);
 criterion_main!(benches);

@@ -526,35 +526,6 @@ fn app_host_port_unreachable_leaves_from_the_capture_address() {
 // ---------------------------------------------------------------------------------------
 // MSS clamping.
 
-fn syn(
-    src: &str,
-    sport: u16,
-    dst: &str,
-    dport: u16,
-    eth: (&str, &str),
-    ack: bool,
-    mss: u16,
-) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(mac(eth.0).0, mac(eth.1).0);
-    let b = if src.contains(':') {
-        b.ipv6(ip6(src), ip6(dst), 64)
-    } else {
-        b.ipv4(ip4(src), ip4(dst), 64)
-    };
-    let b = b.tcp(sport, dport, 1000, 64240).syn();
-    let b = if ack { b.ack(77) } else { b };
-    let b = b
-        .options(&[
-            TcpOptionElement::MaximumSegmentSize(mss),
-            TcpOptionElement::SelectiveAcknowledgementPermitted,
-            TcpOptionElement::WindowScale(7),
-        ])
-        .unwrap();
-    let mut out = Vec::new();
-    b.write(&mut out, &[]).unwrap();
-    out
-}
-
 fn mss_of(f: &[u8]) -> u16 {
     let h = headers(f);
     let Some(TransportHeader::Tcp(t)) = h.transport else {

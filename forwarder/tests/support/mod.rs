@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
+use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TcpOptionElement, TransportHeader};
 use forwarder::packet::MacAddr;
 use forwarder::pipeline::{process, Context, PacketBuf, VecBuf, Verdict};
 use forwarder::tables::{NeighbourCache, PortInfo, Role, Rules, Snapshot};
@@ -466,6 +466,46 @@ pub fn vxlan(outer_src: IpAddr, outer_dst: IpAddr, vni: u32, inner: &[u8]) -> Ve
     let mut out = Vec::new();
     b.udp(50000, 4789).write(&mut out, &payload).unwrap();
     out
+}
+
+/// A TCP SYN (SYN-ACK if `ack`) from `src:sport` to `dst:dport` between the MACs
+/// `eth`, with an MSS option of `mss` (and SACK-permitted, window scale).
+#[allow(clippy::too_many_arguments)]
+pub fn syn(
+    src: &str,
+    sport: u16,
+    dst: &str,
+    dport: u16,
+    eth: (&str, &str),
+    ack: bool,
+    mss: u16,
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(mac(eth.0).0, mac(eth.1).0);
+    let b = if src.contains(':') {
+        b.ipv6(v6(src), v6(dst), 64)
+    } else {
+        b.ipv4(v4(src), v4(dst), 64)
+    };
+    let b = b.tcp(sport, dport, 1000, 64240).syn();
+    let b = if ack { b.ack(77) } else { b };
+    let b = b
+        .options(&[
+            TcpOptionElement::MaximumSegmentSize(mss),
+            TcpOptionElement::SelectiveAcknowledgementPermitted,
+            TcpOptionElement::WindowScale(7),
+        ])
+        .unwrap();
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).unwrap();
+    out
+}
+
+fn v4(s: &str) -> [u8; 4] {
+    s.parse::<std::net::Ipv4Addr>().unwrap().octets()
+}
+
+fn v6(s: &str) -> [u8; 16] {
+    s.parse::<std::net::Ipv6Addr>().unwrap().octets()
 }
 
 /// Recomputes the IPv4 header checksum of the header at `l3` (after a test edited it).

@@ -40,12 +40,14 @@
 //! `block_on` most of the time (as above), or run the runtime on its own thread.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::grpc::v1;
 use crate::grpc::v1::circuits_client::CircuitsClient;
 use crate::grpc::v1::forwarders_client::ForwardersClient;
 use crate::grpc::ProtoError;
+use crate::rules::RulesDelta;
 use crate::Rules;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -97,6 +99,16 @@ pub enum ClientError {
         generation: u64,
         /// What is wrong.
         source: ProtoError,
+    },
+    /// A delta that does not apply to the session's table set (another base, or
+    /// removals of entries it does not hold). Reconnect without a table set (a full one
+    /// follows).
+    #[error("delta to generation {generation} does not apply: {problem}")]
+    OutOfSequence {
+        /// The delta's generation.
+        generation: u64,
+        /// Why.
+        problem: String,
     },
     /// The keeper ended the stream, or the session's sender is gone.
     #[error("the keeper closed the stream")]
@@ -261,13 +273,38 @@ impl Default for SessionOptions {
     }
 }
 
+/// A table set the session holds: what the keeper sent up to `generation`, with every
+/// delta applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tables {
+    /// Its generation.
+    pub generation: u64,
+    /// The table set. Shared: drop your clone before the next
+    /// [`ForwarderSession::next_update`], or applying a delta copies the whole set.
+    pub rules: Arc<Rules>,
+}
+
+/// Chunks of one generation received so far.
+#[derive(Debug)]
+struct Partial {
+    generation: u64,
+    /// 0: a full set.
+    base: u64,
+    delta: RulesDelta,
+}
+
 /// A forwarder's stream to the keeper.
 ///
-/// The keeper sends the forwarder's full table set first (unless the forwarder already
-/// runs the current generation) and again after every change. For each one the
-/// forwarder calls [`ack`](Self::ack) once it is swapped in, or [`nack`](Self::nack)
-/// with the reason if it cannot be applied (and keeps forwarding on what it has). When
-/// the stream ends, reconnect with backoff, passing the generation you run.
+/// The keeper sends the forwarder's table set in full first (unless the forwarder
+/// already runs the current generation, or the keeper still has every change since the
+/// one it runs), then only what changed, generation by generation; either may come in
+/// chunks. The session puts them together and applies the deltas to the table set it
+/// holds, so [`next_update`](Self::next_update) always yields a whole set. For each
+/// one the forwarder calls [`ack`](Self::ack) once it is swapped in (an ACK covers
+/// every earlier generation, so a forwarder that fell behind may build only the newest
+/// set), or [`nack`](Self::nack) with the reason if it cannot be applied (and keeps
+/// forwarding on what it has). When the stream ends, reconnect with backoff, passing
+/// what you run ([`resume_with`](Self::resume_with)), or 0 ([`connect`](Self::connect)).
 #[derive(Debug)]
 pub struct ForwarderSession {
     node: String,
@@ -276,6 +313,8 @@ pub struct ForwarderSession {
     heartbeats: Option<JoinHandle<()>>,
     keeper_timeout: Option<Duration>,
     last_heard: Instant,
+    tables: Option<Tables>,
+    partial: Option<Partial>,
 }
 
 impl ForwarderSession {
@@ -307,12 +346,61 @@ impl ForwarderSession {
     }
 
     /// [`connect`](Self::connect) with explicit options.
+    ///
+    /// A session opened with a `last_generation` but no table set cannot apply deltas:
+    /// if the keeper sends one, [`next_update`](Self::next_update) fails with
+    /// [`ClientError::OutOfSequence`]. A forwarder that holds its tables resumes with
+    /// [`resume_with`](Self::resume_with).
     pub async fn connect_with(
         endpoint: &str,
         node_id: &str,
         roles: &[Role],
         ports: &[PortState],
         last_generation: u64,
+        options: SessionOptions,
+    ) -> Result<ForwarderSession, ClientError> {
+        Self::open(
+            endpoint,
+            node_id,
+            roles,
+            ports,
+            last_generation,
+            None,
+            options,
+        )
+        .await
+    }
+
+    /// Dials the keeper holding `tables` (what the forwarder runs): the keeper sends
+    /// only what changed since, when it still can.
+    pub async fn resume_with(
+        endpoint: &str,
+        node_id: &str,
+        roles: &[Role],
+        ports: &[PortState],
+        tables: Tables,
+        options: SessionOptions,
+    ) -> Result<ForwarderSession, ClientError> {
+        let generation = tables.generation;
+        Self::open(
+            endpoint,
+            node_id,
+            roles,
+            ports,
+            generation,
+            Some(tables),
+            options,
+        )
+        .await
+    }
+
+    async fn open(
+        endpoint: &str,
+        node_id: &str,
+        roles: &[Role],
+        ports: &[PortState],
+        last_generation: u64,
+        tables: Option<Tables>,
         options: SessionOptions,
     ) -> Result<ForwarderSession, ClientError> {
         let mut client = ForwardersClient::new(channel(endpoint, options.connect_timeout).await?);
@@ -361,7 +449,20 @@ impl ForwarderSession {
             heartbeats,
             keeper_timeout: options.keeper_timeout,
             last_heard: Instant::now(),
+            tables,
+            partial: None,
         })
+    }
+
+    /// The table set the session holds (the last one [`next_update`](Self::next_update)
+    /// yielded, or the one it resumed with).
+    pub fn tables(&self) -> Option<Tables> {
+        self.tables.clone()
+    }
+
+    /// Ends the session, keeping its table set for [`resume_with`](Self::resume_with).
+    pub fn into_tables(self) -> Option<Tables> {
+        self.tables.clone()
     }
 
     /// The node id this session speaks for.
@@ -369,9 +470,10 @@ impl ForwarderSession {
         &self.node
     }
 
-    /// The next table set: its generation and the full [`Rules`]. Keeper heartbeats
-    /// are consumed here. Cancel-safe: nothing is lost if the future is dropped.
-    pub async fn next_update(&mut self) -> Result<(u64, Rules), ClientError> {
+    /// The next table set: its generation and the whole [`Rules`] (deltas applied to
+    /// what the session holds, chunks put together). Keeper heartbeats are consumed
+    /// here. Cancel-safe: nothing is lost if the future is dropped.
+    pub async fn next_update(&mut self) -> Result<(u64, Arc<Rules>), ClientError> {
         loop {
             let message = match self.keeper_timeout {
                 Some(t) => {
@@ -389,17 +491,82 @@ impl ForwarderSession {
             self.last_heard = Instant::now();
             match message.msg {
                 Some(v1::keeper_message::Msg::Update(u)) => {
-                    let rules = u.rules.unwrap_or_default();
-                    let rules =
-                        Rules::try_from(&rules).map_err(|source| ClientError::InvalidUpdate {
-                            generation: u.generation,
-                            source,
-                        })?;
-                    return Ok((u.generation, rules));
+                    if let Some(done) = self.chunk(u)? {
+                        return Ok(done);
+                    }
                 }
                 Some(v1::keeper_message::Msg::Heartbeat(_)) | None => continue,
             }
         }
+    }
+
+    /// Takes one chunk; the whole set once the last chunk of a generation is in.
+    fn chunk(&mut self, u: v1::RulesUpdate) -> Result<Option<(u64, Arc<Rules>)>, ClientError> {
+        let generation = u.generation;
+        let invalid = |source| ClientError::InvalidUpdate { generation, source };
+        let added = Rules::try_from(&u.rules.unwrap_or_default()).map_err(invalid)?;
+        let removed = match &u.removed {
+            Some(r) => Rules::try_from(r).map_err(invalid)?,
+            None => Rules::default(),
+        };
+        let partial = match self.partial.take() {
+            Some(p) if p.generation == generation && p.base == u.base => {
+                let mut p = p;
+                p.delta.added.extend(added);
+                p.delta.removed.extend(removed);
+                p
+            }
+            Some(p) => {
+                return Err(ClientError::OutOfSequence {
+                    generation,
+                    problem: format!("generation {} ended without its last chunk", p.generation),
+                })
+            }
+            None => Partial {
+                generation,
+                base: u.base,
+                delta: RulesDelta { added, removed },
+            },
+        };
+        if u.more {
+            self.partial = Some(partial);
+            return Ok(None);
+        }
+        let rules = if partial.base == 0 {
+            Arc::new(partial.delta.added)
+        } else {
+            let mut tables = match self.tables.take() {
+                Some(t) if t.generation == partial.base => t,
+                held => {
+                    let problem = match held {
+                        Some(t) => format!(
+                            "it applies to generation {}, the session holds {}",
+                            partial.base, t.generation
+                        ),
+                        None => format!(
+                            "it applies to generation {}, the session holds no table set",
+                            partial.base
+                        ),
+                    };
+                    return Err(ClientError::OutOfSequence {
+                        generation,
+                        problem,
+                    });
+                }
+            };
+            Arc::make_mut(&mut tables.rules)
+                .apply(&partial.delta)
+                .map_err(|e| ClientError::OutOfSequence {
+                    generation,
+                    problem: e.to_string(),
+                })?;
+            tables.rules
+        };
+        self.tables = Some(Tables {
+            generation,
+            rules: rules.clone(),
+        });
+        Ok(Some((generation, rules)))
     }
 
     async fn send(&self, msg: v1::forwarder_message::Msg) -> Result<(), ClientError> {

@@ -267,3 +267,249 @@ pub struct Rules {
     #[serde(default)]
     pub return_tunnels: Vec<ReturnTunnel>,
 }
+
+/// One entry of a table set: the unit a delta adds or removes.
+///
+/// Ordered by kind, then by value, so a set of entries materialises into sorted lists.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Entry {
+    /// A tunnel.
+    Tunnel(Tunnel),
+    /// An aggregator map entry.
+    Aggregator(AggregatorRule),
+    /// A demux map entry.
+    Demux(DemuxRule),
+    /// A remux map entry.
+    Remux(RemuxRule),
+    /// A route.
+    Route(Route),
+    /// A tunnel peer.
+    TunnelPeer(TunnelPeer),
+    /// A symmetric-return entry.
+    ReturnTunnel(ReturnTunnel),
+}
+
+/// The changes that take a forwarder's table set from one generation to the next.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RulesDelta {
+    /// Entries added; its `inner_mtu` is the set's after the change.
+    pub added: Rules,
+    /// Entries removed (its `inner_mtu` means nothing).
+    pub removed: Rules,
+}
+
+impl RulesDelta {
+    /// Entries added plus entries removed.
+    pub fn len(&self) -> usize {
+        self.added.len() + self.removed.len()
+    }
+
+    /// True when nothing is added or removed (`inner_mtu` may still change).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A delta that does not fit the table set it is applied to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("delta removes {missing} {list} entr(ies) the table set does not hold")]
+pub struct DeltaError {
+    /// The list (`demux`, `routes`, ...).
+    pub list: &'static str,
+    /// How many of its removals found nothing.
+    pub missing: usize,
+}
+
+/// Removes `gone` from `list` (each value once), or says how many were not there.
+fn remove_all<T: Eq + std::hash::Hash + Clone>(
+    list: &mut Vec<T>,
+    gone: &[T],
+    name: &'static str,
+) -> Result<(), DeltaError> {
+    if gone.is_empty() {
+        return Ok(());
+    }
+    let gone: std::collections::HashSet<&T> = gone.iter().collect();
+    let before = list.len();
+    list.retain(|x| !gone.contains(x));
+    let missing = gone.len() - (before - list.len()).min(gone.len());
+    if missing > 0 {
+        return Err(DeltaError {
+            list: name,
+            missing,
+        });
+    }
+    Ok(())
+}
+
+impl Rules {
+    /// Number of entries (every list's length).
+    pub fn len(&self) -> usize {
+        self.tunnels.len()
+            + self.aggregator.len()
+            + self.demux.len()
+            + self.remux.len()
+            + self.routes.len()
+            + self.tunnel_peers.len()
+            + self.return_tunnels.len()
+    }
+
+    /// True when no list holds anything.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds one entry to its list.
+    pub fn push(&mut self, e: Entry) {
+        match e {
+            Entry::Tunnel(x) => self.tunnels.push(x),
+            Entry::Aggregator(x) => self.aggregator.push(x),
+            Entry::Demux(x) => self.demux.push(x),
+            Entry::Remux(x) => self.remux.push(x),
+            Entry::Route(x) => self.routes.push(x),
+            Entry::TunnelPeer(x) => self.tunnel_peers.push(x),
+            Entry::ReturnTunnel(x) => self.return_tunnels.push(x),
+        }
+    }
+
+    /// Every entry, list by list (clones).
+    pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        let t = self.tunnels.iter().cloned().map(Entry::Tunnel);
+        let a = self.aggregator.iter().cloned().map(Entry::Aggregator);
+        let d = self.demux.iter().cloned().map(Entry::Demux);
+        let r = self.remux.iter().cloned().map(Entry::Remux);
+        let o = self.routes.iter().cloned().map(Entry::Route);
+        let p = self.tunnel_peers.iter().copied().map(Entry::TunnelPeer);
+        let b = self.return_tunnels.iter().cloned().map(Entry::ReturnTunnel);
+        t.chain(a).chain(d).chain(r).chain(o).chain(p).chain(b)
+    }
+
+    /// Splits the set into pieces of at most `max` entries each (at least one piece),
+    /// every piece carrying `inner_mtu`. Concatenated, the pieces are the set.
+    pub fn chunks(&self, max: usize) -> Vec<Rules> {
+        let max = max.max(1);
+        let mut out = vec![Rules {
+            inner_mtu: self.inner_mtu,
+            ..Rules::default()
+        }];
+        for e in self.entries() {
+            if out.last().is_some_and(|c| c.len() >= max) {
+                out.push(Rules {
+                    inner_mtu: self.inner_mtu,
+                    ..Rules::default()
+                });
+            }
+            if let Some(c) = out.last_mut() {
+                c.push(e);
+            }
+        }
+        out
+    }
+
+    /// Appends every entry of `more` (a later chunk of the same set or delta).
+    pub fn extend(&mut self, more: Rules) {
+        self.tunnels.extend(more.tunnels);
+        self.aggregator.extend(more.aggregator);
+        self.demux.extend(more.demux);
+        self.remux.extend(more.remux);
+        self.routes.extend(more.routes);
+        self.tunnel_peers.extend(more.tunnel_peers);
+        self.return_tunnels.extend(more.return_tunnels);
+        self.inner_mtu = more.inner_mtu;
+    }
+
+    /// Applies a delta: removes its removed entries (each must be here), appends its
+    /// added ones, takes its `inner_mtu`. One pass over each list that loses entries.
+    /// On an error the set is left part-way and must be replaced by a full set.
+    pub fn apply(&mut self, delta: &RulesDelta) -> Result<(), DeltaError> {
+        let gone = &delta.removed;
+        remove_all(&mut self.tunnels, &gone.tunnels, "tunnels")?;
+        remove_all(&mut self.aggregator, &gone.aggregator, "aggregator")?;
+        remove_all(&mut self.demux, &gone.demux, "demux")?;
+        remove_all(&mut self.remux, &gone.remux, "remux")?;
+        remove_all(&mut self.routes, &gone.routes, "routes")?;
+        remove_all(&mut self.tunnel_peers, &gone.tunnel_peers, "tunnel_peers")?;
+        remove_all(
+            &mut self.return_tunnels,
+            &gone.return_tunnels,
+            "return_tunnels",
+        )?;
+        self.extend(delta.added.clone());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod delta_tests {
+    use super::*;
+
+    fn port(alias: &str, port: u16) -> DemuxRule {
+        DemuxRule::Port {
+            alias: alias.parse().unwrap(),
+            protocol: Protocol::Udp,
+            port,
+            app_host: "198.19.0.2".parse().unwrap(),
+        }
+    }
+
+    fn set(ports: impl IntoIterator<Item = u16>) -> Rules {
+        Rules {
+            demux: ports.into_iter().map(|p| port("198.18.0.3", p)).collect(),
+            inner_mtu: Some(1450),
+            ..Rules::default()
+        }
+    }
+
+    #[test]
+    fn chunks_concatenate_to_the_set() {
+        let rules = Rules {
+            routes: vec![Route {
+                prefix: "0.0.0.0/0".parse().unwrap(),
+                port: "up".into(),
+                via: None,
+            }],
+            ..set(1..=10)
+        };
+        let chunks = rules.chunks(4);
+        assert_eq!(chunks.iter().map(Rules::len).collect::<Vec<_>>(), [4, 4, 3]);
+        assert!(chunks.iter().all(|c| c.inner_mtu == Some(1450)));
+        let mut back = Rules::default();
+        for c in chunks {
+            back.extend(c);
+        }
+        assert_eq!(back, rules);
+        assert_eq!(Rules::default().chunks(4), vec![Rules::default()]);
+    }
+
+    #[test]
+    fn apply_removes_and_adds() {
+        let mut rules = set(1..=5);
+        let delta = RulesDelta {
+            added: Rules {
+                inner_mtu: Some(1430),
+                ..set([9])
+            },
+            removed: set([2, 4]),
+        };
+        rules.apply(&delta).unwrap();
+        assert_eq!(rules.demux, set([1, 3, 5, 9]).demux);
+        assert_eq!(rules.inner_mtu, Some(1430));
+        assert_eq!(delta.len(), 3);
+    }
+
+    #[test]
+    fn apply_refuses_a_removal_of_what_is_not_there() {
+        let mut rules = set(1..=3);
+        let delta = RulesDelta {
+            added: Rules::default(),
+            removed: set([3, 7]),
+        };
+        assert_eq!(
+            rules.apply(&delta),
+            Err(DeltaError {
+                list: "demux",
+                missing: 1
+            })
+        );
+    }
+}

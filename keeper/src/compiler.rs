@@ -1,13 +1,19 @@
 //! The rule compiler: circuits -> the [`Rules`] of every forwarder in the inventory.
 //!
-//! Output is deterministic (every list sorted, duplicates removed), so the keeper can
-//! tell whether a node's tables changed by comparing values, and a forwarder receives
-//! the same bytes for the same state.
+//! A node's table set is its static part (routes, its tunnel, the tunnel peers it
+//! accepts: from the inventory alone) plus what each circuit on it contributes
+//! ([`contributions`]: a pure function of the circuit and the inventory). The keeper
+//! keeps the sets as counted entries ([`crate::tables`]) and, for each step, removes what
+//! the changed circuits contributed before and adds what they contribute now: the work
+//! of a step grows with what it changed, not with the number of circuits.
+//!
+//! [`compile`] does the whole thing at once (at start-up, and in tests). Its output is
+//! deterministic (every list sorted, duplicates removed).
 
 use std::collections::BTreeMap;
 
 use tarp_api::rules::{
-    AggregatorRule, DemuxRule, RemuxRule, ReturnTunnel, Rules, Tunnel, TunnelPeer,
+    AggregatorRule, DemuxRule, Entry, RemuxRule, ReturnTunnel, Rules, Tunnel, TunnelPeer,
 };
 
 use crate::circuits::{Circuit, CircuitState, Mode, ReturnPath};
@@ -15,13 +21,11 @@ use crate::circuits::{Circuit, CircuitState, Mode, ReturnPath};
 /// Ids of a remux's return tunnels: this plus the aggregator's place in the inventory.
 pub const RETURN_TUNNEL_BASE: u32 = 1000;
 use crate::inventory::{Inventory, NodeId, Role};
+use crate::tables::Tables;
 
-/// Compiles the table set of every node in the inventory (nodes without circuits get
-/// their static part: routes, tunnels, tunnel peers).
-pub fn compile<'a>(
-    inv: &Inventory,
-    circuits: impl IntoIterator<Item = &'a Circuit>,
-) -> BTreeMap<NodeId, Rules> {
+/// The static part of every node's table set: routes, the aggregators' tunnels, and
+/// the tunnel peers each node accepts.
+pub fn static_part(inv: &Inventory) -> BTreeMap<NodeId, Rules> {
     let mut out: BTreeMap<NodeId, Rules> = inv
         .nodes
         .iter()
@@ -53,20 +57,51 @@ pub fn compile<'a>(
             });
         }
     }
+    for rules in out.values_mut() {
+        rules.tunnel_peers.sort();
+        rules.tunnel_peers.dedup();
+        // One VNI per peer address: a peer listed with several accepts any.
+        let mut peers: Vec<TunnelPeer> = Vec::with_capacity(rules.tunnel_peers.len());
+        for p in rules.tunnel_peers.drain(..) {
+            match peers.last_mut() {
+                Some(last) if last.address == p.address => last.vni = None,
+                _ => peers.push(p),
+            }
+        }
+        rules.tunnel_peers = peers;
+    }
+    out
+}
 
-    for c in circuits {
-        // Make before break: the aggregator sends into the tunnel only once the circuit
-        // is active; demux and remux hold it from activation until release completes.
-        let at_aggregator = c.state == CircuitState::Active;
-        let at_dc = matches!(
-            c.state,
-            CircuitState::Activating | CircuitState::Active | CircuitState::Releasing
-        );
-        if at_aggregator {
-            if let (Some(agg), Some(rules)) =
-                (inv.aggregator(&c.aggregator), out.get_mut(&c.aggregator))
-            {
-                rules.aggregator.push(AggregatorRule {
+/// The inner budget a remux clamps TCP MSS to: the smallest of any tunnel's (`None`:
+/// the default).
+pub fn remux_inner_mtu(inv: &Inventory) -> Option<u16> {
+    inv.aggregators
+        .iter()
+        .map(|a| {
+            a.tunnel.mtu.unwrap_or(1500)
+                - tarp_api::rules::tunnel_overhead(a.tunnel.remote.is_ipv6())
+        })
+        .min()
+        .filter(|&m| m != tarp_api::rules::DEFAULT_INNER_MTU)
+}
+
+/// What circuit `c` puts into the tables of each node on its path, in its current
+/// state, as (node, entry) pairs given to `out`.
+///
+/// Make before break: the aggregator sends into the tunnel only once the circuit is
+/// active; demux and remux hold it from activation until release completes.
+pub fn contributions(inv: &Inventory, c: &Circuit, mut out: impl FnMut(&NodeId, Entry)) {
+    let at_aggregator = c.state == CircuitState::Active;
+    let at_dc = matches!(
+        c.state,
+        CircuitState::Activating | CircuitState::Active | CircuitState::Releasing
+    );
+    if at_aggregator {
+        if let Some(agg) = inv.aggregator(&c.aggregator) {
+            out(
+                &c.aggregator,
+                Entry::Aggregator(AggregatorRule {
                     capture: c.capture,
                     alias: c.alias,
                     tunnel: agg.tunnel.id,
@@ -81,104 +116,100 @@ pub fn compile<'a>(
                             .find(|l| l.name == c.line)
                             .and_then(|l| l.gateway),
                     },
-                });
-            }
-        }
-        if !at_dc {
-            continue;
-        }
-        if let Some(rules) = out.get_mut(&c.demux) {
-            match c.mode {
-                Mode::Address => rules.demux.push(DemuxRule::Address {
-                    alias: c.alias,
-                    capture: c.capture,
-                    app_host: c.app_host,
                 }),
-                Mode::Port => rules
-                    .demux
-                    .extend(c.ports.iter().map(|port| DemuxRule::Port {
+            );
+        }
+    }
+    if !at_dc {
+        return;
+    }
+    match c.mode {
+        Mode::Address => out(
+            &c.demux,
+            Entry::Demux(DemuxRule::Address {
+                alias: c.alias,
+                capture: c.capture,
+                app_host: c.app_host,
+            }),
+        ),
+        Mode::Port => {
+            for port in c.ports.iter() {
+                out(
+                    &c.demux,
+                    Entry::Demux(DemuxRule::Port {
                         alias: c.alias,
                         protocol: c.protocol,
                         port,
                         app_host: c.app_host,
-                    })),
+                    }),
+                );
             }
         }
-        if let Some(rules) = out.get_mut(&c.remux) {
-            // Symmetric return: the reply goes into a tunnel to the circuit's aggregator
-            // (from activation to release, like the rest of the remux's part).
-            let back = inv
-                .aggregators
-                .iter()
-                .position(|a| a.node == c.aggregator)
-                .zip(inv.return_locals.get(&c.remux));
-            if let (ReturnPath::Symmetric, Some((i, &local))) = (c.return_path, back) {
-                let agg = &inv.aggregators[i];
-                let id = RETURN_TUNNEL_BASE + i as u32;
-                rules.tunnels.push(Tunnel {
-                    id,
-                    local,
-                    remote: agg.tunnel.local,
-                    vni: agg.tunnel.vni,
-                    inner_dst_mac: None,
-                    mtu: agg.tunnel.mtu,
-                });
-                rules.return_tunnels.push(ReturnTunnel {
-                    capture: c.capture,
-                    tunnel: id,
-                });
-            }
-            match c.mode {
-                Mode::Address => rules.remux.push(RemuxRule::Address { capture: c.capture }),
-                Mode::Port => rules
-                    .remux
-                    .extend(c.ports.iter().map(|port| RemuxRule::Port {
+    }
+    // Symmetric return: the reply goes into a tunnel to the circuit's aggregator (from
+    // activation to release, like the rest of the remux's part).
+    let back = inv
+        .aggregators
+        .iter()
+        .position(|a| a.node == c.aggregator)
+        .zip(inv.return_locals.get(&c.remux));
+    if let (ReturnPath::Symmetric, Some((i, &local))) = (c.return_path, back) {
+        let agg = &inv.aggregators[i];
+        let id = RETURN_TUNNEL_BASE + i as u32;
+        out(
+            &c.remux,
+            Entry::Tunnel(Tunnel {
+                id,
+                local,
+                remote: agg.tunnel.local,
+                vni: agg.tunnel.vni,
+                inner_dst_mac: None,
+                mtu: agg.tunnel.mtu,
+            }),
+        );
+        out(
+            &c.remux,
+            Entry::ReturnTunnel(ReturnTunnel {
+                capture: c.capture,
+                tunnel: id,
+            }),
+        );
+    }
+    match c.mode {
+        Mode::Address => out(
+            &c.remux,
+            Entry::Remux(RemuxRule::Address { capture: c.capture }),
+        ),
+        Mode::Port => {
+            for port in c.ports.iter() {
+                out(
+                    &c.remux,
+                    Entry::Remux(RemuxRule::Port {
                         app_host: c.app_host,
                         protocol: c.protocol,
                         port,
                         capture: c.capture,
-                    })),
+                    }),
+                );
             }
         }
     }
+}
 
-    // The remux clamps TCP MSS to the smallest inner budget of any tunnel.
-    let inner_mtu = inv
-        .aggregators
-        .iter()
-        .map(|a| {
-            a.tunnel.mtu.unwrap_or(1500)
-                - tarp_api::rules::tunnel_overhead(a.tunnel.remote.is_ipv6())
-        })
-        .min()
-        .filter(|&m| m != tarp_api::rules::DEFAULT_INNER_MTU);
-    for rules in out.values_mut() {
-        if !rules.remux.is_empty() {
-            rules.inner_mtu = inner_mtu;
-        }
-        rules.tunnels.sort();
-        rules.tunnels.dedup();
-        rules.aggregator.sort();
-        rules.aggregator.dedup();
-        rules.demux.sort();
-        rules.demux.dedup();
-        rules.remux.sort();
-        rules.remux.dedup();
-        rules.return_tunnels.sort();
-        rules.return_tunnels.dedup();
-        rules.tunnel_peers.sort();
-        rules.tunnel_peers.dedup();
-        // One VNI per peer address: a peer listed with several accepts any.
-        let mut peers: Vec<TunnelPeer> = Vec::with_capacity(rules.tunnel_peers.len());
-        for p in rules.tunnel_peers.drain(..) {
-            match peers.last_mut() {
-                Some(last) if last.address == p.address => last.vni = None,
-                _ => peers.push(p),
-            }
-        }
-        rules.tunnel_peers = peers;
+/// Compiles the table set of every node in the inventory at once (nodes without
+/// circuits get their static part).
+pub fn compile<'a>(
+    inv: &Inventory,
+    circuits: impl IntoIterator<Item = &'a Circuit>,
+) -> BTreeMap<NodeId, Rules> {
+    let mut tables = Tables::new(inv);
+    for c in circuits {
+        tables.add(inv, c);
     }
-    out
+    inv.nodes
+        .keys()
+        .map(|node| (node.clone(), tables.rules(node).unwrap_or_default()))
+        .collect()
 }
 
 /// The roles a node plays, for checking a forwarder's hello.

@@ -19,4 +19,5 @@ pub mod compiler;
 pub mod inventory;
 pub mod server;
 pub mod store;
+pub mod tables;
 pub mod transport;

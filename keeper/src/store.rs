@@ -1,23 +1,27 @@
-//! Durable state in an embedded redb database: circuits, down lines, the table set and
-//! generation last published to each forwarder, and the counters.
+//! Durable state in an embedded redb database: circuits (one record each), down lines,
+//! the generation and digest last published to each forwarder, and the counters.
 //!
 //! Each keeper step is one write transaction, committed (fsync'd) before anything is
-//! pushed to a forwarder or answered to an application. Records are JSON, so a database
-//! can be read with any redb tool.
+//! pushed to a forwarder or answered to an application; it writes the records the step
+//! changed and nothing else. The table sets themselves are not stored: they follow
+//! from the circuits and the inventory, and a restarted keeper compiles them again (the
+//! digest tells it whether a node's set is still what that generation carried). Records
+//! are JSON, so a database can be read with any redb tool.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use tarp_api::Rules;
 
 use crate::circuits::{Circuit, CircuitId, LineId};
 use crate::inventory::NodeId;
 
 const CIRCUITS: TableDefinition<u64, &[u8]> = TableDefinition::new("circuits");
 const DOWN_LINES: TableDefinition<&str, &str> = TableDefinition::new("down_lines");
-const TABLES: TableDefinition<&str, &[u8]> = TableDefinition::new("tables");
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+/// Whole table sets per node, as the first keepers stored them: dropped on open.
+const OLD_TABLES: TableDefinition<&str, &[u8]> = TableDefinition::new("tables");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 const NEXT_CIRCUIT: &str = "next_circuit";
@@ -31,13 +35,13 @@ pub struct StoreError {
     problem: String,
 }
 
-/// A forwarder's table set as last published, with its generation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Table {
-    /// The generation it was published at.
+/// What was last published to a forwarder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The generation of its table set.
     pub generation: u64,
-    /// The table set.
-    pub rules: Rules,
+    /// The set's digest ([`crate::tables::Tables::digest`]).
+    pub digest: u64,
 }
 
 /// Everything the keeper needs to start where it stopped.
@@ -47,8 +51,8 @@ pub struct Loaded {
     pub circuits: Vec<Circuit>,
     /// Down lines and why.
     pub down_lines: Vec<(LineId, String)>,
-    /// Each forwarder's last published table set.
-    pub tables: BTreeMap<NodeId, Table>,
+    /// What was last published to each forwarder.
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
     /// The next circuit id.
     pub next_circuit: CircuitId,
     /// The last generation handed out.
@@ -66,8 +70,8 @@ pub struct Batch<'a> {
     pub put_down_lines: Vec<(&'a LineId, &'a str)>,
     /// Lines no longer down.
     pub delete_down_lines: Vec<&'a LineId>,
-    /// Table sets published in this step.
-    pub put_tables: Vec<(&'a NodeId, &'a Table)>,
+    /// Nodes published in this step.
+    pub put_nodes: Vec<(&'a NodeId, NodeRecord)>,
     /// The next circuit id.
     pub next_circuit: CircuitId,
     /// The last generation handed out.
@@ -97,7 +101,8 @@ impl Store {
         store.write(|txn| {
             txn.open_table(CIRCUITS)?;
             txn.open_table(DOWN_LINES)?;
-            txn.open_table(TABLES)?;
+            txn.open_table(NODES)?;
+            txn.delete_table(OLD_TABLES)?;
             txn.open_table(META)?;
             Ok(())
         })?;
@@ -142,11 +147,11 @@ impl Store {
                     .map_err(|e| format!("down line {:?}: {e}", key.value()))?;
                 loaded.down_lines.push((line, reason.value().to_string()));
             }
-            for row in txn.open_table(TABLES)?.iter()? {
+            for row in txn.open_table(NODES)?.iter()? {
                 let (node, bytes) = row?;
-                let t: Table = serde_json::from_slice(bytes.value())
-                    .map_err(|e| format!("table of {:?}: {e}", node.value()))?;
-                loaded.tables.insert(node.value().to_string(), t);
+                let t: NodeRecord = serde_json::from_slice(bytes.value())
+                    .map_err(|e| format!("node {:?}: {e}", node.value()))?;
+                loaded.nodes.insert(node.value().to_string(), t);
             }
             let meta = txn.open_table(META)?;
             loaded.next_circuit = meta.get(NEXT_CIRCUIT)?.map_or(1, |v| v.value());
@@ -162,9 +167,9 @@ impl Store {
         for c in &batch.put_circuits {
             encoded_circuits.push((c.id, serde_json::to_vec(c).map_err(|e| self.error(e))?));
         }
-        let mut encoded_tables = Vec::with_capacity(batch.put_tables.len());
-        for (node, t) in &batch.put_tables {
-            encoded_tables.push((
+        let mut encoded_nodes = Vec::with_capacity(batch.put_nodes.len());
+        for (node, t) in &batch.put_nodes {
+            encoded_nodes.push((
                 node.as_str(),
                 serde_json::to_vec(t).map_err(|e| self.error(e))?,
             ));
@@ -185,9 +190,9 @@ impl Store {
             for l in &batch.delete_down_lines {
                 lines.remove(line_key(l).as_str())?;
             }
-            let mut tables = txn.open_table(TABLES)?;
-            for (node, bytes) in &encoded_tables {
-                tables.insert(*node, bytes.as_slice())?;
+            let mut nodes = txn.open_table(NODES)?;
+            for (node, bytes) in &encoded_nodes {
+                nodes.insert(*node, bytes.as_slice())?;
             }
             let mut meta = txn.open_table(META)?;
             meta.insert(NEXT_CIRCUIT, batch.next_circuit)?;
@@ -237,9 +242,9 @@ mod tests {
             line: "line1".into(),
         };
         let node: NodeId = "dc-1".into();
-        let table = Table {
+        let table = NodeRecord {
             generation: 4,
-            rules: Rules::default(),
+            digest: 0xfeed,
         };
         {
             let store = Store::open(&path).unwrap();
@@ -249,7 +254,7 @@ mod tests {
                 .commit(&Batch {
                     put_circuits: vec![&a, &b],
                     put_down_lines: vec![(&line, "link down")],
-                    put_tables: vec![(&node, &table)],
+                    put_nodes: vec![(&node, table)],
                     next_circuit: 3,
                     generation: 4,
                     ..Default::default()
@@ -271,7 +276,7 @@ mod tests {
             loaded.down_lines,
             vec![(line.clone(), "link down".to_string())]
         );
-        assert_eq!(loaded.tables[&node], table);
+        assert_eq!(loaded.nodes[&node], table);
         assert_eq!((loaded.next_circuit, loaded.generation), (3, 4));
         store
             .commit(&Batch {

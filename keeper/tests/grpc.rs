@@ -440,7 +440,7 @@ async fn restart_keeps_circuits_and_resyncs_by_generation(t: Transport) {
         .await
         .unwrap();
     let (generation, rules) = dc.next_update().await.unwrap();
-    assert_eq!(rules, dc_rules);
+    assert_eq!(*rules, dc_rules);
     assert_eq!(
         generation,
         server.keeper().table("dc-1").unwrap().generation

@@ -1,8 +1,16 @@
-//! The keeper thread: dials the keeper, receives table sets by generation, has the
-//! control thread validate, build and swap each one in, and acknowledges it (or NACKs it
-//! with the reason, the old snapshot still forwarding). It reports link changes and
-//! heartbeats, and reconnects with back-off; while the keeper is away the forwarder
-//! keeps forwarding on its last tables.
+//! The keeper thread: dials the keeper, receives table sets by generation (a full set,
+//! then deltas, which the session applies to the set it holds), has the control thread
+//! validate, build and swap each one in, and acknowledges it (or NACKs it with the
+//! reason, the old snapshot still forwarding). It reports link changes and heartbeats,
+//! and reconnects with back-off, resuming from the set it runs so that the keeper sends
+//! only what changed meanwhile; while the keeper is away the forwarder keeps forwarding
+//! on its last tables.
+//!
+//! Deltas are coalesced: every update already received when a build starts is applied
+//! to the set before it, and the build's ACK covers them all. So a burst of changes
+//! costs one snapshot build, not one per change, and a forwarder builds at most one
+//! snapshot at a time: the time from a change to its ACK is bounded by two builds of
+//! the full table (the one under way and the next).
 //!
 //! It touches no DPDK object, so it is a plain thread; the snapshot is built and swapped
 //! on the control thread (see [`super`]). While it waits for that, it stays inside its
@@ -12,7 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use tarp_api::client::{ForwarderSession, PortState, Role as KeeperRole};
+use tarp_api::client::{
+    ClientError, ForwarderSession, PortState, Role as KeeperRole, SessionOptions, Tables,
+};
 
 use super::{ControlHooks, LinkReport, TableUpdate};
 use crate::config::Config;
@@ -112,20 +122,36 @@ pub fn run(link: KeeperLink) {
         })
         .collect();
     let mut applied = 0u64;
+    // The set the forwarder runs, kept across sessions to resume from (only while no
+    // session holds it: a second holder would make every delta copy the whole set).
+    let mut resume: Option<Tables> = None;
     let mut backoff = Duration::from_millis(100);
     while !link.stop.load(Ordering::Relaxed) {
         drain_links(&link.links, &mut ports);
         let session = rt.block_on(async {
-            tokio::time::timeout(
-                Duration::from_secs(3),
-                ForwarderSession::connect(&link.endpoint, &link.node_id, &roles, &ports, applied),
-            )
-            .await
+            let (node, endpoint, options) =
+                (&link.node_id, &link.endpoint, SessionOptions::default());
+            let connect = async {
+                match resume.clone() {
+                    Some(t) => {
+                        ForwarderSession::resume_with(endpoint, node, &roles, &ports, t, options)
+                            .await
+                    }
+                    // Without the set it runs, the forwarder asks for a full one.
+                    None => {
+                        ForwarderSession::connect_with(endpoint, node, &roles, &ports, 0, options)
+                            .await
+                    }
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(3), connect).await
         });
         let mut session = match session {
             Ok(Ok(s)) => {
                 tracing::info!(keeper = %link.endpoint, generation = applied, "connected to the keeper");
                 backoff = Duration::from_millis(100);
+                // The session holds the set now.
+                drop(resume.take());
                 s
             }
             Ok(Err(e)) => {
@@ -142,70 +168,108 @@ pub fn run(link: KeeperLink) {
             }
         };
         // The session: updates in, link reports out, until it ends.
-        loop {
-            if link.stop.load(Ordering::Relaxed) {
-                return;
-            }
-            let mut changed = Vec::new();
-            while let Ok(r) = link.links.try_recv() {
-                changed.push(r);
-            }
-            for r in changed {
-                if let Some(p) = ports.iter_mut().find(|p| p.name == r.port) {
-                    p.up = r.up;
-                }
-                if let Err(e) = rt.block_on(session.report_link(&r.port, r.up)) {
-                    tracing::warn!(error = %e, "keeper: link report failed");
-                }
-            }
-            let next = rt.block_on(async {
-                tokio::time::timeout(Duration::from_millis(100), session.next_update()).await
-            });
-            match next {
-                Err(_) => continue, // nothing new; look at the links again
-                Ok(Ok((generation, rules))) => {
-                    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
-                    let update = TableUpdate {
-                        generation,
-                        rules,
-                        done: done_tx,
-                    };
-                    if link.updates.send(update).is_err() {
-                        return; // the control thread is gone: the forwarder is stopping
-                    }
-                    // Wait inside the runtime: the heartbeat task and the connection keep
-                    // running while the control thread builds the snapshot.
-                    let verdict = rt.block_on(async {
-                        loop {
-                            let wait = Duration::from_millis(100);
-                            match tokio::time::timeout(wait, &mut done_rx).await {
-                                Ok(v) => break v.ok(),
-                                Err(_) if !link.stop.load(Ordering::Relaxed) => continue,
-                                Err(_) => break None,
-                            }
-                        }
-                    });
-                    let result = match verdict {
-                        Some(Ok(g)) => {
-                            applied = g;
-                            rt.block_on(session.ack(g))
-                        }
-                        Some(Err(reason)) => rt.block_on(session.nack(generation, &reason)),
-                        None => return,
-                    };
-                    if let Err(e) = result {
-                        tracing::warn!(error = %e, "keeper: acknowledgement failed; reconnecting");
-                        break;
-                    }
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "keeper session ended; forwarding on the last tables and reconnecting");
-                    break;
-                }
-            }
+        serve(&rt, &link, &mut session, &mut ports, &mut applied);
+        if link.stop.load(Ordering::Relaxed) {
+            return;
         }
+        // Resume from the set the session holds if it is the one running (not one the
+        // control thread refused, nor one a bad delta left half-applied).
+        resume = session.into_tables().filter(|t| t.generation == applied);
         sleep_unless_stopped(&link.stop, backoff);
     }
+}
+
+/// Serves one session until it ends or the forwarder stops.
+fn serve(
+    rt: &tokio::runtime::Runtime,
+    link: &KeeperLink,
+    session: &mut ForwarderSession,
+    ports: &mut [PortState],
+    applied: &mut u64,
+) {
+    loop {
+        if link.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut changed = Vec::new();
+        while let Ok(r) = link.links.try_recv() {
+            changed.push(r);
+        }
+        for r in changed {
+            if let Some(p) = ports.iter_mut().find(|p| p.name == r.port) {
+                p.up = r.up;
+            }
+            if let Err(e) = rt.block_on(session.report_link(&r.port, r.up)) {
+                tracing::warn!(error = %e, "keeper: link report failed");
+            }
+        }
+        let next = rt.block_on(async {
+            tokio::time::timeout(Duration::from_millis(100), session.next_update()).await
+        });
+        let generation = match next {
+            Err(_) => continue, // nothing new; look at the links again
+            Ok(Ok((generation, rules))) => {
+                drop(rules);
+                generation
+            }
+            Ok(Err(e)) => return session_ended(&e),
+        };
+        // Coalesce: apply every update already here before building.
+        let mut newest = generation;
+        loop {
+            let more = rt.block_on(async {
+                tokio::time::timeout(Duration::ZERO, session.next_update()).await
+            });
+            match more {
+                Ok(Ok((g, rules))) => {
+                    drop(rules);
+                    newest = g;
+                }
+                Ok(Err(e)) => return session_ended(&e),
+                Err(_) => break,
+            }
+        }
+        let Some(tables) = session.tables().filter(|t| t.generation == newest) else {
+            return;
+        };
+        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+        let update = TableUpdate {
+            generation: newest,
+            rules: tables.rules,
+            done: done_tx,
+        };
+        if link.updates.send(update).is_err() {
+            return; // the control thread is gone: the forwarder is stopping
+        }
+        // Wait inside the runtime: the heartbeat task and the connection keep running
+        // while the control thread builds the snapshot.
+        let verdict = rt.block_on(async {
+            loop {
+                let wait = Duration::from_millis(100);
+                match tokio::time::timeout(wait, &mut done_rx).await {
+                    Ok(v) => break v.ok(),
+                    Err(_) if !link.stop.load(Ordering::Relaxed) => continue,
+                    Err(_) => break None,
+                }
+            }
+        });
+        let result = match verdict {
+            Some(Ok(g)) => {
+                *applied = g;
+                rt.block_on(session.ack(g))
+            }
+            Some(Err(reason)) => rt.block_on(session.nack(newest, &reason)),
+            None => return,
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "keeper: acknowledgement failed; reconnecting");
+            return;
+        }
+    }
+}
+
+fn session_ended(e: &ClientError) {
+    tracing::warn!(error = %e, "keeper session ended; forwarding on the last tables and reconnecting");
 }
 
 fn drain_links(links: &mpsc::Receiver<LinkReport>, ports: &mut [PortState]) {

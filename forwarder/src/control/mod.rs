@@ -36,8 +36,9 @@ use crate::tables::{NeighbourCache, PortId, PortInfo, Rules, Snapshot, SnapshotH
 pub struct TableUpdate {
     /// Generation the rules belong to.
     pub generation: u64,
-    /// The rules.
-    pub rules: Rules,
+    /// The rules. Shared with the keeper session, which applies the next delta in
+    /// place only if nobody else holds them: drop them before reporting `done`.
+    pub rules: std::sync::Arc<Rules>,
     /// Told the outcome: `Ok(generation)` once published, `Err(reason)` if refused (the
     /// old snapshot keeps forwarding). A tokio one-shot, so that the keeper link can
     /// await it while its runtime keeps the session (and its heartbeats) going.

@@ -20,7 +20,11 @@ impl Control<'_> {
         let mut any = false;
         while let Ok(u) = hooks.updates.try_recv() {
             any = true;
-            match Snapshot::build(&u.rules, self.infos, u.generation, &self.neighbours) {
+            let built = Snapshot::build(&u.rules, self.infos, u.generation, &self.neighbours);
+            // Let go of the rules before saying so: the session then applies the next
+            // delta in place instead of copying the whole set.
+            drop(u.rules);
+            match built {
                 Ok(s) => {
                     let entries = s.entries();
                     st.retired.push(self.snapshots.publish(s));

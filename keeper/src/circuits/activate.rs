@@ -94,8 +94,8 @@ impl Circuits {
             replaced_by: None,
             reason: None,
         };
+        self.mark(id);
         self.circuits.insert(id, circuit);
-        self.dirty_circuits.insert(id);
         Ok(id)
     }
 
@@ -329,7 +329,7 @@ impl Circuits {
         ) {
             return None;
         }
-        self.dirty_circuits.insert(id);
+        self.mark(id);
         let c = self.circuits.remove(&id)?;
         if let Some(old) = c.replaces {
             let key = c.idempotency_key.clone();

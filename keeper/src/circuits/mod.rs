@@ -69,7 +69,9 @@ pub struct Circuits {
     circuits: BTreeMap<CircuitId, Circuit>,
     down: BTreeMap<LineId, String>,
     next_id: CircuitId,
-    dirty_circuits: BTreeSet<CircuitId>,
+    /// Circuits changed since the last [`Circuits::take_dirty`], each with what it was
+    /// before its first change (`None`: it is new).
+    dirty_circuits: BTreeMap<CircuitId, Option<Circuit>>,
     dirty_lines: BTreeSet<LineId>,
 }
 
@@ -131,8 +133,10 @@ impl Circuits {
         !self.down.contains_key(line)
     }
 
-    /// Circuits and lines changed since the last call, for the store.
-    pub fn take_dirty(&mut self) -> (Vec<CircuitId>, Vec<LineId>) {
+    /// Circuits and lines changed since the last call, for the store and the rule
+    /// compiler: each changed circuit with what it was before (`None`: it is new; a
+    /// circuit no longer in [`Circuits::get`] was forgotten).
+    pub fn take_dirty(&mut self) -> (Vec<(CircuitId, Option<Circuit>)>, Vec<LineId>) {
         (
             std::mem::take(&mut self.dirty_circuits)
                 .into_iter()
@@ -141,8 +145,16 @@ impl Circuits {
         )
     }
 
+    /// Records what a circuit was before its first change since the last
+    /// [`Circuits::take_dirty`].
+    fn mark(&mut self, id: CircuitId) {
+        if let std::collections::btree_map::Entry::Vacant(v) = self.dirty_circuits.entry(id) {
+            v.insert(self.circuits.get(&id).cloned());
+        }
+    }
+
     fn touch(&mut self, id: CircuitId) -> Option<&mut Circuit> {
-        self.dirty_circuits.insert(id);
+        self.mark(id);
         self.circuits.get_mut(&id)
     }
 

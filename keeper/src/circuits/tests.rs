@@ -90,7 +90,14 @@ fn activate_allocates_in_inventory_order() {
         (ip("203.0.113.2"), ip("198.18.0.2"))
     );
     let (dirty, _) = s.take_dirty();
-    assert_eq!(dirty, vec![1, 2]);
+    // Both are new since the last call: no earlier state.
+    assert_eq!(dirty, vec![(1, None), (2, None)]);
+    // The next change records what the circuit was before it.
+    let before = s.get(1).cloned();
+    s.begin_release(1).unwrap();
+    s.finish_release(1);
+    let (dirty, _) = s.take_dirty();
+    assert_eq!(dirty, vec![(1, before)]);
 }
 
 #[test]

@@ -1,58 +1,56 @@
-//! The commit path: compile every node's tables from the circuits, give the nodes whose
-//! tables changed the next generation, write it all to the store, publish it to the
-//! forwarder streams; then wait for their acknowledgements and tell applications.
+//! The commit path: recompile what the step's changed circuits contribute, give the
+//! nodes whose tables changed the next generation, write the changed records to the
+//! store, wake those nodes' streams; then wait for their acknowledgements and tell
+//! applications.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
 
 use tracing::{debug, error};
 
-use super::{Core, Keeper, KeeperError, Published};
+use super::{Core, Keeper, KeeperError};
 use crate::circuits::{Circuit, CircuitEvent, CircuitId, EventKind};
-use crate::compiler::compile;
 use crate::inventory::NodeId;
-use crate::store::{Batch, Table};
+use crate::store::{Batch, NodeRecord};
 
 impl Keeper {
-    /// Compiles, stamps changed table sets with the next generation, commits everything
-    /// the step changed, then publishes. `confirmed` circuits get the generation that
-    /// carries them to every node of their path.
+    /// Applies the step's circuit changes to the tables, stamps changed table sets
+    /// with the next generation, commits everything the step changed, then publishes.
+    /// `confirmed` circuits get the generation that carries them to every node of
+    /// their path.
     pub(super) fn commit(
         &self,
         core: &mut Core,
         confirmed: &[CircuitId],
     ) -> Result<(), KeeperError> {
-        let compiled = compile(&self.inv, core.circuits.iter());
-        let changed: Vec<NodeId> = compiled
-            .iter()
-            .filter(|(node, rules)| core.tables.get(*node).map(|t| &t.rules) != Some(*rules))
-            .map(|(node, _)| node.clone())
-            .collect();
-        let mut compiled = compiled;
-        if !changed.is_empty() {
-            core.generation += 1;
-            for node in &changed {
-                let rules = compiled.remove(node).unwrap_or_default();
-                core.tables.insert(
-                    node.clone(),
-                    Table {
-                        generation: core.generation,
-                        rules,
-                    },
-                );
+        let (changes, mut dirty_lines) = core.circuits.take_dirty();
+        for (id, before) in &changes {
+            if let Some(b) = before {
+                core.tables.remove(&self.inv, b);
+            }
+            if let Some(c) = core.circuits.get(*id) {
+                core.tables.add(&self.inv, c);
             }
         }
+        let generation = &mut core.generation;
+        let changed: Vec<NodeId> = core.tables.finish_step(|| {
+            *generation += 1;
+            *generation
+        });
         for &id in confirmed {
             let generation = core.circuits.get(id).map_or(0, |c| {
                 c.path()
                     .iter()
-                    .filter_map(|n| core.tables.get(n))
-                    .map(|t| t.generation)
+                    .map(|n| core.tables.generation(n))
                     .max()
                     .unwrap_or(0)
             });
             core.circuits.set_generation(id, generation);
         }
-        let (dirty_circuits, dirty_lines) = core.circuits.take_dirty();
+        // Setting generations changed records but no contribution.
+        let (stamped, more_lines) = core.circuits.take_dirty();
+        dirty_lines.extend(more_lines);
+        let dirty_circuits: BTreeSet<CircuitId> =
+            changes.iter().chain(&stamped).map(|(id, _)| *id).collect();
         let mut batch = Batch {
             next_circuit: core.circuits.next_id(),
             generation: core.generation,
@@ -72,9 +70,13 @@ impl Keeper {
             }
         }
         for node in &changed {
-            if let Some(t) = core.tables.get_key_value(node) {
-                batch.put_tables.push(t);
-            }
+            batch.put_nodes.push((
+                node,
+                NodeRecord {
+                    generation: core.tables.generation(node),
+                    digest: core.tables.digest(node),
+                },
+            ));
         }
         let store = core
             .store
@@ -88,12 +90,10 @@ impl Keeper {
             return Err(e.into());
         }
         for node in &changed {
-            if let (Some(handle), Some(t)) = (self.nodes.get(node), core.tables.get(node)) {
-                debug!(node, generation = t.generation, "publishing table set");
-                handle.published.send_replace(Published {
-                    generation: t.generation,
-                    rules: Arc::new(t.rules.clone()),
-                });
+            if let Some(handle) = self.nodes.get(node) {
+                let generation = core.tables.generation(node);
+                debug!(node, generation, "publishing table set");
+                handle.published.send_replace(generation);
             }
         }
         Ok(())
@@ -109,7 +109,7 @@ impl Keeper {
             if out.iter().any(|(n, _)| *n == node) {
                 continue;
             }
-            let generation = core.tables.get(&node).map_or(0, |t| t.generation);
+            let generation = core.tables.generation(&node);
             out.push((node, generation));
         }
         out

@@ -1,13 +1,17 @@
 //! The `Forwarders` gRPC service: one `Subscribe` stream per forwarder, in the manner
-//! of Envoy's xDS. The keeper sends the forwarder's full table set whenever it changes
-//! (and at connect when the forwarder runs another generation) plus heartbeats; the
-//! forwarder sends ACKs, NACKs, link state and heartbeats.
+//! of Envoy's delta xDS. The keeper sends the forwarder its table set in full when it
+//! connects with another generation (unless the node's log still reaches back to the
+//! one it runs), then, as the set changes, only the deltas, plus heartbeats. Full sets
+//! and large deltas go in chunks of at most [`CHUNK_ENTRIES`] entries, so no message
+//! grows with the number of circuits. The forwarder sends ACKs, NACKs, link state and
+//! heartbeats.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
+use prost::Message;
 use tarp_api::grpc::v1;
 use tarp_api::grpc::v1::forwarder_message::Msg;
 use tarp_api::grpc::ProtoError;
@@ -17,7 +21,9 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
 use super::{Hello, Keeper, KeeperError};
+use crate::tables::Plan;
 use tarp_api::convert::role_from_wire;
+use tarp_api::rules::{Rules, RulesDelta};
 
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,12 +59,72 @@ fn hello_from_wire(h: &v1::Hello) -> Result<Hello, ProtoError> {
     })
 }
 
-fn update(p: &super::Published) -> v1::KeeperMessage {
-    v1::KeeperMessage {
-        msg: Some(v1::keeper_message::Msg::Update(v1::RulesUpdate {
-            generation: p.generation,
-            rules: Some(v1::Rules::from(p.rules.as_ref())),
-        })),
+/// Entries in one message at most. An entry encodes in well under 200 bytes (an IPv6
+/// demux entry with its addresses as text is about 110), so a chunk stays below 2 MiB,
+/// half of tonic's default 4 MiB limit on a received message.
+pub const CHUNK_ENTRIES: usize = 8192;
+
+/// The messages of one generation: a full set (`base` 0) or a delta, in chunks.
+pub fn update_messages(generation: u64, base: u64, delta: &RulesDelta) -> Vec<v1::KeeperMessage> {
+    let added = delta.added.chunks(CHUNK_ENTRIES);
+    let removed = if delta.removed.is_empty() {
+        Vec::new()
+    } else {
+        delta.removed.chunks(CHUNK_ENTRIES)
+    };
+    let n = added.len().max(removed.len());
+    let blank = Rules {
+        inner_mtu: delta.added.inner_mtu,
+        ..Rules::default()
+    };
+    (0..n)
+        .map(|i| v1::KeeperMessage {
+            msg: Some(v1::keeper_message::Msg::Update(v1::RulesUpdate {
+                generation,
+                base,
+                rules: Some(v1::Rules::from(added.get(i).unwrap_or(&blank))),
+                removed: removed.get(i).map(v1::Rules::from),
+                more: i + 1 < n,
+            })),
+        })
+        .collect()
+}
+
+/// What following a plan sends.
+struct Planned {
+    /// The generation the forwarder ends at.
+    generation: u64,
+    messages: Vec<v1::KeeperMessage>,
+    /// A full set, or this many deltas.
+    full: bool,
+    deltas: u64,
+}
+
+/// The messages that take a forwarder along `plan`.
+fn plan_messages(plan: Plan) -> Option<Planned> {
+    match plan {
+        Plan::Nothing => None,
+        Plan::Full { generation, rules } => {
+            let full = RulesDelta {
+                added: rules,
+                removed: Rules::default(),
+            };
+            Some(Planned {
+                generation,
+                messages: update_messages(generation, 0, &full),
+                full: true,
+                deltas: 0,
+            })
+        }
+        Plan::Deltas(deltas) => Some(Planned {
+            generation: deltas.last()?.generation,
+            messages: deltas
+                .iter()
+                .flat_map(|d| update_messages(d.generation, d.base, &d.delta))
+                .collect(),
+            full: false,
+            deltas: deltas.len() as u64,
+        }),
     }
 }
 
@@ -100,14 +166,35 @@ impl v1::forwarders_server::Forwarders for ForwarderService {
             let mut tick = tokio::time::interval(keeper.settings().heartbeat_interval());
             tokio::spawn(async move {
                 tokio::pin!(closing);
-                loop {
-                    let current = tables.borrow_and_update().clone();
-                    if current.generation != sent {
-                        debug!(node, generation = current.generation, "sending table set");
-                        if tx.send(Ok(update(&current))).await.is_err() {
-                            break;
+                'stream: loop {
+                    let current = *tables.borrow_and_update();
+                    if current != sent {
+                        let plan = match keeper.plan(&node, sent) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                let _ = tx.send(Err(Status::from(e))).await;
+                                break;
+                            }
+                        };
+                        if let Some(p) = plan_messages(plan) {
+                            debug!(
+                                node,
+                                from = sent,
+                                generation = p.generation,
+                                full = p.full,
+                                messages = p.messages.len(),
+                                "sending tables"
+                            );
+                            let sizes: Vec<usize> =
+                                p.messages.iter().map(Message::encoded_len).collect();
+                            for m in p.messages {
+                                if tx.send(Ok(m)).await.is_err() {
+                                    break 'stream;
+                                }
+                            }
+                            keeper.count_sent(&node, p.full, p.deltas, &sizes);
+                            sent = p.generation;
                         }
-                        sent = current.generation;
                     }
                     tokio::select! {
                         changed = tables.changed() => if changed.is_err() { break },

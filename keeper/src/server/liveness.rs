@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use super::{Hello, Keeper, KeeperError, Published};
+use super::{Hello, Keeper, KeeperError};
 use crate::circuits::{EventKind, LineId};
 
 impl Keeper {
@@ -119,7 +119,7 @@ impl Keeper {
     pub fn hello(
         self: &Arc<Self>,
         hello: &Hello,
-    ) -> Result<(u64, watch::Receiver<Published>), KeeperError> {
+    ) -> Result<(u64, watch::Receiver<u64>), KeeperError> {
         let handle = self
             .nodes
             .get(&hello.node)
@@ -141,7 +141,7 @@ impl Keeper {
         }
         {
             let mut core = self.lock()?;
-            let current = core.tables.get(&hello.node).map_or(0, |t| t.generation);
+            let current = core.tables.generation(&hello.node);
             if hello.last_generation > core.generation {
                 // The forwarder runs a generation this keeper never handed out (its
                 // database was replaced): move past it so numbers stay unambiguous.
@@ -151,9 +151,8 @@ impl Keeper {
                     "forwarder reports an unknown generation"
                 );
                 core.generation = hello.last_generation;
-                // Forget the node's table so the commit republishes it at the next
-                // generation.
-                core.tables.remove(&hello.node);
+                // Republish the node's set, in full, at the next generation.
+                core.tables.force(&hello.node);
                 self.commit(&mut core, &[])?;
             }
             let runs = if hello.last_generation <= current {

@@ -3,9 +3,10 @@
 //! [`forwarders`] for forwarders).
 //!
 //! Every step follows one pattern, under one short lock and without awaiting inside it:
-//! change [`Circuits`], compile every node's tables, give the nodes whose tables changed
-//! the next generation, commit all of it to the [`Store`], then publish the new table
-//! sets to the forwarder streams. Waiting for acknowledgements happens outside the lock,
+//! change [`Circuits`], recompile what the changed circuits contribute ([`Tables`]),
+//! give the nodes whose tables changed the next generation, commit the changed records
+//! to the [`Store`], then wake the streams of those nodes, which send each forwarder
+//! the deltas since what it has (or the full set, in chunks). Waiting for acknowledgements happens outside the lock,
 //! so a slow forwarder delays only the activations that go through it.
 //!
 //! * this file: the [`Keeper`] and its shared state; opening it from the store;
@@ -32,7 +33,8 @@ pub use tarp_api::circuit::ListFilter;
 
 use crate::circuits::{CircuitEvent, Circuits};
 use crate::inventory::{Inventory, NodeId, Role, Settings};
-use crate::store::{Store, Table};
+use crate::store::Store;
+use crate::tables::Tables;
 
 mod commit;
 mod error;
@@ -42,15 +44,16 @@ mod queries;
 mod run;
 
 pub use error::KeeperError;
+pub use forwarders::CHUNK_ENTRIES;
 pub use run::Server;
 
-/// A table set as published to a forwarder's stream.
+/// A node's table set as the keeper publishes it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Published {
+pub struct Table {
     /// Its generation.
     pub generation: u64,
     /// The tables.
-    pub rules: Arc<Rules>,
+    pub rules: Rules,
 }
 
 /// What a forwarder last said about the table sets it was sent.
@@ -75,9 +78,26 @@ struct Liveness {
     session: u64,
 }
 
+/// What a node's streams have sent it, since the keeper started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Full table sets.
+    pub full_sets: u64,
+    /// Deltas (one per generation).
+    pub deltas: u64,
+    /// Update messages (chunks).
+    pub messages: u64,
+    /// Encoded bytes of those messages.
+    pub bytes: u64,
+    /// The largest one, in bytes.
+    pub largest: u64,
+}
+
 struct NodeHandle {
     roles: BTreeSet<Role>,
-    published: watch::Sender<Published>,
+    sent: Mutex<Sent>,
+    /// The node's current generation: its stream wakes when it moves.
+    published: watch::Sender<u64>,
     acks: watch::Sender<AckState>,
     liveness: Mutex<Liveness>,
 }
@@ -86,7 +106,7 @@ struct Core {
     circuits: Circuits,
     store: Option<Store>,
     generation: u64,
-    tables: BTreeMap<NodeId, Table>,
+    tables: Tables,
     failed: Option<String>,
 }
 
@@ -140,6 +160,29 @@ impl Keeper {
         let loaded = store.load()?;
         let mut circuits =
             Circuits::restore(loaded.circuits, loaded.down_lines, loaded.next_circuit);
+        // The sets the stored generations carried, compiled again from the circuits as
+        // stored; a node whose set differs (the inventory changed) is published anew.
+        let mut tables = Tables::new(&inv);
+        for c in circuits.iter() {
+            tables.add(&inv, c);
+        }
+        tables.settle();
+        for node in inv.nodes.keys() {
+            match loaded.nodes.get(node) {
+                Some(r) => {
+                    tables.set_generation(node, r.generation);
+                    if r.digest != tables.digest(node) {
+                        info!(
+                            node,
+                            generation = r.generation,
+                            "tables differ from the stored ones: republishing"
+                        );
+                        tables.force(node);
+                    }
+                }
+                None => tables.force(node),
+            }
+        }
         for note in circuits.recover(&inv) {
             info!("{note}");
         }
@@ -148,14 +191,10 @@ impl Keeper {
             .nodes
             .iter()
             .map(|(id, node)| {
-                let table = loaded.tables.get(id);
-                let published = Published {
-                    generation: table.map_or(0, |t| t.generation),
-                    rules: Arc::new(table.map(|t| t.rules.clone()).unwrap_or_default()),
-                };
                 let handle = NodeHandle {
                     roles: node.roles.clone(),
-                    published: watch::Sender::new(published),
+                    sent: Mutex::new(Sent::default()),
+                    published: watch::Sender::new(tables.generation(id)),
                     acks: watch::Sender::new(AckState::default()),
                     liveness: Mutex::new(Liveness {
                         last_seen: started,
@@ -171,7 +210,7 @@ impl Keeper {
             circuits,
             store: Some(store),
             generation: loaded.generation,
-            tables: loaded.tables,
+            tables,
             failed: None,
         };
         let keeper = Keeper {

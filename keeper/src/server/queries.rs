@@ -1,8 +1,9 @@
 //! Read-only views: circuits, a node's tables, a node's acknowledgements.
 
-use super::{AckState, Keeper, KeeperError, ListFilter};
+use super::Table;
+use super::{AckState, Keeper, KeeperError, ListFilter, Sent};
 use crate::circuits::{Circuit, CircuitError, CircuitId, CircuitState};
-use crate::store::Table;
+use crate::tables::Plan;
 
 impl Keeper {
     /// One circuit.
@@ -33,7 +34,38 @@ impl Keeper {
 
     /// The table set last published to a node.
     pub fn table(&self, node: &str) -> Option<Table> {
-        self.core.lock().ok()?.tables.get(node).cloned()
+        let core = self.core.lock().ok()?;
+        Some(Table {
+            generation: core.tables.generation(node),
+            rules: core.tables.rules(node)?,
+        })
+    }
+
+    /// What a node's stream must send to a forwarder that has generation `sent`.
+    pub fn plan(&self, node: &str, sent: u64) -> Result<Plan, KeeperError> {
+        Ok(self.lock()?.tables.plan(node, sent))
+    }
+
+    /// What the node's streams have sent it.
+    pub fn sent(&self, node: &str) -> Option<Sent> {
+        self.nodes.get(node)?.sent.lock().ok().map(|s| *s)
+    }
+
+    /// Counts what a node's stream sent.
+    pub(super) fn count_sent(&self, node: &str, full: bool, deltas: u64, sizes: &[usize]) {
+        let Some(mut s) = self.nodes.get(node).and_then(|h| h.sent.lock().ok()) else {
+            return;
+        };
+        if full {
+            s.full_sets += 1;
+        } else {
+            s.deltas += deltas;
+        }
+        s.messages += sizes.len() as u64;
+        for &n in sizes {
+            s.bytes += n as u64;
+            s.largest = s.largest.max(n as u64);
+        }
     }
 
     /// What a node last acknowledged or rejected.

@@ -144,6 +144,7 @@ impl Fake {
                 tokio::select! {
                     update = session.next_update() => {
                         let Ok((generation, rules)) = update else { return };
+                        let rules = Rules::clone(&rules);
                         let first = seen.lock().unwrap().is_empty();
                         seen.lock().unwrap().push((generation, rules));
                         match behaviour {

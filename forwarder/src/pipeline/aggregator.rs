@@ -40,7 +40,7 @@ pub(super) fn run<B: PacketBuf>(
     let mut pending = [Pending::default(); MAX_BURST];
     let mut todo = [false; MAX_BURST];
     // Pass 1: parse, hash the destination (and the source, for the martian check),
-    // prefetch their slots.
+    // prefetch the destination's slot and the source's word of the capture filter.
     for (i, pkt) in pkts.iter().enumerate() {
         let b = pkt.data();
         // Filled in place: a struct built on the stack and copied in costs a
@@ -58,13 +58,13 @@ pub(super) fn run<B: PacketBuf>(
                     p.hash = p.key6.hash64();
                     snap.v6.aggregator.prefetch(p.hash);
                     p.src_hash = addr6(b, ip.src_off()).hash64();
-                    snap.v6.aggregator.prefetch(p.src_hash);
+                    snap.v6.captures.prefetch(p.src_hash);
                 } else {
                     p.key4 = be32(b, off);
                     p.hash = p.key4.hash64();
                     snap.v4.aggregator.prefetch(p.hash);
                     p.src_hash = be32(b, ip.src_off()).hash64();
-                    snap.v4.aggregator.prefetch(p.src_hash);
+                    snap.v4.captures.prefetch(p.src_hash);
                 }
                 todo[i] = true;
                 continue;
@@ -97,7 +97,10 @@ fn one<B: PacketBuf>(
             return miss(snap, ctx, in_port, port, pkt, ip, port.is_local_v6(p.key6));
         };
         let src = addr6(b, ip.src_off());
-        if martian_v6(snap, &src) || snap.v6.aggregator.get_hashed(&src, p.src_hash).is_some() {
+        if martian_v6(snap, &src)
+            || (snap.v6.captures.maybe(p.src_hash)
+                && snap.v6.aggregator.get_hashed(&src, p.src_hash).is_some())
+        {
             return Verdict::Drop(DropReason::Martian);
         }
         alias6 = e.alias;
@@ -107,7 +110,10 @@ fn one<B: PacketBuf>(
             return miss(snap, ctx, in_port, port, pkt, ip, port.is_local_v4(p.key4));
         };
         let src = be32(b, ip.src_off());
-        if martian_v4(snap, src) || snap.v4.aggregator.get_hashed(&src, p.src_hash).is_some() {
+        if martian_v4(snap, src)
+            || (snap.v4.captures.maybe(p.src_hash)
+                && snap.v4.aggregator.get_hashed(&src, p.src_hash).is_some())
+        {
             return Verdict::Drop(DropReason::Martian);
         }
         alias4 = e.alias;

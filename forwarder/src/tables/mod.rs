@@ -9,6 +9,7 @@
 //! each rewrite, the next hop of each app host and tunnel peer. Only the remux, whose
 //! destinations are arbitrary devices, does a route lookup per packet.
 
+mod filter;
 mod flatmap;
 mod lpm;
 
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
+pub use filter::KeyFilter;
 pub use flatmap::{BuildError, FlatMap, Key};
 pub use lpm::{Lpm, Prefixable};
 pub use tarp_api::rules::{
@@ -207,6 +209,9 @@ pub const DEFAULT_INNER_MAC: MacAddr = MacAddr([0x02, 0x74, 0x61, 0x72, 0x70, 0x
 pub struct Maps<A, PK> {
     /// Capture address -> alias and tunnel.
     pub aggregator: FlatMap<A, AggEntry<A>>,
+    /// Which addresses may be capture addresses (the martian-source check asks it
+    /// before the map).
+    pub captures: KeyFilter,
     /// Alias -> capture address, delivered to the app host (address mode).
     pub demux_addr: FlatMap<A, Rewrite<A>>,
     /// (alias, protocol, port) -> app host (port mode).
@@ -229,6 +234,7 @@ pub struct Maps<A, PK> {
 impl<A: Key + Default, PK: Key> Maps<A, PK> {
     fn memory_bytes(&self) -> usize {
         self.aggregator.memory_bytes()
+            + self.captures.memory_bytes()
             + self.demux_addr.memory_bytes()
             + self.demux_port.memory_bytes()
             + self.remux_port.memory_bytes()
@@ -829,12 +835,14 @@ impl Snapshot {
             .filter_map(|p| Some((v6(p.address)?, vni(p))))
             .collect();
 
+        let aggregator4 =
+            FlatMap::build(agg4).map_err(err("aggregator", "capture address", show_v4))?;
         let v4maps = Maps {
-            aggregator: FlatMap::build(agg4).map_err(err(
-                "aggregator",
-                "capture address",
-                show_v4,
-            ))?,
+            captures: KeyFilter::build(
+                aggregator4.len(),
+                aggregator4.iter().map(|(k, _)| k.hash64()),
+            ),
+            aggregator: aggregator4,
             demux_addr: FlatMap::build(da4).map_err(err("demux", "demux alias", show_v4))?,
             demux_port: FlatMap::build(dp4).map_err(err(
                 "demux",
@@ -859,12 +867,14 @@ impl Snapshot {
                 show_v4,
             ))?,
         };
+        let aggregator6 =
+            FlatMap::build(agg6).map_err(err("aggregator", "capture address", show_v6))?;
         let v6maps = Maps {
-            aggregator: FlatMap::build(agg6).map_err(err(
-                "aggregator",
-                "capture address",
-                show_v6,
-            ))?,
+            captures: KeyFilter::build(
+                aggregator6.len(),
+                aggregator6.iter().map(|(k, _)| k.hash64()),
+            ),
+            aggregator: aggregator6,
             demux_addr: FlatMap::build(da6).map_err(err("demux", "demux alias", show_v6))?,
             demux_port: FlatMap::build(dp6).map_err(err(
                 "demux",

@@ -242,8 +242,12 @@ pub struct Circuit {
     pub replaces: Option<CircuitId>,
     /// The circuit that replaced this one after a bounce.
     pub replaced_by: Option<CircuitId>,
-    /// Why it bounced.
+    /// Why it bounced, or why the keeper released it (its lease ran out).
     pub reason: Option<String>,
+    /// Its lease in milliseconds: the keeper releases it when no renewal came for this
+    /// long (0: no lease, held until released).
+    #[serde(default)]
+    pub lease_ms: u64,
 }
 
 impl Circuit {
@@ -253,6 +257,12 @@ impl Circuit {
             Mode::Address => self.capture,
             Mode::Port => self.app_host,
         }
+    }
+
+    /// True once it is over for good: released, or bounced and replaced.
+    pub fn has_ended(&self) -> bool {
+        self.state == CircuitState::Released
+            || (self.state == CircuitState::Bounced && self.replaced_by.is_some())
     }
 
     /// The line the circuit's capture address is on.
@@ -323,6 +333,9 @@ pub struct ActivateRequest {
     pub capture: Option<IpAddr>,
     /// Which way replies take.
     pub return_path: ReturnPath,
+    /// Hold the circuit by a lease of this many milliseconds, renewed with
+    /// `Renew` (0: no lease).
+    pub lease_ms: u64,
 }
 
 /// Which circuits a listing returns.

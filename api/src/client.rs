@@ -185,6 +185,49 @@ impl AppClient {
         Ok(circuit_from_wire(&c)?)
     }
 
+    /// Renews the leases of `ids`; a bounced circuit's replacement is renewed in its
+    /// place. Returns the circuits renewed. Fails if one has no lease or was released
+    /// (its lease ran out: `FAILED_PRECONDITION`), or is unknown (`NOT_FOUND`).
+    pub async fn renew(&mut self, ids: &[CircuitId]) -> Result<Vec<Circuit>, ClientError> {
+        let r = self
+            .inner
+            .renew(v1::RenewRequest { ids: ids.to_vec() })
+            .await?
+            .into_inner();
+        Ok(r.circuits
+            .iter()
+            .map(circuit_from_wire)
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Keeps renewing the leases of `ids` (and of their replacements) every `every`,
+    /// on a task of its own, until the returned handle is dropped or aborted. A failed
+    /// renewal is retried at the next tick; what failed is sent on the returned
+    /// channel (which may be ignored).
+    pub fn keep_renewing(
+        &self,
+        ids: Vec<CircuitId>,
+        every: Duration,
+    ) -> (Renewer, mpsc::Receiver<ClientError>) {
+        let mut client = self.clone();
+        let (errors, rx) = mpsc::channel(4);
+        let task = tokio::spawn(async move {
+            let mut ids = ids;
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                match client.renew(&ids).await {
+                    // Follow replacements: renew what the keeper renewed.
+                    Ok(renewed) => ids = renewed.iter().map(|c| c.id).collect(),
+                    Err(e) => {
+                        let _ = errors.try_send(e);
+                    }
+                }
+            }
+        });
+        (Renewer(task), rx)
+    }
+
     /// One circuit.
     pub async fn get(&mut self, id: CircuitId) -> Result<Circuit, ClientError> {
         let c = self.inner.get(v1::GetRequest { id }).await?.into_inner();
@@ -238,6 +281,16 @@ impl EventStream {
             Some(e) => Ok(Some(event_from_wire(&e)?)),
             None => Ok(None),
         }
+    }
+}
+
+/// Renews leases while it lives ([`AppClient::keep_renewing`]); dropping it stops.
+#[derive(Debug)]
+pub struct Renewer(JoinHandle<()>);
+
+impl Drop for Renewer {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -113,6 +113,7 @@ pub fn activate_from_wire(r: &v1::ActivateRequest) -> Result<ActivateRequest, Pr
             Some(parse_ip("capture_address", &r.capture_address)?)
         },
         return_path: return_from_wire("return_path", r.return_path)?,
+        lease_ms: r.lease_ms,
     })
 }
 
@@ -148,6 +149,7 @@ pub fn activate_to_wire(r: &ActivateRequest) -> v1::ActivateRequest {
         idempotency_key: r.idempotency_key.clone().unwrap_or_default(),
         capture_address: r.capture.map(|c| c.to_string()).unwrap_or_default(),
         return_path: return_to_wire(r.return_path),
+        lease_ms: r.lease_ms,
     }
 }
 
@@ -176,6 +178,7 @@ pub fn circuit_to_wire(c: &Circuit) -> v1::Circuit {
         replaced_by: c.replaced_by.unwrap_or(0),
         reason: c.reason.clone().unwrap_or_default(),
         return_path: return_to_wire(c.return_path),
+        lease_ms: c.lease_ms,
     }
 }
 
@@ -204,6 +207,7 @@ pub fn circuit_from_wire(c: &v1::Circuit) -> Result<Circuit, ProtoError> {
         replaced_by: opt_id(c.replaced_by),
         reason: opt_string(&c.reason),
         return_path: return_from_wire("return_path", c.return_path)?,
+        lease_ms: c.lease_ms,
     })
 }
 
@@ -267,6 +271,7 @@ mod tests {
             idempotency_key: Some("k".into()),
             capture: None,
             return_path: ReturnPath::Symmetric,
+            lease_ms: 0,
         };
         assert_eq!(activate_from_wire(&activate_to_wire(&req)).unwrap(), req);
         let mut wire = activate_to_wire(&req);

@@ -257,6 +257,7 @@ mod tests {
             idempotency_key: None,
             capture: None,
             return_path: ReturnPath::Asymmetric,
+            lease_ms: 0,
         };
         let Activation::Started(id) = s.activate(inv, 256, &req).unwrap() else {
             panic!()
@@ -278,6 +279,7 @@ mod tests {
             idempotency_key: None,
             capture: Some(ip(capture)),
             return_path: ReturnPath::Symmetric,
+            lease_ms: 0,
         }
     }
 

@@ -41,6 +41,23 @@ pub struct Settings {
     pub heartbeat_timeout_ms: u64,
     /// The most ports one port-mode circuit may hold.
     pub max_port_range: u16,
+    /// The shortest lease an activation may ask for.
+    pub min_lease_ms: u64,
+    /// The longest lease an activation may ask for.
+    pub max_lease_ms: u64,
+    /// Released and replaced circuits are kept (for `Get`, `List --all`, and
+    /// idempotent retries) this long, then pruned.
+    pub retention_ms: u64,
+    /// A capture address or alias freed by a release or a bounce waits until every
+    /// forwarder that held it acknowledged its removal; for one that does not (it is
+    /// gone or cut off), this long.
+    pub quarantine_ms: u64,
+    /// Flap damping: a line's penalty (1000 per bounce) halves every this long...
+    pub flap_half_life_ms: u64,
+    /// ...the line is not offered for new circuits once its penalty reaches this...
+    pub flap_suppress: u32,
+    /// ...until it has decayed below this.
+    pub flap_reuse: u32,
 }
 
 impl Default for Settings {
@@ -52,6 +69,13 @@ impl Default for Settings {
             heartbeat_interval_ms: 1_000,
             heartbeat_timeout_ms: 5_000,
             max_port_range: 256,
+            min_lease_ms: 1_000,
+            max_lease_ms: 86_400_000,
+            retention_ms: 7 * 86_400_000,
+            quarantine_ms: 60_000,
+            flap_half_life_ms: 60_000,
+            flap_suppress: 3_000,
+            flap_reuse: 750,
         }
     }
 }
@@ -71,6 +95,16 @@ impl Settings {
     pub fn heartbeat_timeout(&self) -> Duration {
         Duration::from_millis(self.heartbeat_timeout_ms)
     }
+
+    /// [`Settings::retention_ms`] as a duration.
+    pub fn retention(&self) -> Duration {
+        Duration::from_millis(self.retention_ms)
+    }
+
+    /// [`Settings::quarantine_ms`] as a duration.
+    pub fn quarantine(&self) -> Duration {
+        Duration::from_millis(self.quarantine_ms)
+    }
 }
 
 /// `[keeper]` as written, `listen` still a string: a bad value is then reported with
@@ -84,6 +118,13 @@ struct RawSettings {
     heartbeat_interval_ms: u64,
     heartbeat_timeout_ms: u64,
     max_port_range: u16,
+    min_lease_ms: u64,
+    max_lease_ms: u64,
+    retention_ms: u64,
+    quarantine_ms: u64,
+    flap_half_life_ms: u64,
+    flap_suppress: u32,
+    flap_reuse: u32,
 }
 
 impl Default for RawSettings {
@@ -96,6 +137,13 @@ impl Default for RawSettings {
             heartbeat_interval_ms: s.heartbeat_interval_ms,
             heartbeat_timeout_ms: s.heartbeat_timeout_ms,
             max_port_range: s.max_port_range,
+            min_lease_ms: s.min_lease_ms,
+            max_lease_ms: s.max_lease_ms,
+            retention_ms: s.retention_ms,
+            quarantine_ms: s.quarantine_ms,
+            flap_half_life_ms: s.flap_half_life_ms,
+            flap_suppress: s.flap_suppress,
+            flap_reuse: s.flap_reuse,
         }
     }
 }
@@ -333,6 +381,8 @@ pub struct Inventory {
     pub app_hosts: Vec<AppHost>,
     /// Every node by id.
     pub nodes: BTreeMap<NodeId, Node>,
+    /// Capture address -> (aggregator, line) positions, for [`Inventory::capture`].
+    captures: std::collections::HashMap<IpAddr, (usize, usize)>,
 }
 
 /// The whole configuration file.
@@ -420,6 +470,9 @@ fn check_settings(s: RawSettings) -> Result<Settings, Invalid> {
         ("keeper.heartbeat_interval_ms", s.heartbeat_interval_ms),
         ("keeper.heartbeat_timeout_ms", s.heartbeat_timeout_ms),
         ("keeper.max_port_range", u64::from(s.max_port_range)),
+        ("keeper.min_lease_ms", s.min_lease_ms),
+        ("keeper.flap_half_life_ms", s.flap_half_life_ms),
+        ("keeper.flap_reuse", u64::from(s.flap_reuse)),
     ];
     for (key, v) in positive {
         if v == 0 {
@@ -433,6 +486,18 @@ fn check_settings(s: RawSettings) -> Result<Settings, Invalid> {
                 "must be longer than heartbeat_interval_ms ({})",
                 s.heartbeat_interval_ms
             ),
+        ));
+    }
+    if s.max_lease_ms < s.min_lease_ms {
+        return Err((
+            "keeper.max_lease_ms".into(),
+            format!("must be at least min_lease_ms ({})", s.min_lease_ms),
+        ));
+    }
+    if s.flap_suppress <= s.flap_reuse {
+        return Err((
+            "keeper.flap_suppress".into(),
+            format!("must be above flap_reuse ({})", s.flap_reuse),
         ));
     }
     if s.db.as_os_str().is_empty() {
@@ -449,6 +514,13 @@ fn check_settings(s: RawSettings) -> Result<Settings, Invalid> {
         heartbeat_interval_ms: s.heartbeat_interval_ms,
         heartbeat_timeout_ms: s.heartbeat_timeout_ms,
         max_port_range: s.max_port_range,
+        min_lease_ms: s.min_lease_ms,
+        max_lease_ms: s.max_lease_ms,
+        retention_ms: s.retention_ms,
+        quarantine_ms: s.quarantine_ms,
+        flap_half_life_ms: s.flap_half_life_ms,
+        flap_suppress: s.flap_suppress,
+        flap_reuse: s.flap_reuse,
     })
 }
 
@@ -512,6 +584,7 @@ impl Inventory {
             return_locals: BTreeMap::new(),
             app_hosts: Vec::new(),
             nodes: BTreeMap::new(),
+            captures: std::collections::HashMap::new(),
         };
         if regions.is_empty() {
             return Err(("regions".into(), "at least one region is needed".into()));
@@ -743,6 +816,13 @@ impl Inventory {
             }
             node.routes = n.routes;
         }
+        for (a, agg) in inv.aggregators.iter().enumerate() {
+            for (l, line) in agg.lines.iter().enumerate() {
+                for &c in &line.captures {
+                    inv.captures.insert(c, (a, l));
+                }
+            }
+        }
         Ok(inv)
     }
 
@@ -768,12 +848,9 @@ impl Inventory {
 
     /// The aggregator and line a capture address is on.
     pub fn capture(&self, address: IpAddr) -> Option<(&Aggregator, &Line)> {
-        self.aggregators.iter().find_map(|a| {
-            a.lines
-                .iter()
-                .find(|l| l.captures.contains(&address))
-                .map(|l| (a, l))
-        })
+        let &(a, l) = self.captures.get(&address)?;
+        let agg = self.aggregators.get(a)?;
+        Some((agg, agg.lines.get(l)?))
     }
 
     /// The aggregators of one POP, in file order.

@@ -230,6 +230,7 @@ mod tests {
             replaces: None,
             replaced_by: None,
             reason: None,
+            lease_ms: 0,
         }
     }
 

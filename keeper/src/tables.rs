@@ -346,6 +346,7 @@ mod tests {
             idempotency_key: None,
             capture: None,
             return_path: ReturnPath::Asymmetric,
+            lease_ms: 0,
         }
     }
 

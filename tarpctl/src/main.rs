@@ -70,6 +70,11 @@ enum Command {
         /// Address mode: do not put the capture address on this host's loopback.
         #[arg(long)]
         no_loopback: bool,
+        /// With `-- CMD`: hold the circuit by a lease of this many milliseconds,
+        /// renewed while CMD runs, so that the keeper releases it if tarpctl dies
+        /// (`kill -9`, a lost machine). 0: no lease.
+        #[arg(long, default_value_t = 10_000)]
+        lease_ms: u64,
         /// Command to run with the circuit (after `--`).
         #[arg(last = true)]
         command: Vec<String>,
@@ -199,6 +204,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             key,
             return_path,
             no_loopback,
+            lease_ms,
             command,
         } => {
             let mode = match mode {
@@ -221,6 +227,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     ReturnArg::Asymmetric => ReturnPath::Asymmetric,
                     ReturnArg::Symmetric => ReturnPath::Symmetric,
                 },
+                // Only a running tarpctl renews a lease: without CMD, none.
+                lease_ms: if command.is_empty() { 0 } else { lease_ms },
             };
             let circuit = client.activate(&req).await?;
             let on_loopback = mode == Mode::Address && !no_loopback;
@@ -304,6 +312,16 @@ async fn run_with_circuit(
     command: &[String],
 ) -> anyhow::Result<ExitCode> {
     let mut events = Some(client.watch(Some(circuit.id), None).await?);
+    // Renew a third of the lease's term: two renewals may fail before it runs out.
+    let mut renewals = (circuit.lease_ms > 0).then(|| {
+        client.keep_renewing(
+            vec![circuit.id],
+            std::time::Duration::from_millis(circuit.lease_ms / 3),
+        )
+    });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
+    let mut terminated = false;
     let mut child = tokio::process::Command::new(&command[0])
         .args(&command[1..])
         .env("TARP_CIRCUIT_ID", circuit.id.to_string())
@@ -323,6 +341,22 @@ async fn run_with_circuit(
             status = child.wait() => break status.context("waiting for the command")?,
             // CMD gets the same Ctrl-C (same process group); tarpctl stays to clean up.
             _ = tokio::signal::ctrl_c() => {}
+            // SIGTERM comes to tarpctl alone: pass it on (a second one kills CMD), and
+            // clean up once CMD is gone.
+            _ = term.recv() => {
+                if terminated {
+                    let _ = child.start_kill();
+                } else if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+                terminated = true;
+            }
+            Some(e) = next_renewal_error(&mut renewals) => {
+                eprintln!("tarpctl: renewing the lease: {e}");
+            }
             event = next_event(&mut events) => match event {
                 Ok(Some(e)) => {
                     eprintln!("tarpctl: {}", describe_event(&e));
@@ -351,6 +385,7 @@ async fn run_with_circuit(
             }
         }
     };
+    drop(renewals);
     for c in held.iter().rev() {
         if let Err(e) = client.release(c.id).await {
             eprintln!("tarpctl: releasing circuit {}: {e}", c.id);
@@ -369,6 +404,19 @@ async fn run_with_circuit(
         }
     };
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// The next failed renewal, or never without a lease.
+async fn next_renewal_error(
+    renewals: &mut Option<(
+        tarp_api::client::Renewer,
+        tokio::sync::mpsc::Receiver<tarp_api::client::ClientError>,
+    )>,
+) -> Option<tarp_api::client::ClientError> {
+    match renewals {
+        Some((_, errors)) => errors.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next event of a watch, or never while there is no stream.

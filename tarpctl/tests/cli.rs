@@ -105,3 +105,86 @@ async fn tarpctl_runs_a_command_with_its_circuit(t: Transport) {
     );
     server.shutdown().await;
 }
+
+/// `tarpctl activate -- CMD` holds its circuit by a lease: killed with SIGKILL, its
+/// circuit is released by the keeper once the lease runs out ("lease expired");
+/// stopped with SIGTERM, it passes the signal to CMD and releases the circuit itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tarpctl_killed_or_terminated_frees_its_circuit() {
+    use tarp_api::client::{AppClient, CircuitState, EventKind};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir.path().join("k.redb"), 5_000, 60_000);
+    cfg.settings.min_lease_ms = 300;
+    let server = start(cfg, Transport::Unix).await;
+    let keeper = endpoint(&server);
+    let (_dc, _ams, _fra) = network(&keeper).await;
+    let mut app = AppClient::connect(&keeper).await.unwrap();
+    let tarpctl = env!("CARGO_BIN_EXE_tarpctl");
+    let run = |port: &str| {
+        tokio::process::Command::new(tarpctl)
+            .args([
+                "--keeper", &keeper, "activate", "--mode", "port", "--port", port,
+            ])
+            .args([
+                "--app-host",
+                "198.19.0.2",
+                "--lease-ms",
+                "900",
+                "--",
+                "sleep",
+                "30",
+            ])
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let signal = |child: &tokio::process::Child, sig: &str| {
+        let pid = child.id().unwrap().to_string();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    let held = |port: u16| {
+        let server = &server;
+        move || {
+            let listed = server.keeper().list(&Default::default()).ok()?;
+            listed
+                .into_iter()
+                .find(|c| c.ports.first == port && c.state == CircuitState::Active)
+        }
+    };
+
+    let mut killed = run("4100");
+    let c = until("tarpctl's circuit", held(4100)).await;
+    assert_eq!(c.lease_ms, 900);
+    let mut events = app.watch(Some(c.id), None).await.unwrap();
+    // Renewed while it runs: still active after twice its lease.
+    tokio::time::sleep(std::time::Duration::from_millis(1800)).await;
+    assert_eq!(app.get(c.id).await.unwrap().state, CircuitState::Active);
+    signal(&killed, "-KILL");
+    let _ = killed.wait().await;
+    let e = tokio::time::timeout(std::time::Duration::from_secs(5), events.next())
+        .await
+        .expect("released within 5 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (e.kind, e.reason.as_deref()),
+        (EventKind::Released, Some("lease expired"))
+    );
+
+    let mut terminated = run("4101");
+    let c = until("tarpctl's second circuit", held(4101)).await;
+    signal(&terminated, "-TERM");
+    let status = terminated.wait().await.unwrap();
+    // sleep died of SIGTERM: tarpctl exits 128 + 15.
+    assert_eq!(status.code(), Some(143));
+    let now = app.get(c.id).await.unwrap();
+    assert_eq!(now.state, CircuitState::Released);
+    assert_eq!(now.reason, None, "released by tarpctl, not by the lease");
+    server.shutdown().await;
+}

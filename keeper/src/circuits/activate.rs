@@ -1,12 +1,11 @@
 //! Activation (the patent's FIG 3): place a request on a line and a demux alias, confirm
 //! it once every forwarder runs it, or abort it.
 
-use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use super::{
-    ActivateRequest, Activation, Circuit, CircuitError, CircuitId, CircuitState, Circuits, LineId,
-    Mode, NodeId, Placement, ReturnPath,
+    index, ActivateRequest, Activation, Circuit, CircuitError, CircuitId, CircuitState, Circuits,
+    LineId, Mode, NodeId, Placement, ReturnPath,
 };
 use crate::inventory::{Aggregator, Inventory};
 
@@ -39,11 +38,9 @@ impl Circuits {
         Ok(Activation::Started(id))
     }
 
-    /// The newest unreleased circuit holding an idempotency key.
+    /// The unreleased circuit holding an idempotency key.
     fn by_key(&self, key: &str) -> Option<&Circuit> {
-        self.circuits.values().rev().find(|c| {
-            c.state != CircuitState::Released && c.idempotency_key.as_deref() == Some(key)
-        })
+        self.circuits.get(self.index.keys.get(key)?)
     }
 
     pub(super) fn start(
@@ -93,8 +90,10 @@ impl Circuits {
             replaces,
             replaced_by: None,
             reason: None,
+            lease_ms: req.lease_ms,
         };
         self.mark(id);
+        self.index.add(&circuit);
         self.circuits.insert(id, circuit);
         Ok(id)
     }
@@ -105,50 +104,39 @@ impl Circuits {
         inv: &'a Inventory,
         req: &ActivateRequest,
     ) -> Result<Placement<'a>, CircuitError> {
-        let live: Vec<&Circuit> = self
-            .circuits
-            .values()
-            .filter(|c| c.state.is_live())
-            .collect();
         if req.mode == Mode::Port {
-            if let Some(c) = live.iter().find(|c| {
-                c.mode == Mode::Port
-                    && c.app_host == req.app_host
-                    && c.protocol == req.protocol
-                    && c.ports.overlaps(&req.ports)
-            }) {
+            let taken = self
+                .index
+                .app_ports
+                .get(&(req.app_host, req.protocol))
+                .and_then(|r| index::overlapping(r, req.ports));
+            if let Some(by) = taken {
                 return Err(CircuitError::AppHostPortTaken {
                     app_host: req.app_host,
                     protocol: req.protocol.name().into(),
                     ports: req.ports,
-                    by: c.id,
+                    by,
                 });
             }
-        }
-        let mut on_capture: HashMap<IpAddr, Vec<&Circuit>> = HashMap::new();
-        let mut aliases_used: HashSet<(&str, IpAddr)> = HashSet::new();
-        for c in &live {
-            on_capture.entry(c.capture).or_default().push(c);
-            aliases_used.insert((c.demux.as_str(), c.alias));
         }
         // The alias for a capture address: the one its live circuits share, or the
         // demux pool's first free one of the same address family.
         let alias_for = |agg: &Aggregator, capture: IpAddr| -> Option<IpAddr> {
-            if let Some(c) = on_capture.get(&capture).and_then(|cs| cs.first()) {
-                return Some(c.alias);
+            if let Some(alias) = self.index.captures.get(&capture).and_then(|on| on.alias) {
+                return Some(alias);
             }
+            let used = self.index.aliases.get(&agg.demux);
+            let held = self.held_aliases.get(&agg.demux);
             inv.demux(&agg.demux)?.aliases.iter().copied().find(|a| {
                 a.is_ipv4() == capture.is_ipv4()
-                    && !aliases_used.contains(&(agg.demux.as_str(), *a))
+                    && !used.is_some_and(|u| u.contains_key(a))
+                    && !held.is_some_and(|h| h.contains(a))
             })
         };
         // None when the capture address can take the request, else the holder.
-        let conflict = |capture: IpAddr| -> Option<&Circuit> {
-            on_capture.get(&capture)?.iter().copied().find(|c| {
-                req.mode == Mode::Address
-                    || c.mode == Mode::Address
-                    || (c.protocol == req.protocol && c.ports.overlaps(&req.ports))
-            })
+        let conflict = |capture: IpAddr| -> Option<CircuitId> {
+            self.index
+                .conflict(capture, req.mode, req.protocol, req.ports)
         };
 
         if let Some(capture) = req.capture {
@@ -174,6 +162,15 @@ impl Circuits {
                     line: line_id,
                 });
             }
+            if self.is_suppressed(&line_id) {
+                return Err(CircuitError::LineDamped {
+                    capture,
+                    line: line_id,
+                });
+            }
+            if self.is_held(capture) {
+                return Err(CircuitError::CaptureHeld(capture));
+            }
             if let Some(holder) = conflict(capture) {
                 let what = match req.mode {
                     Mode::Address => "in address mode".to_string(),
@@ -182,7 +179,7 @@ impl Circuits {
                 return Err(CircuitError::CaptureTaken {
                     capture,
                     what,
-                    by: holder.id,
+                    by: holder,
                 });
             }
             let alias = alias_for(agg, capture)
@@ -207,15 +204,17 @@ impl Circuits {
             for pop in &pops {
                 for agg in inv.aggregators.iter().filter(|a| a.pop == *pop) {
                     for line in &agg.lines {
-                        if !self.is_up(&LineId {
+                        let id = LineId {
                             node: agg.node.clone(),
                             line: line.name.clone(),
-                        }) {
+                        };
+                        if !self.is_up(&id) || self.is_suppressed(&id) {
                             continue;
                         }
                         for &capture in &line.captures {
-                            if on_capture.contains_key(&capture) != shared
+                            if self.index.captures.contains_key(&capture) != shared
                                 || conflict(capture).is_some()
+                                || self.is_held(capture)
                             {
                                 continue;
                             }
@@ -306,17 +305,13 @@ impl Circuits {
                 line,
             });
         }
-        if let Some(c) = self.touch(id) {
-            c.state = CircuitState::Active;
-        }
+        self.update(id, |c| c.state = CircuitState::Active);
         Ok(())
     }
 
     /// Records the generation that carried an active circuit everywhere.
     pub fn set_generation(&mut self, id: CircuitId, generation: u64) {
-        if let Some(c) = self.touch(id) {
-            c.generation = generation;
-        }
+        self.update(id, |c| c.generation = generation);
     }
 
     /// Rolls back an activation that failed (an `Activating` circuit, or an `Active` one
@@ -331,12 +326,14 @@ impl Circuits {
         }
         self.mark(id);
         let c = self.circuits.remove(&id)?;
+        self.index.remove(&c);
+        self.free(&c);
         if let Some(old) = c.replaces {
             let key = c.idempotency_key.clone();
-            if let Some(o) = self.touch(old) {
+            self.update(old, |o| {
                 o.replaced_by = None;
                 o.idempotency_key = key;
-            }
+            });
         }
         Some(c)
     }

@@ -18,9 +18,15 @@ impl Circuits {
             .map(|c| c.id)
             .collect();
         for &id in &bounced {
-            if let Some(c) = self.touch(id) {
+            self.update(id, |c| {
                 c.state = CircuitState::Bounced;
                 c.reason = Some(reason.to_string());
+            });
+        }
+        // Freed before any replacement is placed, so none lands on them.
+        for &id in &bounced {
+            if let Some(c) = self.circuits.get(&id).cloned() {
+                self.free(&c);
             }
         }
         // Every bounced circuit first, so that replacements see their ports free.
@@ -45,13 +51,14 @@ impl Circuits {
             idempotency_key: c.idempotency_key.clone(),
             capture: None,
             return_path: c.return_path,
+            lease_ms: c.lease_ms,
         };
         let new = self.start(inv, &req, Some(old))?;
-        if let Some(o) = self.touch(old) {
+        self.update(old, |o| {
             o.replaced_by = Some(new);
             // The key follows the circuit the application now holds.
             o.idempotency_key = None;
-        }
+        });
         Ok(new)
     }
 

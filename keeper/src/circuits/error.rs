@@ -50,6 +50,18 @@ pub enum CircuitError {
         /// Its line.
         line: LineId,
     },
+    /// The line of the capture address asked for bounced too often lately.
+    #[error("capture address {capture} is on line {line}, which is held down after flapping (flap damping); it is offered again once it has been stable")]
+    LineDamped {
+        /// The capture address.
+        capture: IpAddr,
+        /// Its line.
+        line: LineId,
+    },
+    /// The capture address was freed moments ago and waits until every forwarder
+    /// dropped it.
+    #[error("capture address {0} was freed moments ago and is held back until every forwarder has dropped it; retry shortly or ask for another")]
+    CaptureHeld(IpAddr),
     /// The capture address (and port) is held by another circuit.
     #[error("capture address {capture} {what} is already held by circuit {by}")]
     CaptureTaken {

@@ -24,6 +24,7 @@ use crate::inventory::{Aggregator, Inventory, Line};
 mod activate;
 mod bounce;
 mod error;
+mod index;
 mod release;
 #[cfg(test)]
 mod tests;
@@ -73,6 +74,30 @@ pub struct Circuits {
     /// before its first change (`None`: it is new).
     dirty_circuits: BTreeMap<CircuitId, Option<Circuit>>,
     dirty_lines: BTreeSet<LineId>,
+    /// Capture addresses freed by a release or a bounce, not handed out again until
+    /// every forwarder that held them dropped them (the keeper lifts them).
+    held_captures: BTreeSet<IpAddr>,
+    /// The same for aliases, by demux.
+    held_aliases: BTreeMap<NodeId, BTreeSet<IpAddr>>,
+    /// Freed since the last [`Circuits::take_freed`].
+    freed: Vec<Freed>,
+    /// Lines that are up but offered to no new circuit (flap damping).
+    suppressed: BTreeSet<LineId>,
+    index: index::Index,
+}
+
+/// A capture address and its alias that left the last circuit holding them, and the
+/// forwarders that had them in their tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Freed {
+    /// The capture address.
+    pub capture: IpAddr,
+    /// The demux whose alias it was.
+    pub demux: NodeId,
+    /// The alias.
+    pub alias: IpAddr,
+    /// Aggregator, demux and remux of the last circuit that held them.
+    pub nodes: Vec<NodeId>,
 }
 
 /// Where a new circuit goes.
@@ -100,10 +125,15 @@ impl Circuits {
     ) -> Circuits {
         let circuits: BTreeMap<_, _> = circuits.into_iter().map(|c| (c.id, c)).collect();
         let next_id = next_id.max(circuits.keys().next_back().map_or(1, |id| id + 1));
+        let mut index = index::Index::default();
+        for c in circuits.values() {
+            index.add(c);
+        }
         Circuits {
             circuits,
             down: down.into_iter().collect(),
             next_id,
+            index,
             ..Default::default()
         }
     }
@@ -153,9 +183,68 @@ impl Circuits {
         }
     }
 
-    fn touch(&mut self, id: CircuitId) -> Option<&mut Circuit> {
+    /// Changes a circuit through `f`, recording what it was and keeping the indexes
+    /// in step. `None` if there is no such circuit.
+    fn update<R>(&mut self, id: CircuitId, f: impl FnOnce(&mut Circuit) -> R) -> Option<R> {
         self.mark(id);
-        self.circuits.get_mut(&id)
+        let c = self.circuits.get_mut(&id)?;
+        self.index.remove(c);
+        let r = f(c);
+        self.index.add(c);
+        Some(r)
+    }
+
+    /// `c` left the live circuits: if it was the last one on its capture address, the
+    /// address and its alias are held back from new circuits until the keeper lifts
+    /// them (a forwarder that still runs an older table could otherwise send the old
+    /// circuit's traffic to the new one's app host).
+    fn free(&mut self, c: &Circuit) {
+        if self.index.captures.contains_key(&c.capture) {
+            return; // another live circuit still holds it
+        }
+        self.held_captures.insert(c.capture);
+        self.held_aliases
+            .entry(c.demux.clone())
+            .or_default()
+            .insert(c.alias);
+        self.freed.push(Freed {
+            capture: c.capture,
+            demux: c.demux.clone(),
+            alias: c.alias,
+            nodes: c.path(),
+        });
+    }
+
+    /// What was freed since the last call.
+    pub fn take_freed(&mut self) -> Vec<Freed> {
+        std::mem::take(&mut self.freed)
+    }
+
+    /// Hands a freed capture address and alias out again.
+    pub fn lift(&mut self, f: &Freed) {
+        self.held_captures.remove(&f.capture);
+        if let Some(held) = self.held_aliases.get_mut(&f.demux) {
+            held.remove(&f.alias);
+        }
+    }
+
+    /// True while a freed capture address waits to be handed out again.
+    pub fn is_held(&self, capture: IpAddr) -> bool {
+        self.held_captures.contains(&capture)
+    }
+
+    /// Offers a line to no new circuit (`true`), or again (`false`).
+    pub fn suppress(&mut self, line: &LineId, suppressed: bool) {
+        if suppressed {
+            self.suppressed.insert(line.clone());
+        } else {
+            self.suppressed.remove(line);
+        }
+    }
+
+    /// True while the line is held down by flap damping.
+    pub fn is_suppressed(&self, line: &LineId) -> bool {
+        self.suppressed.contains(line)
     }
 
     /// After a restart: activations that were in flight are rolled back (their callers
@@ -193,10 +282,10 @@ impl Circuits {
                     .demux(&c.demux)
                     .is_some_and(|d| d.aliases.contains(&c.alias));
             if !placed {
-                if let Some(c) = self.touch(id) {
+                self.update(id, |c| {
                     c.state = CircuitState::Bounced;
                     c.reason = Some("its place left the inventory".into());
-                }
+                });
                 notes.push(format!(
                     "circuit {id}: its place left the inventory, bounced"
                 ));
@@ -215,5 +304,64 @@ impl Circuits {
             self.line_up(&l);
         }
         notes
+    }
+}
+
+impl Circuits {
+    /// Checks the invariants that hold between steps, whatever happened: every live
+    /// circuit's capture address is in the inventory, on its aggregator and line, and
+    /// not held back; an address-mode circuit has its capture address to itself;
+    /// port-mode circuits on one address share its alias and no port; no alias serves
+    /// two capture addresses. Returns what is wrong (nothing, normally).
+    pub fn audit(&self, inv: &Inventory) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut on_capture: BTreeMap<IpAddr, Vec<&Circuit>> = BTreeMap::new();
+        let mut alias_of: BTreeMap<(&str, IpAddr), IpAddr> = BTreeMap::new();
+        for c in self.circuits.values().filter(|c| c.state.is_live()) {
+            match inv.capture(c.capture) {
+                Some((a, l)) if a.node == c.aggregator && l.name == c.line => {}
+                _ => problems.push(format!(
+                    "circuit {}: capture address {} is not on {}/{}",
+                    c.id, c.capture, c.aggregator, c.line
+                )),
+            }
+            if self.held_captures.contains(&c.capture) {
+                problems.push(format!(
+                    "circuit {}: capture address {} is live and held back",
+                    c.id, c.capture
+                ));
+            }
+            if let Some(other) = alias_of.insert((c.demux.as_str(), c.alias), c.capture) {
+                if other != c.capture {
+                    problems.push(format!(
+                        "alias {} of {} serves {} and {}",
+                        c.alias, c.demux, other, c.capture
+                    ));
+                }
+            }
+            on_capture.entry(c.capture).or_default().push(c);
+        }
+        for (capture, cs) in on_capture {
+            for (i, a) in cs.iter().enumerate() {
+                for b in &cs[i + 1..] {
+                    let clash = a.mode == Mode::Address
+                        || b.mode == Mode::Address
+                        || (a.protocol == b.protocol && a.ports.overlaps(&b.ports));
+                    if clash {
+                        problems.push(format!(
+                            "capture address {capture} held by circuits {} and {}",
+                            a.id, b.id
+                        ));
+                    }
+                    if a.alias != b.alias {
+                        problems.push(format!(
+                            "capture address {capture} has aliases {} and {}",
+                            a.alias, b.alias
+                        ));
+                    }
+                }
+            }
+        }
+        problems
     }
 }

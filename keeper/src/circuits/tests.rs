@@ -28,6 +28,7 @@ fn port_req(port: u16) -> ActivateRequest {
         idempotency_key: None,
         capture: None,
         return_path: ReturnPath::Asymmetric,
+        lease_ms: 0,
     }
 }
 
@@ -242,9 +243,20 @@ fn exhausted_pool() {
         e.to_string(),
         "no capture address available in region \"us\" for an address-mode circuit"
     );
-    // Releasing one returns it to the pool.
+    // Releasing one returns it to the pool, once the keeper lifts its hold (every
+    // forwarder dropped it); until then it is not handed out.
     assert_eq!(s.begin_release(a.id).unwrap(), Release::Started);
     s.finish_release(a.id);
+    assert!(s.is_held(a.capture));
+    assert!(matches!(
+        s.activate(&inv, 256, &req),
+        Err(CircuitError::Exhausted { .. })
+    ));
+    let freed = s.take_freed();
+    assert_eq!(freed.len(), 1);
+    assert_eq!((freed[0].capture, freed[0].alias), (a.capture, a.alias));
+    assert_eq!(freed[0].nodes, a.path());
+    s.lift(&freed[0]);
     let c = up(&mut s, &inv, &req);
     assert_eq!(c.capture, a.capture);
 }
@@ -371,6 +383,10 @@ fn bounce_with_replacement_and_line_recovery() {
     assert_eq!(c.line, "line1");
     assert!(s.line_up(&line("pop-ams-1", "line0")));
     assert!(!s.line_up(&line("pop-ams-1", "line0")));
+    // The bounced circuits' address waits for the keeper to lift it.
+    for f in s.take_freed() {
+        s.lift(&f);
+    }
     let d = up(
         &mut s,
         &inv,

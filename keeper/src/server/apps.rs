@@ -27,6 +27,9 @@ impl AppService {
     }
 }
 
+/// Circuits one `Renew` may name.
+const MAX_RENEW: usize = 10_000;
+
 fn invalid(e: ProtoError) -> Status {
     KeeperError::from(e).into()
 }
@@ -81,6 +84,27 @@ impl v1::circuits_server::Circuits for AppService {
         }
         let circuit = self.keeper.release(id).await?;
         Ok(Response::new(circuit_to_wire(&circuit)))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<v1::RenewRequest>,
+    ) -> Result<Response<v1::RenewResponse>, Status> {
+        let ids = &request.get_ref().ids;
+        if ids.is_empty() || ids.contains(&0) {
+            return Err(invalid(ProtoError::new(
+                "ids",
+                "one or more circuit ids, none 0",
+            )));
+        }
+        if ids.len() > MAX_RENEW {
+            let problem = format!("{} ids; at most {MAX_RENEW} per call", ids.len());
+            return Err(invalid(ProtoError::new("ids", problem)));
+        }
+        let circuits = self.keeper.renew(ids)?;
+        Ok(Response::new(v1::RenewResponse {
+            circuits: circuits.iter().map(circuit_to_wire).collect(),
+        }))
     }
 
     async fn get(&self, request: Request<v1::GetRequest>) -> Result<Response<v1::Circuit>, Status> {

@@ -23,12 +23,16 @@ impl Keeper {
         confirmed: &[CircuitId],
     ) -> Result<(), KeeperError> {
         let (changes, mut dirty_lines) = core.circuits.take_dirty();
+        let now = std::time::Instant::now();
         for (id, before) in &changes {
             if let Some(b) = before {
                 core.tables.remove(&self.inv, b);
             }
             if let Some(c) = core.circuits.get(*id) {
                 core.tables.add(&self.inv, c);
+                if c.has_ended() {
+                    core.ended.entry(*id).or_insert(now);
+                }
             }
         }
         let generation = &mut core.generation;
@@ -89,6 +93,7 @@ impl Keeper {
             core.failed = Some(format!("{e}; restart the keeper"));
             return Err(e.into());
         }
+        Self::hold_freed(core);
         for node in &changed {
             if let Some(handle) = self.nodes.get(node) {
                 let generation = core.tables.generation(node);

@@ -55,6 +55,15 @@ pub enum KeeperError {
         /// The roles it has.
         actual: String,
     },
+    /// A forwarder sent something that cannot be true (an ACK of a generation it was
+    /// never sent, a report about a port it does not have, ...).
+    #[error("forwarder {node}: {problem}")]
+    BadReport {
+        /// The forwarder.
+        node: NodeId,
+        /// What was wrong.
+        problem: String,
+    },
     /// The database failed; the keeper stops taking changes.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -85,7 +94,8 @@ impl KeeperError {
                 CircuitError::Exhausted { .. } | CircuitError::AliasesExhausted(_) => {
                     Code::ResourceExhausted
                 }
-                CircuitError::InProgress(_) => Code::Unavailable,
+                CircuitError::InProgress(_) | CircuitError::CaptureHeld(_) => Code::Unavailable,
+                CircuitError::LineDamped { .. } => Code::FailedPrecondition,
             },
             KeeperError::Proto(_) => Code::InvalidArgument,
             KeeperError::Nack { .. } => Code::Aborted,
@@ -93,6 +103,7 @@ impl KeeperError {
             KeeperError::RolledBack(inner) => inner.code(),
             KeeperError::UnknownNode(_) => Code::NotFound,
             KeeperError::WrongRole { .. } => Code::FailedPrecondition,
+            KeeperError::BadReport { .. } => Code::InvalidArgument,
             KeeperError::Store(_) => Code::Internal,
             KeeperError::Unavailable(_) => Code::Unavailable,
         }

@@ -18,7 +18,7 @@ use tarp_api::grpc::ProtoError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{Hello, Keeper, KeeperError};
 use crate::tables::Plan;
@@ -156,6 +156,7 @@ impl v1::forwarders_server::Forwarders for ForwarderService {
         let (session, mut tables) = self.keeper.hello(&hello)?;
         let node = hello.node.clone();
         let (tx, rx) = mpsc::channel::<Result<v1::KeeperMessage, Status>>(16);
+        let errors = tx.clone();
 
         // Outbound: table sets as they are published, heartbeats in between.
         {
@@ -216,7 +217,8 @@ impl v1::forwarders_server::Forwarders for ForwarderService {
             });
         }
 
-        // Inbound: acknowledgements, link state, heartbeats.
+        // Inbound: acknowledgements, link state, heartbeats. Something that cannot be
+        // true ends the stream with a status that says what.
         {
             let keeper = self.keeper.clone();
             tokio::spawn(async move {
@@ -224,14 +226,27 @@ impl v1::forwarders_server::Forwarders for ForwarderService {
                     if !keeper.is_current(&node, session) {
                         break;
                     }
-                    match message.msg {
+                    let result = match message.msg {
                         Some(Msg::Ack(a)) => keeper.ack(&node, a.generation),
                         Some(Msg::Nack(n)) => keeper.nack(&node, n.generation, &n.detail),
                         Some(Msg::Link(l)) => keeper.link(&node, &l.port, l.up),
-                        Some(Msg::Heartbeat(_)) => keeper.heartbeat(&node),
-                        Some(Msg::Hello(_)) | None => {
-                            debug!(node, "ignoring a second hello or an empty message")
+                        Some(Msg::Heartbeat(_)) => {
+                            keeper.heartbeat(&node);
+                            Ok(())
                         }
+                        Some(Msg::Hello(_)) => Err(KeeperError::BadReport {
+                            node: node.clone(),
+                            problem: "a second hello on one stream".into(),
+                        }),
+                        None => Err(KeeperError::BadReport {
+                            node: node.clone(),
+                            problem: "an empty message".into(),
+                        }),
+                    };
+                    if let Err(e) = result {
+                        warn!(node, "ending the stream: {e}");
+                        let _ = errors.send(Err(Status::from(e))).await;
+                        break;
                     }
                 }
                 keeper.disconnected(&node, session);

@@ -5,7 +5,7 @@ use tracing::{info, warn};
 
 use super::{Keeper, KeeperError};
 use crate::circuits::{
-    ActivateRequest, Activation, Circuit, CircuitError, CircuitId, EventKind, Release,
+    ActivateRequest, Activation, Circuit, CircuitError, CircuitId, CircuitState, EventKind, Release,
 };
 use crate::inventory::NodeId;
 
@@ -14,6 +14,7 @@ impl Keeper {
     /// answered only once the forwarders acknowledged it. A failure rolls it back.
     pub async fn activate(&self, req: &ActivateRequest) -> Result<Circuit, KeeperError> {
         let _busy = self.busy();
+        self.check_lease(req.lease_ms)?;
         let (id, targets) = {
             let mut core = self.lock()?;
             let inv = self.inv.clone();
@@ -21,7 +22,13 @@ impl Keeper {
                 .circuits
                 .activate(&inv, self.settings.max_port_range, req)?
             {
-                Activation::Existing(c) => return Ok(*c),
+                Activation::Existing(c) => {
+                    // A retry holds the circuit as a renewal would.
+                    if c.state == CircuitState::Active {
+                        Self::start_lease(&mut core, &c);
+                    }
+                    return Ok(*c);
+                }
                 Activation::Started(id) => {
                     self.commit(&mut core, &[])?;
                     let c = core.circuits.get(id).ok_or(CircuitError::NotFound(id))?;
@@ -63,11 +70,18 @@ impl Keeper {
         if let Err(e) = self.wait_acks(&targets).await {
             return Err(self.roll_back(id, e));
         }
-        let core = self.lock()?;
-        core.circuits
+        let mut core = self.lock()?;
+        let c = core
+            .circuits
             .get(id)
             .cloned()
-            .ok_or_else(|| CircuitError::NotFound(id).into())
+            .ok_or(CircuitError::NotFound(id))?;
+        // The lease's term starts now; a replacement takes over its predecessor's.
+        Self::start_lease(&mut core, &c);
+        if let Some(old) = c.replaces {
+            core.leases.remove(&old);
+        }
+        Ok(c)
     }
 
     pub(super) fn roll_back(&self, id: CircuitId, why: KeeperError) -> KeeperError {
@@ -89,16 +103,37 @@ impl Keeper {
     /// Forwarders that do not answer in time are not waited for (they get the current
     /// tables when they come back). Releasing a released circuit returns it.
     pub async fn release(&self, id: CircuitId) -> Result<Circuit, KeeperError> {
+        self.release_because(id, None).await
+    }
+
+    /// [`release`](Self::release), by the keeper itself for `reason` (recorded on the
+    /// circuit and told over `Watch`), or by its application (`None`).
+    pub(super) async fn release_because(
+        &self,
+        id: CircuitId,
+        reason: Option<&str>,
+    ) -> Result<Circuit, KeeperError> {
         let _busy = self.busy();
+        let reason = reason.map(str::to_string);
         let targets = {
             let mut core = self.lock()?;
-            match core.circuits.begin_release(id)? {
+            let started = core.circuits.begin_release(id)?;
+            core.leases.remove(&id);
+            if let (Some(why), false) = (&reason, matches!(started, Release::AlreadyReleased(_))) {
+                core.circuits.set_reason(id, why);
+            }
+            match started {
                 Release::AlreadyReleased(c) => return Ok(c),
-                Release::Released(c) => {
+                Release::Released(_) => {
                     self.commit(&mut core, &[])?;
+                    let c = core
+                        .circuits
+                        .get(id)
+                        .cloned()
+                        .ok_or(CircuitError::NotFound(id))?;
                     drop(core);
                     info!(circuit = id, "released (it had bounced)");
-                    self.emit(EventKind::Released, c.clone(), None, None);
+                    self.emit(EventKind::Released, c.clone(), None, reason);
                     return Ok(c);
                 }
                 Release::Started => {
@@ -130,7 +165,7 @@ impl Keeper {
         }
         let circuit = self.get(id)?;
         info!(circuit = id, "released");
-        self.emit(EventKind::Released, circuit.clone(), None, None);
+        self.emit(EventKind::Released, circuit.clone(), None, reason);
         Ok(circuit)
     }
 }

@@ -11,6 +11,40 @@ use tracing::{debug, error, info, warn};
 use super::{Hello, Keeper, KeeperError};
 use crate::circuits::{EventKind, LineId};
 
+/// A NACK's reason is kept to this many characters.
+const MAX_DETAIL: usize = 1024;
+/// A hello names at most this many ports...
+pub const MAX_PORTS: usize = 1024;
+/// ...each named with at most this many bytes.
+const MAX_PORT_NAME: usize = 64;
+
+/// Checks the ports a hello names: a bounded number of non-empty, short, distinct
+/// names.
+fn check_ports(node: &str, ports: &[(String, bool)]) -> Result<(), KeeperError> {
+    let bad = |problem: String| KeeperError::BadReport {
+        node: node.to_string(),
+        problem,
+    };
+    if ports.len() > MAX_PORTS {
+        return Err(bad(format!(
+            "hello names {} ports; at most {MAX_PORTS}",
+            ports.len()
+        )));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (name, _) in ports {
+        if name.is_empty() || name.len() > MAX_PORT_NAME {
+            return Err(bad(format!(
+                "port name {name:?}: 1 to {MAX_PORT_NAME} bytes"
+            )));
+        }
+        if !names.insert(name.as_str()) {
+            return Err(bad(format!("port {name:?} named twice in the hello")));
+        }
+    }
+    Ok(())
+}
+
 impl Keeper {
     /// Lines changed state: down lines bounce their circuits (replacements are
     /// activated in the background and announced over `Watch`), up lines return to
@@ -37,6 +71,9 @@ impl Keeper {
                         info!(%line, "line up: its capture addresses are back in the pool");
                     }
                 } else {
+                    if was_up {
+                        self.line_bounced(&mut core, line);
+                    }
                     let bounces = core.circuits.line_down(&self.inv, line, reason);
                     if was_up {
                         warn!(%line, circuits = bounces.len(), "line down: {reason}");
@@ -124,6 +161,7 @@ impl Keeper {
             .nodes
             .get(&hello.node)
             .ok_or_else(|| KeeperError::UnknownNode(hello.node.clone()))?;
+        check_ports(&hello.node, &hello.ports)?;
         for role in &hello.roles {
             if !handle.roles.contains(role) {
                 let actual = handle
@@ -246,41 +284,91 @@ impl Keeper {
             .unwrap_or(false)
     }
 
-    /// A forwarder acknowledged a generation.
-    pub fn ack(self: &Arc<Self>, node: &str, generation: u64) {
+    /// Checks that `generation` is one the node's streams could have sent it.
+    fn check_generation(&self, node: &str, what: &str, generation: u64) -> Result<(), KeeperError> {
+        let Some(h) = self.nodes.get(node) else {
+            return Err(KeeperError::UnknownNode(node.to_string()));
+        };
+        let current = *h.published.borrow();
+        if generation == 0 || generation > current {
+            return Err(KeeperError::BadReport {
+                node: node.to_string(),
+                problem: format!(
+                    "{what} of generation {generation}, but its current one is {current}"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// A forwarder acknowledged a generation (and with it every earlier one). An ACK of
+    /// a generation the node was never sent is refused; an older one than it already
+    /// acknowledged changes nothing.
+    pub fn ack(self: &Arc<Self>, node: &str, generation: u64) -> Result<(), KeeperError> {
+        self.check_generation(node, "ACK", generation)?;
         self.seen(node);
         if let Some(h) = self.nodes.get(node) {
             debug!(node, generation, "ack");
-            h.acks.send_modify(|s| s.acked = generation);
+            h.acks.send_if_modified(|s| {
+                let newer = generation > s.acked;
+                if newer {
+                    s.acked = generation;
+                }
+                newer
+            });
         }
+        Ok(())
     }
 
     /// A forwarder rejected a generation (it keeps running the previous one).
-    pub fn nack(self: &Arc<Self>, node: &str, generation: u64, detail: &str) {
+    pub fn nack(
+        self: &Arc<Self>,
+        node: &str,
+        generation: u64,
+        detail: &str,
+    ) -> Result<(), KeeperError> {
+        self.check_generation(node, "NACK", generation)?;
         self.seen(node);
+        // A reason is for a log line and an error message: bounded.
+        let detail: String = detail.chars().take(MAX_DETAIL).collect();
         if let Some(h) = self.nodes.get(node) {
             warn!(node, generation, "forwarder rejected table set: {detail}");
-            h.acks
-                .send_modify(|s| s.nack = Some((generation, detail.to_string())));
+            h.acks.send_modify(|s| s.nack = Some((generation, detail)));
         }
+        Ok(())
     }
 
-    /// A forwarder reported a port's link state.
-    pub fn link(self: &Arc<Self>, node: &str, port: &str, up: bool) {
-        self.seen(node);
+    /// A forwarder reported a port's link state. Only ports it named in its hello may
+    /// be reported.
+    pub fn link(self: &Arc<Self>, node: &str, port: &str, up: bool) -> Result<(), KeeperError> {
         let Some(h) = self.nodes.get(node) else {
-            return;
+            return Err(KeeperError::UnknownNode(node.to_string()));
         };
-        if let Ok(mut live) = h.liveness.lock() {
-            live.ports.insert(port.to_string(), up);
+        {
+            let mut live = h
+                .liveness
+                .lock()
+                .map_err(|_| KeeperError::Unavailable("liveness lock poisoned".into()))?;
+            match live.ports.get_mut(port) {
+                Some(state) => *state = up,
+                None => {
+                    return Err(KeeperError::BadReport {
+                        node: node.to_string(),
+                        problem: format!(
+                            "link state of port {port:?}, which its hello did not name"
+                        ),
+                    })
+                }
+            }
         }
+        self.seen(node);
         let is_line = self
             .inv
             .aggregator(node)
             .is_some_and(|a| a.lines.iter().any(|l| l.name == port));
         if !is_line {
             debug!(node, port, up, "link state of a port that is not a line");
-            return;
+            return Ok(());
         }
         let line = LineId {
             node: node.to_string(),
@@ -288,6 +376,7 @@ impl Keeper {
         };
         let reason = if up { "link up" } else { "link down" };
         self.lines_changed(vec![(line, up, reason.to_string())]);
+        Ok(())
     }
 
     /// A forwarder sent a heartbeat.

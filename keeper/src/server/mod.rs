@@ -13,6 +13,8 @@
 //! * `error.rs`: [`KeeperError`] and the gRPC status each kind becomes;
 //! * `commit.rs`: the commit path (compile, number, store, publish) and waiting for ACKs;
 //! * `lifecycle.rs`: activation and release;
+//! * `leases.rs`: renewing leases, releasing circuits whose lease ran out;
+//! * `reuse.rs`: freed addresses held until every forwarder dropped them, flap damping;
 //! * `liveness.rs`: forwarder hellos, ACK/NACK, link reports, heartbeats, bounces;
 //! * `queries.rs`: get, list, a node's tables and acknowledgements;
 //! * `run.rs`: the [`Server`] (gRPC over TCP or a Unix socket) and its shutdown;
@@ -31,16 +33,18 @@ use tracing::info;
 
 pub use tarp_api::circuit::ListFilter;
 
-use crate::circuits::{CircuitEvent, Circuits};
+use crate::circuits::{CircuitEvent, CircuitState, Circuits};
 use crate::inventory::{Inventory, NodeId, Role, Settings};
 use crate::store::Store;
 use crate::tables::Tables;
 
 mod commit;
 mod error;
+mod leases;
 mod lifecycle;
 mod liveness;
 mod queries;
+mod reuse;
 mod run;
 
 pub use error::KeeperError;
@@ -108,6 +112,14 @@ struct Core {
     generation: u64,
     tables: Tables,
     failed: Option<String>,
+    /// When each leased circuit's lease runs out (active and bounced ones; an
+    /// activating circuit's lease starts when it becomes active). Not stored: a
+    /// restarted keeper gives every lease a full term.
+    leases: BTreeMap<crate::circuits::CircuitId, Instant>,
+    reuse: reuse::Reuse,
+    /// When each ended circuit (released, or bounced and replaced) ended, for pruning
+    /// after the retention. Not stored: after a restart the retention starts again.
+    ended: BTreeMap<crate::circuits::CircuitId, Instant>,
 }
 
 /// What a forwarder says when it opens its stream.
@@ -206,12 +218,27 @@ impl Keeper {
                 (id.clone(), handle)
             })
             .collect();
+        let now = Instant::now();
+        let leases = circuits
+            .iter()
+            .filter(|c| c.lease_ms > 0)
+            .filter(|c| matches!(c.state, CircuitState::Active | CircuitState::Bounced))
+            .map(|c| (c.id, now + Duration::from_millis(c.lease_ms)))
+            .collect();
+        let ended = circuits
+            .iter()
+            .filter(|c| c.has_ended())
+            .map(|c| (c.id, now))
+            .collect();
         let core = Core {
             circuits,
             store: Some(store),
             generation: loaded.generation,
             tables,
             failed: None,
+            leases,
+            reuse: reuse::Reuse::default(),
+            ended,
         };
         let keeper = Keeper {
             settings,

@@ -68,6 +68,19 @@ impl Keeper {
         }
     }
 
+    /// What is wrong with the circuits' invariants ([`crate::circuits::Circuits::audit`]):
+    /// nothing, normally.
+    pub fn audit(&self) -> Result<Vec<String>, KeeperError> {
+        Ok(self.lock()?.circuits.audit(&self.inv))
+    }
+
+    /// True while a line is held down by flap damping.
+    pub fn is_damped(&self, line: &crate::circuits::LineId) -> bool {
+        self.lock()
+            .map(|c| c.circuits.is_suppressed(line))
+            .unwrap_or(false)
+    }
+
     /// What a node last acknowledged or rejected.
     pub fn ack_state(&self, node: &str) -> Option<AckState> {
         self.nodes.get(node).map(|h| h.acks.borrow().clone())

@@ -78,6 +78,9 @@ impl Server {
                 loop {
                     tick.tick().await;
                     keeper.check_heartbeats();
+                    keeper.check_leases();
+                    keeper.check_reuse();
+                    keeper.check_retention();
                 }
             })
         };

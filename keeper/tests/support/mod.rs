@@ -103,6 +103,9 @@ pub enum Behaviour {
     SilentAfterFirst,
     /// Acknowledge the first table set at once, the rest after a while.
     SlowAfterFirst(Duration),
+    /// Acknowledge everything, recording only the newest generation, with empty rules
+    /// (for long runs: no copy of a large set per update).
+    AckKeepLast,
 }
 
 /// A forwarder that records every table set it receives.
@@ -144,11 +147,18 @@ impl Fake {
                 tokio::select! {
                     update = session.next_update() => {
                         let Ok((generation, rules)) = update else { return };
-                        let rules = Rules::clone(&rules);
+                        let rules = if behaviour == Behaviour::AckKeepLast {
+                            Rules::default()
+                        } else {
+                            Rules::clone(&rules)
+                        };
                         let first = seen.lock().unwrap().is_empty();
+                        if behaviour == Behaviour::AckKeepLast {
+                            seen.lock().unwrap().clear();
+                        }
                         seen.lock().unwrap().push((generation, rules));
                         match behaviour {
-                            Behaviour::Ack => session.ack(generation).await.unwrap(),
+                            Behaviour::Ack | Behaviour::AckKeepLast => session.ack(generation).await.unwrap(),
                             _ if first => session.ack(generation).await.unwrap(),
                             Behaviour::NackAfterFirst => session.nack(generation, "demux[0]: test says no").await.unwrap(),
                             Behaviour::SilentAfterFirst => {}
@@ -235,6 +245,7 @@ pub fn address_req(app: &str) -> ActivateRequest {
         idempotency_key: None,
         capture: None,
         return_path: ReturnPath::Asymmetric,
+        lease_ms: 0,
     }
 }
 

@@ -8,7 +8,8 @@
 # The applications get their circuits from the keeper with tarpctl (one in address mode,
 # one in port mode); each device talks to its region's capture address; then a POP line
 # goes down, its circuit is replaced and the application moves to the new capture
-# address; the keeper is killed (-9) and restarted while traffic keeps flowing.
+# address; the keeper is killed (-9) and restarted while traffic keeps flowing; the
+# demux forwarder is killed (-9) and restarted, and resynchronises from the keeper.
 #
 # Usage (root):  scripts/demo.sh [--keep] [--check] [--no-build]
 #   --keep      leave everything running; prints how to look around and how to stop,
@@ -399,6 +400,28 @@ else
   bad "after restart app2's circuit is '$AFTER_US', was $CAP_US"
 fi
 ask_udp deu "$NEW_EU" "eu, keeper restarted"
+
+step "A forwarder is killed (-9) and restarted; it resynchronises from the keeper"
+kill -KILL "$(cat "$DEMO_DIR/dc-dmx.pid")"
+rm -f "$DEMO_DIR/dc-dmx.pid"
+info "dc-dmx (the demux, circuits from the keeper only) killed"
+sleep 0.5
+bg dc-dmx dc-dmx "$TARP_BIN/tarp-forwarder" --config "$DEMO_DIR/dc-dmx.toml"
+ok=0
+for _ in $(seq 150); do
+  if grep -q "tables swapped" "$DEMO_DIR/dc-dmx.log" 2>/dev/null && [ -n "$(m dc-dmx tarp_snapshot_generation node=)" ]; then
+    ok=1
+    break
+  fi
+  sleep 0.2
+done
+if [ "$ok" = 1 ]; then
+  okay "dc-dmx back: full table set from the keeper, generation $(m dc-dmx tarp_snapshot_generation node=)"
+else
+  bad "dc-dmx did not resynchronise: $(tail -n 2 "$DEMO_DIR/dc-dmx.log")"
+fi
+ask_udp deu "$NEW_EU" "eu, demux restarted"
+ask_http dus "$CAP_US" "us, demux restarted"
 
 step "Summary"
 printf '    %-22s %-32s %-24s %s\n' "circuit" "exchange" "device saw" "result"

@@ -336,8 +336,13 @@ async fn main() -> anyhow::Result<()> {
         .context("starting tarp-keeper")?;
     let pid = child.id().context("keeper pid")?;
     loop {
-        if AppClient::connect(&endpoint).await.is_ok() {
-            break;
+        // Serving once it answers a call (the socket accepts connections earlier).
+        if let Ok(mut app) = AppClient::connect(&endpoint).await {
+            match app.get(1).await {
+                Ok(_) => break,
+                Err(e) if e.code().is_some() => break,
+                Err(_) => {}
+            }
         }
         if let Some(status) = child.try_wait()? {
             bail!(
@@ -365,12 +370,15 @@ async fn main() -> anyhow::Result<()> {
             nodes.push((agg_name(p, a), vec![v1::Role::Aggregator], ports));
         }
     }
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for (node, roles, ports) in nodes {
         let got = Arc::new(Received::default());
         received.insert(node.clone(), got.clone());
         let endpoint = endpoint.clone();
+        let stopping = stopping.clone();
         tokio::spawn(async move {
-            if let Err(e) = forwarder(endpoint, node.clone(), roles, ports, got).await {
+            let result = forwarder(endpoint, node.clone(), roles, ports, got).await;
+            if let (Err(e), false) = (result, stopping.load(Ordering::Relaxed)) {
                 eprintln!("forwarder {node}: {e:#}");
             }
         });
@@ -422,7 +430,9 @@ async fn main() -> anyhow::Result<()> {
     let (cpu2, rss2) = usage(pid);
     let n = args.activations as f64;
 
-    // A fresh DC forwarder: its full set, then the snapshot built from it.
+    // A fresh DC forwarder (it supersedes the simulated one): its full set, then the
+    // snapshot built from it.
+    stopping.store(true, Ordering::Relaxed);
     let t = Instant::now();
     let options = SessionOptions {
         keeper_timeout: Some(Duration::from_secs(120)),

@@ -207,6 +207,17 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             lease_ms,
             command,
         } => {
+            // From now on SIGTERM is ours (not the default exit): one that comes while
+            // the keeper is still activating reaches CMD as soon as it runs, and the
+            // circuit is released after.
+            let term = if command.is_empty() {
+                None
+            } else {
+                Some(
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .context("SIGTERM handler")?,
+                )
+            };
             let mode = match mode {
                 ModeArg::Address => Mode::Address,
                 ModeArg::Port => Mode::Port,
@@ -238,11 +249,15 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     return Err(e.context(format!("circuit {} released again", circuit.id)));
                 }
             }
-            if command.is_empty() {
-                print_circuits(&[circuit], args.json);
-                return Ok(ExitCode::SUCCESS);
+            match term {
+                Some(term) => {
+                    run_with_circuit(&mut client, circuit, on_loopback, &command, term).await
+                }
+                None => {
+                    print_circuits(&[circuit], args.json);
+                    Ok(ExitCode::SUCCESS)
+                }
             }
-            run_with_circuit(&mut client, circuit, on_loopback, &command).await
         }
         Command::Release { id, no_loopback } => {
             let circuit = client.release(id).await?;
@@ -310,6 +325,7 @@ async fn run_with_circuit(
     circuit: Circuit,
     on_loopback: bool,
     command: &[String],
+    mut term: tokio::signal::unix::Signal,
 ) -> anyhow::Result<ExitCode> {
     let mut events = Some(client.watch(Some(circuit.id), None).await?);
     // Renew a third of the lease's term: two renewals may fail before it runs out.
@@ -319,8 +335,6 @@ async fn run_with_circuit(
             std::time::Duration::from_millis(circuit.lease_ms / 3),
         )
     });
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("SIGTERM handler")?;
     let mut terminated = false;
     let mut child = tokio::process::Command::new(&command[0])
         .args(&command[1..])

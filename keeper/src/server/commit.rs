@@ -1,27 +1,28 @@
 //! The commit path: recompile what the step's changed circuits contribute, give the
-//! nodes whose tables changed the next generation, write the changed records to the
-//! store, wake those nodes' streams; then wait for their acknowledgements and tell
-//! applications.
+//! nodes whose tables changed the next generation, stage the changed records for the
+//! committer (which writes them, then wakes those nodes' streams); then wait for the
+//! forwarders' acknowledgements and tell applications.
 
 use std::collections::BTreeSet;
 
-use tracing::{debug, error};
+use tracing::debug;
 
 use super::{Core, Keeper, KeeperError};
 use crate::circuits::{Circuit, CircuitEvent, CircuitId, EventKind};
 use crate::inventory::NodeId;
-use crate::store::{Batch, NodeRecord};
+use crate::store::NodeRecord;
 
 impl Keeper {
     /// Applies the step's circuit changes to the tables, stamps changed table sets
-    /// with the next generation, commits everything the step changed, then publishes.
-    /// `confirmed` circuits get the generation that carries them to every node of
-    /// their path.
+    /// with the next generation, and stages everything the step changed for the
+    /// committer, which writes it and then publishes it (see `durable.rs`). Returns the
+    /// step's ticket, for [`Keeper::durable`]. `confirmed` circuits get the generation
+    /// that carries them to every node of their path.
     pub(super) fn commit(
         &self,
         core: &mut Core,
         confirmed: &[CircuitId],
-    ) -> Result<(), KeeperError> {
+    ) -> Result<u64, KeeperError> {
         let (changes, mut dirty_lines) = core.circuits.take_dirty();
         let now = std::time::Instant::now();
         for (id, before) in &changes {
@@ -55,53 +56,28 @@ impl Keeper {
         dirty_lines.extend(more_lines);
         let dirty_circuits: BTreeSet<CircuitId> =
             changes.iter().chain(&stamped).map(|(id, _)| *id).collect();
-        let mut batch = Batch {
-            next_circuit: core.circuits.next_id(),
-            generation: core.generation,
-            ..Default::default()
-        };
         for id in &dirty_circuits {
-            match core.circuits.get(*id) {
-                Some(c) => batch.put_circuits.push(c),
-                None => batch.delete_circuits.push(*id),
-            }
+            let c = core.circuits.get(*id).cloned();
+            core.staged.circuit(*id, c);
         }
-        let down = core.circuits.down_lines();
-        for line in &dirty_lines {
-            match down.get_key_value(line) {
-                Some((l, why)) => batch.put_down_lines.push((l, why.as_str())),
-                None => batch.delete_down_lines.push(line),
-            }
+        for line in dirty_lines {
+            let down = core.circuits.down_lines().get(&line).cloned();
+            core.staged.line(line, down);
         }
-        for node in &changed {
-            batch.put_nodes.push((
-                node,
-                NodeRecord {
-                    generation: core.tables.generation(node),
-                    digest: core.tables.digest(node),
-                },
-            ));
+        for node in changed {
+            let record = NodeRecord {
+                generation: core.tables.generation(&node),
+                digest: core.tables.digest(&node),
+            };
+            debug!(node, generation = record.generation, "table set staged");
+            core.staged.node(node, record);
         }
-        let store = core
-            .store
-            .as_ref()
-            .ok_or_else(|| KeeperError::Unavailable("keeper is shut down".into()))?;
-        if let Err(e) = store.commit(&batch) {
-            // Memory is now ahead of the database: refuse everything until a restart
-            // reloads the last committed state.
-            error!("{e}; refusing further changes until restarted");
-            core.failed = Some(format!("{e}; restart the keeper"));
-            return Err(e.into());
-        }
+        core.ticket += 1;
+        let (next, generation, ticket) = (core.circuits.next_id(), core.generation, core.ticket);
+        core.staged.close(next, generation, ticket);
         Self::hold_freed(core);
-        for node in &changed {
-            if let Some(handle) = self.nodes.get(node) {
-                let generation = core.tables.generation(node);
-                debug!(node, generation, "publishing table set");
-                handle.published.send_replace(generation);
-            }
-        }
-        Ok(())
+        self.wake.notify_one();
+        Ok(ticket)
     }
 
     /// (node, generation) pairs to wait for: the current table generation of each node.

@@ -170,7 +170,12 @@ impl v1::forwarders_server::Forwarders for ForwarderService {
                 'stream: loop {
                     let current = *tables.borrow_and_update();
                     if current != sent {
-                        let plan = match keeper.plan(&node, sent) {
+                        // Nothing leaves before the step that made it is written.
+                        let planned = match keeper.plan(&node, sent) {
+                            Ok((p, ticket)) => keeper.durable(ticket).await.map(|()| p),
+                            Err(e) => Err(e),
+                        };
+                        let plan = match planned {
                             Ok(p) => p,
                             Err(e) => {
                                 let _ = tx.send(Err(Status::from(e))).await;

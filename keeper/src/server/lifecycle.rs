@@ -70,17 +70,23 @@ impl Keeper {
         if let Err(e) = self.wait_acks(&targets).await {
             return Err(self.roll_back(id, e));
         }
-        let mut core = self.lock()?;
-        let c = core
-            .circuits
-            .get(id)
-            .cloned()
-            .ok_or(CircuitError::NotFound(id))?;
-        // The lease's term starts now; a replacement takes over its predecessor's.
-        Self::start_lease(&mut core, &c);
-        if let Some(old) = c.replaces {
-            core.leases.remove(&old);
-        }
+        let (c, ticket) = {
+            let mut core = self.lock()?;
+            let c = core
+                .circuits
+                .get(id)
+                .cloned()
+                .ok_or(CircuitError::NotFound(id))?;
+            // The lease's term starts now; a replacement takes over its predecessor's.
+            Self::start_lease(&mut core, &c);
+            if let Some(old) = c.replaces {
+                core.leases.remove(&old);
+            }
+            (c, core.ticket)
+        };
+        // Answered only once written (the aggregator's ACK does not always imply it:
+        // a port-mode circuit may change nothing there).
+        self.durable(ticket).await?;
         Ok(c)
     }
 
@@ -115,6 +121,8 @@ impl Keeper {
     ) -> Result<Circuit, KeeperError> {
         let _busy = self.busy();
         let reason = reason.map(str::to_string);
+        // A bounced circuit is released at once: (its record, the step's ticket).
+        let mut at_once = None;
         let targets = {
             let mut core = self.lock()?;
             let started = core.circuits.begin_release(id)?;
@@ -125,16 +133,14 @@ impl Keeper {
             match started {
                 Release::AlreadyReleased(c) => return Ok(c),
                 Release::Released(_) => {
-                    self.commit(&mut core, &[])?;
+                    let ticket = self.commit(&mut core, &[])?;
                     let c = core
                         .circuits
                         .get(id)
                         .cloned()
                         .ok_or(CircuitError::NotFound(id))?;
-                    drop(core);
-                    info!(circuit = id, "released (it had bounced)");
-                    self.emit(EventKind::Released, c.clone(), None, reason);
-                    return Ok(c);
+                    at_once = Some((c, ticket));
+                    Vec::new()
                 }
                 Release::Started => {
                     self.commit(&mut core, &[])?;
@@ -147,16 +153,27 @@ impl Keeper {
                 }
             }
         };
+        if let Some((c, ticket)) = at_once {
+            self.durable(ticket).await?;
+            info!(circuit = id, "released (it had bounced)");
+            self.emit(EventKind::Released, c.clone(), None, reason);
+            return Ok(c);
+        }
         if let Err(e) = self.wait_acks(&targets).await {
             warn!(circuit = id, "release goes on without the aggregator: {e}");
         }
-        let targets = {
+        let (targets, ticket) = {
             let mut core = self.lock()?;
             core.circuits.finish_release(id);
-            self.commit(&mut core, &[])?;
+            let ticket = self.commit(&mut core, &[])?;
             let c = core.circuits.get(id).ok_or(CircuitError::NotFound(id))?;
-            Self::targets(&core, [c.demux.clone(), c.remux.clone()])
+            (
+                Self::targets(&core, [c.demux.clone(), c.remux.clone()]),
+                ticket,
+            )
         };
+        // Answered only once written, even if a DC forwarder does not acknowledge.
+        self.durable(ticket).await?;
         if let Err(e) = self.wait_acks(&targets).await {
             warn!(
                 circuit = id,

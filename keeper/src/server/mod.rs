@@ -39,6 +39,7 @@ use crate::store::Store;
 use crate::tables::Tables;
 
 mod commit;
+mod durable;
 mod error;
 mod leases;
 mod lifecycle;
@@ -108,8 +109,10 @@ struct NodeHandle {
 
 struct Core {
     circuits: Circuits,
-    store: Option<Store>,
     generation: u64,
+    /// Records staged for the committer, and the number of the last step staged.
+    staged: durable::Staged,
+    ticket: u64,
     tables: Tables,
     failed: Option<String>,
     /// When each leased circuit's lease runs out (active and bounced ones; an
@@ -140,6 +143,12 @@ pub struct Keeper {
     settings: Settings,
     inv: Arc<Inventory>,
     core: Mutex<Core>,
+    /// The database (`None` once closed); written by the committer alone.
+    store: Mutex<Option<Store>>,
+    /// How far the committer's writes got.
+    durable: watch::Sender<durable::Durable>,
+    /// Wakes the committer.
+    wake: tokio::sync::Notify,
     nodes: BTreeMap<NodeId, NodeHandle>,
     events: broadcast::Sender<CircuitEvent>,
     closing: watch::Sender<bool>,
@@ -232,7 +241,8 @@ impl Keeper {
             .collect();
         let core = Core {
             circuits,
-            store: Some(store),
+            staged: durable::Staged::default(),
+            ticket: 0,
             generation: loaded.generation,
             tables,
             failed: None,
@@ -244,6 +254,9 @@ impl Keeper {
             settings,
             inv: Arc::new(inv),
             core: Mutex::new(core),
+            store: Mutex::new(Some(store)),
+            durable: watch::Sender::new(durable::Durable::default()),
+            wake: tokio::sync::Notify::new(),
             nodes,
             events: broadcast::channel(1024).0,
             closing: watch::Sender::new(false),
@@ -258,6 +271,8 @@ impl Keeper {
                 "keeper state loaded"
             );
         }
+        // What recovery changed is written before anything is served.
+        keeper.write_staged()?;
         Ok(keeper)
     }
 
@@ -320,9 +335,22 @@ impl Keeper {
     /// then open it).
     pub fn close(&self) {
         self.closing.send_replace(true);
+        // Whatever is staged is written first.
+        if let Err(e) = self.write_staged() {
+            tracing::warn!("closing: {e}");
+        }
         if let Ok(mut core) = self.core.lock() {
-            core.store = None;
             core.failed = Some("keeper is shut down".into());
         }
+        if let Ok(mut store) = self.store.lock() {
+            *store = None;
+        }
+        self.durable
+            .send_modify(|d| d.failed = Some("keeper is shut down".into()));
+    }
+
+    /// Starts the committer (once, when serving starts).
+    pub fn start_committer(self: &Arc<Self>) {
+        tokio::spawn(self.clone().run_committer());
     }
 }

@@ -41,9 +41,11 @@ impl Keeper {
         })
     }
 
-    /// What a node's stream must send to a forwarder that has generation `sent`.
-    pub fn plan(&self, node: &str, sent: u64) -> Result<Plan, KeeperError> {
-        Ok(self.lock()?.tables.plan(node, sent))
+    /// What a node's stream must send to a forwarder that has generation `sent`, and
+    /// the step that must be durable before it is sent.
+    pub fn plan(&self, node: &str, sent: u64) -> Result<(Plan, u64), KeeperError> {
+        let core = self.lock()?;
+        Ok((core.tables.plan(node, sent), core.ticket))
     }
 
     /// What the node's streams have sent it.

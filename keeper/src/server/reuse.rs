@@ -152,7 +152,7 @@ impl Keeper {
             core.circuits.prune(*id);
         }
         match self.commit(&mut core, &[]) {
-            Ok(()) => info!(circuits = due.len(), "pruned circuits past their retention"),
+            Ok(_) => info!(circuits = due.len(), "pruned circuits past their retention"),
             Err(e) => warn!("pruning: {e}"),
         }
     }

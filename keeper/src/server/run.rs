@@ -46,6 +46,7 @@ impl Server {
             .map_err(|e| KeeperError::Unavailable(format!("listener has no address: {e}")))?;
         let store = Store::open(&config.settings.db)?;
         let keeper = Arc::new(Keeper::open(config.settings, config.inventory, store)?);
+        keeper.start_committer();
         let (stop, stopped) = oneshot::channel::<()>();
         let router = tonic::transport::Server::builder()
             .add_service(CircuitsServer::new(apps::AppService::new(keeper.clone())))

@@ -24,6 +24,36 @@ const HEARTBEAT_TIMEOUT_MS: u64 = 1500;
 
 over_both_transports!(heartbeats_go_on_while_a_snapshot_builds);
 
+/// A real keeper link, and the ends the test's control thread plays.
+struct Link {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+    updates: mpsc::Receiver<TableUpdate>,
+    links: mpsc::Sender<LinkReport>,
+}
+
+/// pop-ams-1 as a real keeper link to `keeper`.
+fn ams_link(keeper: &str) -> Link {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (updates_tx, updates) = mpsc::channel::<TableUpdate>();
+    let (links, links_rx) = mpsc::channel::<LinkReport>();
+    let link = KeeperLink {
+        endpoint: keeper.to_string(),
+        node_id: "pop-ams-1".into(),
+        roles: vec![PortRole::Aggregator; 3],
+        ports: ["line0", "line1", "uplink"].map(String::from).into(),
+        updates: updates_tx,
+        links: links_rx,
+        stop: stop.clone(),
+    };
+    Link {
+        stop,
+        thread: link.spawn().unwrap(),
+        updates,
+        links,
+    }
+}
+
 async fn heartbeats_go_on_while_a_snapshot_builds(t: Transport) {
     let dir = tempfile::tempdir().unwrap();
     let server = start(
@@ -52,19 +82,12 @@ async fn heartbeats_go_on_while_a_snapshot_builds(t: Transport) {
     .await;
 
     // pop-ams-1 is a real keeper link; this test plays its control thread.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (updates_tx, updates_rx) = mpsc::channel::<TableUpdate>();
-    let (links_tx, links_rx) = mpsc::channel::<LinkReport>();
-    let link = KeeperLink {
-        endpoint: keeper.clone(),
-        node_id: "pop-ams-1".into(),
-        roles: vec![PortRole::Aggregator; 3],
-        ports: ["line0", "line1", "uplink"].map(String::from).into(),
-        updates: updates_tx,
-        links: links_rx,
-        stop: stop.clone(),
-    };
-    let link_thread = link.spawn().unwrap();
+    let Link {
+        stop,
+        thread: link_thread,
+        updates: updates_rx,
+        links: links_tx,
+    } = ams_link(&keeper);
     let control = std::thread::spawn(move || {
         let mut builds = 0;
         while let Ok(u) = updates_rx.recv_timeout(Duration::from_secs(20)) {
@@ -129,19 +152,12 @@ async fn deltas_are_coalesced_and_a_reconnect_resumes(t: Transport) {
         Behaviour::Ack,
     )
     .await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (updates_tx, updates_rx) = mpsc::channel::<TableUpdate>();
-    let (links_tx, links_rx) = mpsc::channel::<LinkReport>();
-    let link = KeeperLink {
-        endpoint: keeper.clone(),
-        node_id: "pop-ams-1".into(),
-        roles: vec![PortRole::Aggregator; 3],
-        ports: ["line0", "line1", "uplink"].map(String::from).into(),
-        updates: updates_tx,
-        links: links_rx,
-        stop: stop.clone(),
-    };
-    let link_thread = link.spawn().unwrap();
+    let Link {
+        stop,
+        thread: link_thread,
+        updates: updates_rx,
+        links: links_tx,
+    } = ams_link(&keeper);
     // The control thread: each build takes 300 ms; it records what it built.
     let built = Arc::new(std::sync::Mutex::new(Vec::<(u64, tarp_api::Rules)>::new()));
     let seen = built.clone();

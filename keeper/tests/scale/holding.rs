@@ -12,9 +12,7 @@ use tarp_api::client::{
 };
 use tonic::Code;
 
-#[allow(unused_macros)]
-mod support;
-use support::*;
+use crate::support::*;
 
 /// A lease renewed keeps its circuit; one that runs out releases it, with the reason,
 /// over `Watch`. Renewing then fails; leases outside the keeper's bounds are refused.

@@ -11,9 +11,7 @@ use tarp_api::client::{
     ActivateRequest, AppClient, Circuit, CircuitState, ListFilter, Mode, PortRange, Protocol, Role,
 };
 
-#[allow(unused_macros)]
-mod support;
-use support::*;
+use crate::support::*;
 
 fn port_req(app: &str, port: u16, key: String) -> ActivateRequest {
     ActivateRequest {

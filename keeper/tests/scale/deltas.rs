@@ -14,9 +14,7 @@ use tarp_api::client::{
 };
 use tarp_api::rules::Rules;
 
-#[allow(unused_macros)]
-mod support;
-use support::*;
+use crate::support::*;
 
 /// tonic's default limit on a decoded message.
 const TONIC_LIMIT: u64 = 4 << 20;

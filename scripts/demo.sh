@@ -53,10 +53,8 @@ P=${DEMO_PREFIX:-td}
 DEMO_DIR=${DEMO_DIR:-/tmp/tarp-demo}
 TOPO_DIR=$DEMO_DIR
 export P TOPO_DIR TARP_BIN
-# shellcheck source=lib/topo.sh
-source scripts/lib/topo.sh
-NS_ALL=(deu dus inet app1 app2 dc ctl pop-eu pop-us dc-dmx dc-rmx)
-KEEPER="unix:$DEMO_DIR/keeper.sock"
+# shellcheck source=lib/fleet.sh
+source scripts/lib/fleet.sh
 
 # cleanup runs from the EXIT trap below.
 # shellcheck disable=SC2317
@@ -76,191 +74,28 @@ rm -rf "$DEMO_DIR"
 mkdir -p "$DEMO_DIR/www"
 
 step "Building the topology in network namespaces (prefix ${P})"
-for n in "${NS_ALL[@]}"; do
-  ip netns add "$(ns "$n")"
-  nsx "$n" ip link set lo up
-done
-for n in ctl pop-eu pop-us dc-dmx dc-rmx; do fw_ns "$n"; done
-nsx inet sysctl -qw net.ipv4.ip_forward=1
-nsx inet sysctl -qw net.ipv4.conf.all.rp_filter=0
-nsx inet sysctl -qw net.ipv4.conf.default.rp_filter=0
-bridge inet br-dev
-bridge inet br-core
-nsx inet ip addr add 198.51.100.1/24 dev br-dev
-nsx inet ip addr add 192.0.2.254/24 dev br-core
-i=10
-for d in deu dus; do
-  veth_pair "$d" eth0 inet "$d"
-  enslave inet "$d" br-dev
-  nsx "$d" ip addr add "198.51.100.$i/24" dev eth0
-  nsx "$d" ip route add default via 198.51.100.1
-  i=$((i + 10))
-done
-# POP lines: one /27 of 203.0.113.0/24 each; the router holds the top address.
-#   eu line0 .0/27   eu line1 .32/27   us line0 .64/27   us line1 .96/27
-line() { # line REGION N BASE
-  local r=$1 n=$2 base=$3
-  veth_pair inet "$r-l$n" "pop-$r" "$r-line$n"
-  nsx inet ip addr add "203.0.113.$((base + 30))/27" dev "$r-l$n"
-  nsx inet sysctl -qw "net.ipv4.conf.$r-l$n.rp_filter=0"
-  dpdk_end "pop-$r" "$r-line$n"
-}
-line eu 0 0
-line eu 1 32
-line us 0 64
-line us 1 96
-for r in eu us; do
-  veth_pair inet "c-$r" "pop-$r" "$r-uplink"
-  enslave inet "c-$r" br-core
-  dpdk_end "pop-$r" "$r-uplink"
-done
-veth_pair inet c-dmx dc-dmx dmx-tun
-veth_pair inet c-rmx dc-rmx rmx-out
-enslave inet c-dmx br-core
-enslave inet c-rmx br-core
-nsx inet sysctl -qw net.ipv4.conf.br-core.rp_filter=0
-bridge dc br-dc
-veth_pair dc d-dmx dc-dmx dmx-dc
-veth_pair dc d-rmx dc-rmx rmx-dc
-i=2
-for a in app1 app2; do
-  veth_pair "$a" eth0 dc "d-$a"
-  nsx "$a" ip addr add "198.19.0.$i/24" dev eth0
-  nsx "$a" ip route add default via 198.19.0.254
-  i=$((i + 1))
-done
-for x in d-dmx d-rmx d-app1 d-app2; do enslave dc "$x" br-dc; done
-dpdk_end dc-dmx dmx-tun
-dpdk_end dc-dmx dmx-dc
-dpdk_end dc-rmx rmx-out
-dpdk_end dc-rmx rmx-dc
+fleet_up
 okay "11 namespaces: devices deu (198.51.100.10) and dus (198.51.100.20), router inet, app hosts app1 (198.19.0.2) and app2 (198.19.0.3), dc (switch), ctl (keeper), one per forwarder"
 
 step "Starting the circuit keeper ($KEEPER)"
-cat >"$DEMO_DIR/keeper.toml" <<EOF
-[keeper]
-listen = "$KEEPER"
-db = "keeper.redb"
-ack_timeout_ms = 5000
-heartbeat_interval_ms = 500
-heartbeat_timeout_ms = 3000
-
-[[regions]]
-name = "eu"
-[[regions]]
-name = "us"
-[[pops]]
-name = "pop-eu"
-region = "eu"
-[[pops]]
-name = "pop-us"
-region = "us"
-
-[[aggregators]]
-node = "pop-eu"
-pop = "pop-eu"
-tunnel = { local = "192.0.2.1", remote = "192.0.2.2", vni = 100, demux = "dc-dmx" }
-lines = [
-  { name = "line0", captures = ["203.0.113.2", "203.0.113.3"] },
-  { name = "line1", captures = ["203.0.113.34", "203.0.113.35"] },
-]
-[[aggregators]]
-node = "pop-us"
-pop = "pop-us"
-tunnel = { local = "192.0.2.11", remote = "192.0.2.2", vni = 101, demux = "dc-dmx" }
-lines = [
-  { name = "line0", captures = ["203.0.113.66", "203.0.113.67"] },
-  { name = "line1", captures = ["203.0.113.98", "203.0.113.99"] },
-]
-
-[[demuxes]]
-node = "dc-dmx"
-aliases = ["198.18.0.0/28"]
-[[remuxes]]
-node = "dc-rmx"
-[[app_hosts]]
-name = "app1"
-address = "198.19.0.2"
-remux = "dc-rmx"
-[[app_hosts]]
-name = "app2"
-address = "198.19.0.3"
-remux = "dc-rmx"
-
-[[nodes]]
-id = "pop-eu"
-routes = [{ prefix = "192.0.2.0/24", port = "uplink" }]
-[[nodes]]
-id = "pop-us"
-routes = [{ prefix = "192.0.2.0/24", port = "uplink" }]
-[[nodes]]
-id = "dc-dmx"
-routes = [{ prefix = "198.19.0.0/24", port = "dc" }]
-[[nodes]]
-id = "dc-rmx"
-routes = [{ prefix = "0.0.0.0/0", port = "out", via = "192.0.2.254" }]
-EOF
+fleet_keeper_conf ""
 start_keeper() {
-  bg keeper ctl "$TARP_BIN/tarp-keeper" --config "$DEMO_DIR/keeper.toml"
-  for _ in $(seq 100); do [ -S "$DEMO_DIR/keeper.sock" ] && return 0; sleep 0.1; done
-  bad "keeper did not start: $(tail -n 3 "$DEMO_DIR/keeper.log")"
+  keeper_start 2>"$DEMO_DIR/keeper-start.err" && return 0
+  bad "$(cat "$DEMO_DIR/keeper-start.err")"
   return 1
 }
 start_keeper && okay "keeper up (inventory: 2 regions, 2 POPs, 4 lines, 8 capture addresses)"
 
 step "Starting four forwarders on DPDK net_af_packet ports"
-fwconf() { # fwconf NAME METRICS-PORT PORTS...
-  local name=$1 mport=$2
-  shift 2
-  {
-    printf 'node_id = "%s"\nmetrics = "127.0.0.1:%s"\nkeeper = "%s"\n' "$name" "$mport" "$KEEPER"
-    printf '[eal]\nargs = ["--no-huge", "-m", "256"]\n[workers]\nlcores = [1]\nidle = "backoff"\n'
-    for p in "$@"; do
-      IFS=: read -r pname dev role addrs <<<"$p"
-      printf '[[ports]]\nname = "%s"\ndevice = "net_af_packet%s,iface=%s"\nrole = "%s"\naddresses = [%s]\n' \
-        "$pname" "$((i++))" "$dev" "$role" "$addrs"
-    done
-  } >"$DEMO_DIR/$name.toml"
-  i=0
-}
-i=0
-fwconf pop-eu 9401 'line0:eu-line0:aggregator:"203.0.113.1"' 'line1:eu-line1:aggregator:"203.0.113.33"' 'uplink:eu-uplink:aggregator:"192.0.2.1"'
-fwconf pop-us 9402 'line0:us-line0:aggregator:"203.0.113.65"' 'line1:us-line1:aggregator:"203.0.113.97"' 'uplink:us-uplink:aggregator:"192.0.2.11"'
-fwconf dc-dmx 9403 'tun:dmx-tun:demux:"192.0.2.2"' 'dc:dmx-dc:demux:"198.19.0.1"'
-fwconf dc-rmx 9404 'dc:rmx-dc:remux:"198.19.0.254"' 'out:rmx-out:remux:"192.0.2.3"'
-declare -A MPORT=([pop-eu]=9401 [pop-us]=9402 [dc-dmx]=9403 [dc-rmx]=9404)
-for f in pop-eu pop-us dc-dmx dc-rmx; do
-  bg "$f" "$f" "$TARP_BIN/tarp-forwarder" --config "$DEMO_DIR/$f.toml"
-done
-m() { # m NODE METRIC LABELS
-  { nsx "$1" curl -s --max-time 2 "http://127.0.0.1:${MPORT[$1]}/metrics" || true; } |
-    awk -v m="$2" -v l="$3" 'index($0, m "{") == 1 && index($0, l) { v = $NF } END { print v }'
-}
-for f in pop-eu pop-us dc-dmx dc-rmx; do
-  ok=0
-  for _ in $(seq 150); do
-    if grep -q "connected to the keeper" "$DEMO_DIR/$f.log" 2>/dev/null && [ -n "$(m "$f" tarp_snapshot_generation node=)" ]; then
-      ok=1
-      break
-    fi
-    sleep 0.2
-  done
-  if [ "$ok" = 1 ]; then
+fleet_forwarders_conf
+for f in "${FORWARDERS[@]}"; do fw_up "$f"; done
+for f in "${FORWARDERS[@]}"; do
+  if fw_wait "$f"; then
     okay "$f: DPDK ports up, connected to the keeper, tables generation $(m "$f" tarp_snapshot_generation node=)"
   else
     bad "$f did not connect: $(tail -n 2 "$DEMO_DIR/$f.log")"
   fi
 done
-
-tarpctl() { local n=$1; shift; nsx "$n" "$TARP_BIN/tarpctl" --keeper "$KEEPER" "$@"; }
-# circuit_field APPHOST FIELD: a field of the active circuit of an app host (JSON).
-circuit_field() {
-  tarpctl ctl --json list --app-host "$1" 2>/dev/null | python3 -c '
-import json, sys
-items = [json.loads(l) for l in sys.stdin if l.strip()]
-active = [c for c in items if c.get("state") == "active"]
-print(active[-1].get(sys.argv[1], "") if active else "")' "$2"
-}
 
 step "Applications ask the keeper for circuits (tarpctl)"
 echo "hello from app2 in the data center" >"$DEMO_DIR/www/index.html"
@@ -406,16 +241,8 @@ kill -KILL "$(cat "$DEMO_DIR/dc-dmx.pid")"
 rm -f "$DEMO_DIR/dc-dmx.pid"
 info "dc-dmx (the demux, circuits from the keeper only) killed"
 sleep 0.5
-bg dc-dmx dc-dmx "$TARP_BIN/tarp-forwarder" --config "$DEMO_DIR/dc-dmx.toml"
-ok=0
-for _ in $(seq 150); do
-  if grep -q "tables swapped" "$DEMO_DIR/dc-dmx.log" 2>/dev/null && [ -n "$(m dc-dmx tarp_snapshot_generation node=)" ]; then
-    ok=1
-    break
-  fi
-  sleep 0.2
-done
-if [ "$ok" = 1 ]; then
+fw_up dc-dmx
+if fw_wait dc-dmx "tables swapped"; then
   okay "dc-dmx back: full table set from the keeper, generation $(m dc-dmx tarp_snapshot_generation node=)"
 else
   bad "dc-dmx did not resynchronise: $(tail -n 2 "$DEMO_DIR/dc-dmx.log")"

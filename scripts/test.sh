@@ -2,7 +2,8 @@
 # The whole test suite (as root: DPDK and network namespaces need it):
 # style (rustfmt, clippy, shellcheck), the pure-Rust build and tests, unit, golden,
 # property and no-panic tests, DPDK tests on virtual devices, the keeper's gRPC tests,
-# then the end-to-end run in network namespaces and the demo in --check mode.
+# then the end-to-end run in network namespaces, the fault tests with traffic flowing,
+# and the demo in --check mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "test: run as root (DPDK and network namespaces need it)" >&2; exit 1; }
@@ -21,6 +22,8 @@ echo "== cargo test"
 cargo test --release --workspace
 echo "== end to end (network namespaces, DPDK af_packet)"
 bash tests/e2e.sh target/release
+echo "== faults with traffic flowing (aggregator cut off, keeper and aggregator kill -9, a flapping line)"
+bash tests/faults.sh target/release
 echo "== the demo, bounded and checked (keeper, tarpctl, bounce, keeper kill -9)"
 bash scripts/demo.sh --check --no-build
 echo "test: all passed"

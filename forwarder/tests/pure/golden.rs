@@ -2,13 +2,11 @@
 //! with test-range addresses: every header field and checksum checked at every hop, for
 //! UDP and TCP over IPv4 and IPv6. Expected frames are built by etherparse.
 
-mod support;
-
 use std::net::IpAddr;
 
+use crate::support::*;
 use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
 use forwarder::pipeline::{DropReason, Verdict};
-use support::*;
 
 const PAYLOAD: &[u8] = b"tarp golden payload";
 

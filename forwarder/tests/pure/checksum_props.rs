@@ -15,10 +15,9 @@
 //! - through `forwarder::packet::checksum` directly: `Delta::of`, `update`, `update_udp`
 //!   against a full recompute.
 
-mod support;
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::support::*;
 use etherparse::{
     IpHeaders, IpNumber, Ipv4Header, Ipv4Options, Ipv6Header, NetHeaders, PacketBuilder,
     PacketHeaders, TransportHeader, VlanId,
@@ -28,7 +27,6 @@ use forwarder::pipeline::{DropReason, Verdict};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
-use support::*;
 
 // ---------------------------------------------------------------------------------------
 // Random packets.

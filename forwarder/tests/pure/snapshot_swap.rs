@@ -7,16 +7,14 @@
 //! `circuits(g)`. A reader checks one loaded snapshot's lookups and forwarded packets
 //! against `snap.generation()`.
 
-mod support;
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::support::*;
 use forwarder::pipeline::{process, Context, DropReason, PacketBuf, VecBuf, Verdict};
 use forwarder::tables::{
     AggregatorRule, NeighbourCache, PortInfo, Role, Route, Rules, Snapshot, SnapshotHandle, Tunnel,
 };
-use support::*;
 
 /// Generations the writer publishes after the first.
 const SWAPS: u64 = 5000;

@@ -3,15 +3,13 @@
 //! through the fixtures' pipelines. Packets are built, and every output decoded and its
 //! checksums recomputed, by `etherparse` (an implementation nobody here wrote).
 
-mod support;
-
+use crate::support::*;
 use etherparse::{
     icmpv4, Icmpv4Type, Icmpv6Type, Ipv4Header, NetHeaders, PacketBuilder, PacketHeaders,
     TcpOptionElement, TransportHeader,
 };
 use forwarder::pipeline::{split, Context, DropReason, Split, VecBuf, Verdict};
 use forwarder::tables::Role;
-use support::*;
 
 const DEV: &str = "198.51.100.10";
 const DEV6: &str = "2001:db8:51::10";

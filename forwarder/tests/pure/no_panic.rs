@@ -7,11 +7,10 @@
 //! Ethernet header, and valid frames (the fixtures' traffic, VXLAN for the demux) with
 //! bytes changed, inserted, removed, cut off or appended.
 
-mod support;
-
 use std::net::IpAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use crate::support::*;
 use etherparse::{
     EtherType, Ethernet2Header, Ipv4Header, Ipv6Header, PacketBuilder, SingleVlanHeader,
 };
@@ -24,7 +23,6 @@ use forwarder::pipeline::{process, split, Context, DropReason, PacketBuf, VecBuf
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use support::*;
 
 /// Packets through the pipelines, all roles together; views get a fifth as many inputs.
 fn packets() -> usize {

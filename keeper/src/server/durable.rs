@@ -9,12 +9,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tracing::error;
+use tracing::{error, warn};
 
 use super::{Keeper, KeeperError};
 use crate::circuits::{Circuit, CircuitId, LineId};
 use crate::inventory::NodeId;
 use crate::store::{Batch, NodeRecord};
+
+/// A commit that takes this long is logged: the steps waiting for it wait as long.
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(40);
 
 /// Records staged by steps not yet written, the last value of each winning.
 #[derive(Debug, Default)]
@@ -96,6 +99,7 @@ impl Keeper {
         for (node, record) in &staged.nodes {
             batch.put_nodes.push((node, *record));
         }
+        let started = std::time::Instant::now();
         let written = {
             let store = self
                 .store
@@ -106,6 +110,14 @@ impl Keeper {
                 None => Err(KeeperError::Unavailable("keeper is shut down".into())),
             }
         };
+        let took = started.elapsed();
+        if took >= SLOW_COMMIT {
+            warn!(
+                ms = took.as_millis() as u64,
+                circuits = batch.put_circuits.len() + batch.delete_circuits.len(),
+                "slow store commit"
+            );
+        }
         if let Err(e) = written {
             // Memory is now ahead of the database: refuse everything until a restart
             // reloads the last committed state.

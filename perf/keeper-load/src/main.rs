@@ -30,8 +30,8 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use prost::Message;
 use tarp_api::client::{
-    ActivateRequest, AppClient, ForwarderSession, Mode, PortRange, Protocol, ReturnPath, Role,
-    SessionOptions,
+    ActivateRequest, AppClient, CircuitState, ForwarderSession, ListFilter, Mode, PortRange,
+    Protocol, ReturnPath, Role, SessionOptions,
 };
 use tarp_api::grpc::v1;
 use tokio_stream::wrappers::ReceiverStream;
@@ -179,13 +179,15 @@ struct Received {
     acked: AtomicU64,
 }
 
-/// A simulated forwarder: hello, then count and acknowledge every generation.
+/// A simulated forwarder: hello, then count and acknowledge every generation; reports
+/// the link changes that come in on `links`.
 async fn forwarder(
     endpoint: String,
     node: String,
     roles: Vec<v1::Role>,
     ports: Vec<String>,
     got: Arc<Received>,
+    mut links: tokio::sync::mpsc::Receiver<(String, bool)>,
 ) -> anyhow::Result<()> {
     let channel = tarp_api::endpoint::connect(&endpoint, Duration::from_secs(10))
         .await
@@ -212,6 +214,17 @@ async fn forwarder(
         .subscribe(ReceiverStream::new(rx))
         .await?
         .into_inner();
+    let reports = tx.clone();
+    tokio::spawn(async move {
+        while let Some((port, up)) = links.recv().await {
+            let m = v1::ForwarderMessage {
+                msg: Some(v1::forwarder_message::Msg::Link(v1::LinkState { port, up })),
+            };
+            if reports.send(m).await.is_err() {
+                break;
+            }
+        }
+    });
     let beats = tx.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -371,13 +384,16 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut link_of = BTreeMap::new();
     for (node, roles, ports) in nodes {
         let got = Arc::new(Received::default());
         received.insert(node.clone(), got.clone());
         let endpoint = endpoint.clone();
         let stopping = stopping.clone();
+        let (link_tx, links) = tokio::sync::mpsc::channel(4);
+        link_of.insert(node.clone(), link_tx);
         tokio::spawn(async move {
-            let result = forwarder(endpoint, node.clone(), roles, ports, got).await;
+            let result = forwarder(endpoint, node.clone(), roles, ports, got, links).await;
             if let (Err(e), false) = (result, stopping.load(Ordering::Relaxed)) {
                 eprintln!("forwarder {node}: {e:#}");
             }
@@ -430,6 +446,70 @@ async fn main() -> anyhow::Result<()> {
     let (cpu2, rss2) = usage(pid);
     let n = args.activations as f64;
 
+    // A bounce: the line of agg-0-0 that carries the most circuits goes down; measured
+    // until no active circuit is left on it and none in its region is still activating
+    // anywhere (every replacement acknowledged by every forwarder on its path).
+    let agg = agg_name(0, 0);
+    let mut app = AppClient::connect(&endpoint).await?;
+    // Listed per app host: one answer for a whole POP at 1M circuits is over gRPC's
+    // 4 MiB message limit.
+    let listed = |app: &mut AppClient, pop: Option<&'static str>, state: CircuitState| {
+        let mut app = app.clone();
+        async move {
+            let mut all = Vec::new();
+            for h in 0..APP_HOSTS {
+                let f = ListFilter {
+                    pop: pop.map(String::from),
+                    app_host: Some(app_host(h).parse().expect("an address")),
+                    state: Some(state),
+                    ..Default::default()
+                };
+                all.extend(app.list(&f).await?);
+            }
+            anyhow::Ok(all)
+        }
+    };
+    let active_in_pop = |app: &mut AppClient| listed(app, Some("p0"), CircuitState::Active);
+    let mut per_line: BTreeMap<String, usize> = BTreeMap::new();
+    for c in active_in_pop(&mut app).await? {
+        if c.aggregator == agg {
+            *per_line.entry(c.line).or_default() += 1;
+        }
+    }
+    let bounce = match per_line.into_iter().max_by_key(|(_, k)| *k) {
+        Some((line, on_line)) => {
+            let t = Instant::now();
+            link_of[&agg].send((line.clone(), false)).await?;
+            loop {
+                let left = active_in_pop(&mut app)
+                    .await?
+                    .iter()
+                    .filter(|c| c.aggregator == agg && c.line == line)
+                    .count();
+                let activating = listed(&mut app, None, CircuitState::Activating)
+                    .await?
+                    .len();
+                if left == 0 && activating == 0 {
+                    break;
+                }
+                if t.elapsed() > Duration::from_secs(120) {
+                    bail!("bounce of {agg}/{line}: {left} circuits still on it, {activating} activating after 120 s");
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Some((line, on_line, t.elapsed()))
+        }
+        None => None,
+    };
+    let replaced = match &bounce {
+        Some((_, _, _)) => listed(&mut app, Some("p0"), CircuitState::Bounced)
+            .await?
+            .iter()
+            .filter(|c| c.replaced_by.is_some())
+            .count(),
+        None => 0,
+    };
+
     // A fresh DC forwarder (it supersedes the simulated one): its full set, then the
     // snapshot built from it.
     stopping.store(true, Ordering::Relaxed);
@@ -474,6 +554,21 @@ async fn main() -> anyhow::Result<()> {
     let entries = snap.entries();
     drop(fresh);
     let _ = child.kill().await;
+    // The keeper logs every store commit that took 40 ms or more (an fsync that
+    // stalled): the steps waiting on it, up to one per client, waited as long.
+    let slow_commits: Vec<u64> = std::fs::read_to_string(args.dir.join("keeper.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("slow store commit"))
+        .filter_map(|l| {
+            l.split("ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
 
     let figures = serde_json::json!({
         "circuits": args.circuits,
@@ -492,6 +587,10 @@ async fn main() -> anyhow::Result<()> {
         "keeper_cpu_share_during_activations": (cpu1 - cpu0) / act_wall.as_secs_f64(),
         "keeper_cpu_s_releases": cpu2 - cpu1,
         "keeper_rss_mb": rss.max(rss2) as f64 / 1e6,
+        "slow_store_commits_ms": slow_commits,
+        "bounce": bounce.as_ref().map(|(line, on_line, took)| serde_json::json!({
+            "line": format!("{agg}/{line}"), "circuits": on_line, "replaced": replaced, "s": took.as_secs_f64(),
+        })),
         "fresh_forwarder": { "full_set_s": received_in.as_secs_f64(), "holding_s": holding.as_secs_f64(), "entries": entries },
     });
     println!("| circuits in store | {} |", args.circuits);
@@ -542,6 +641,17 @@ async fn main() -> anyhow::Result<()> {
         "| fresh DC forwarder: full set received / snapshot built | {:.2} s / {:.2} s ({entries} entries) |",
         received_in.as_secs_f64(),
         holding.as_secs_f64()
+    );
+    if let Some((line, on_line, took)) = &bounce {
+        println!(
+            "| a line down ({agg}/{line}, {on_line} circuits): all replaced and acknowledged | {:.2} s ({replaced} replaced) |",
+            took.as_secs_f64()
+        );
+    }
+    println!(
+        "| store commits of 40 ms or more (fsync stalls) | {} {:?} ms |",
+        slow_commits.len(),
+        slow_commits
     );
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&figures)?)?;

@@ -234,21 +234,46 @@ impl AppClient {
         Ok(circuit_from_wire(&c)?)
     }
 
-    /// Circuits matching a filter.
+    /// Circuits matching a filter, in id order (fetched page by page: the keeper
+    /// answers at most 4096 per call).
     pub async fn list(&mut self, f: &ListFilter) -> Result<Vec<Circuit>, ClientError> {
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let (page, next) = self.list_page(f, after, 0).await?;
+            all.extend(page);
+            match next {
+                Some(n) => after = n,
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// One page of [`AppClient::list`]: circuits with ids above `after`, at most
+    /// `limit` (0: the keeper's page size); the second value is the `after` of the
+    /// next page, if there may be one.
+    pub async fn list_page(
+        &mut self,
+        f: &ListFilter,
+        after: CircuitId,
+        limit: u32,
+    ) -> Result<(Vec<Circuit>, Option<CircuitId>), ClientError> {
         let req = v1::ListRequest {
             region: f.region.clone().unwrap_or_default(),
             pop: f.pop.clone().unwrap_or_default(),
             app_host: f.app_host.map(|a| a.to_string()).unwrap_or_default(),
             state: f.state.map_or(0, |s| state_to_wire(s) as i32),
             include_released: f.include_released,
+            after,
+            limit,
         };
         let list = self.inner.list(req).await?.into_inner();
-        Ok(list
+        let page = list
             .circuits
             .iter()
             .map(circuit_from_wire)
-            .collect::<Result<_, _>>()?)
+            .collect::<Result<_, _>>()?;
+        Ok((page, (list.next_after != 0).then_some(list.next_after)))
     }
 
     /// Circuit events from now on: of one circuit and its replacements, of one

@@ -107,6 +107,20 @@ async fn activate_watch_bounce_release(t: Transport) {
         listed.iter().map(|c| c.id).collect::<Vec<_>>(),
         [c.id, k1.id]
     );
+    // The same, a page at a time.
+    let (page, next) = app.list_page(&ListFilter::default(), 0, 1).await.unwrap();
+    assert_eq!(
+        (page.iter().map(|c| c.id).collect::<Vec<_>>(), next),
+        (vec![c.id], Some(c.id))
+    );
+    let (page, next) = app
+        .list_page(&ListFilter::default(), c.id, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        (page.iter().map(|c| c.id).collect::<Vec<_>>(), next),
+        (vec![k1.id], None)
+    );
 
     // Refusals carry a status code and a reason.
     let e = app

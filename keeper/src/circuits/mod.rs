@@ -153,6 +153,13 @@ impl Circuits {
         self.circuits.values()
     }
 
+    /// Every circuit with an id larger than `after`, in id order.
+    pub fn after(&self, after: CircuitId) -> impl Iterator<Item = &Circuit> {
+        self.circuits
+            .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+            .map(|(_, c)| c)
+    }
+
     /// Down lines and why.
     pub fn down_lines(&self) -> &BTreeMap<LineId, String> {
         &self.down

@@ -128,9 +128,10 @@ impl v1::circuits_server::Circuits for AppService {
             state: state_from_wire("state", r.state).map_err(invalid)?,
             include_released: r.include_released,
         };
-        let circuits = self.keeper.list(&filter)?;
+        let (circuits, next) = self.keeper.list_page(&filter, r.after, r.limit as usize)?;
         Ok(Response::new(v1::ListResponse {
             circuits: circuits.iter().map(circuit_to_wire).collect(),
+            next_after: next.unwrap_or(0),
         }))
     }
 

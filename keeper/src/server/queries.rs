@@ -5,6 +5,12 @@ use super::{AckState, Keeper, KeeperError, ListFilter, Sent};
 use crate::circuits::{Circuit, CircuitError, CircuitId, CircuitState};
 use crate::tables::Plan;
 
+/// The most circuits one `List` answer carries (about 1 MB on the wire, far below
+/// gRPC's 4 MiB default limit).
+pub const LIST_PAGE: usize = 4096;
+/// The most circuits one `List` call looks at under the core lock.
+pub const LIST_SCAN: usize = 65_536;
+
 impl Keeper {
     /// One circuit.
     pub fn get(&self, id: CircuitId) -> Result<Circuit, KeeperError> {
@@ -17,19 +23,55 @@ impl Keeper {
 
     /// Circuits matching a filter, by id.
     pub fn list(&self, f: &ListFilter) -> Result<Vec<Circuit>, KeeperError> {
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let (page, next) = self.list_page(f, after, LIST_PAGE)?;
+            all.extend(page);
+            match next {
+                Some(n) => after = n,
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// One page of [`Keeper::list`]: circuits with ids above `after`, at most `limit`
+    /// (capped at [`LIST_PAGE`]) of them, looking at no more than [`LIST_SCAN`]
+    /// circuits, so that the core lock is held briefly however many there are. The
+    /// second value is where the next page starts, if there may be one.
+    pub fn list_page(
+        &self,
+        f: &ListFilter,
+        after: CircuitId,
+        limit: usize,
+    ) -> Result<(Vec<Circuit>, Option<CircuitId>), KeeperError> {
+        let limit = if limit == 0 {
+            LIST_PAGE
+        } else {
+            limit.min(LIST_PAGE)
+        };
         let core = self.lock()?;
-        Ok(core
-            .circuits
-            .iter()
-            .filter(|c| f.region.as_ref().is_none_or(|r| *r == c.region))
-            .filter(|c| f.pop.as_ref().is_none_or(|p| *p == c.pop))
-            .filter(|c| f.app_host.is_none_or(|a| a == c.app_host))
-            .filter(|c| match f.state {
-                Some(s) => c.state == s,
-                None => f.include_released || c.state != CircuitState::Released,
-            })
-            .cloned()
-            .collect())
+        let matches = |c: &Circuit| {
+            f.region.as_ref().is_none_or(|r| *r == c.region)
+                && f.pop.as_ref().is_none_or(|p| *p == c.pop)
+                && f.app_host.is_none_or(|a| a == c.app_host)
+                && match f.state {
+                    Some(s) => c.state == s,
+                    None => f.include_released || c.state != CircuitState::Released,
+                }
+        };
+        let mut page = Vec::new();
+        let mut last = after;
+        for (looked, c) in core.circuits.after(after).enumerate() {
+            if looked == LIST_SCAN || page.len() == limit {
+                return Ok((page, Some(last)));
+            }
+            last = c.id;
+            if matches(c) {
+                page.push(c.clone());
+            }
+        }
+        Ok((page, None))
     }
 
     /// The table set last published to a node.

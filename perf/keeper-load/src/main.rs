@@ -451,22 +451,15 @@ async fn main() -> anyhow::Result<()> {
     // anywhere (every replacement acknowledged by every forwarder on its path).
     let agg = agg_name(0, 0);
     let mut app = AppClient::connect(&endpoint).await?;
-    // Listed per app host: one answer for a whole POP at 1M circuits is over gRPC's
-    // 4 MiB message limit.
     let listed = |app: &mut AppClient, pop: Option<&'static str>, state: CircuitState| {
         let mut app = app.clone();
         async move {
-            let mut all = Vec::new();
-            for h in 0..APP_HOSTS {
-                let f = ListFilter {
-                    pop: pop.map(String::from),
-                    app_host: Some(app_host(h).parse().expect("an address")),
-                    state: Some(state),
-                    ..Default::default()
-                };
-                all.extend(app.list(&f).await?);
-            }
-            anyhow::Ok(all)
+            let f = ListFilter {
+                pop: pop.map(String::from),
+                state: Some(state),
+                ..Default::default()
+            };
+            anyhow::Ok(app.list(&f).await?)
         }
     };
     let active_in_pop = |app: &mut AppClient| listed(app, Some("p0"), CircuitState::Active);

@@ -310,6 +310,21 @@ impl Circuits {
         for l in gone {
             self.line_up(&l);
         }
+        // Addresses freed before a restart: the acknowledgements that would have lifted
+        // their holds went with the old process, so every capture address and alias
+        // an ended circuit held (and no live one holds now) is held again, until the
+        // forwarders on its path confirm the current tables or the hold-down passes.
+        let mut seen = BTreeSet::new();
+        let ended: Vec<Circuit> = self
+            .circuits
+            .values()
+            .filter(|c| !c.state.is_live())
+            .filter(|c| seen.insert((c.capture, c.demux.clone(), c.alias)))
+            .cloned()
+            .collect();
+        for c in &ended {
+            self.free(c);
+        }
         notes
     }
 }

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use keeper::circuits::LineId;
+use keeper::transport::ListenAddr;
 use tarp_api::client::{
     ActivateRequest, AppClient, CircuitState, EventKind, ForwarderSession, PortState, Role,
 };
@@ -149,6 +150,89 @@ async fn a_freed_alias_waits_for_the_aggregator_that_held_it() {
     .await;
     let c = app.activate(&at("fra", "198.19.0.3")).await.unwrap();
     assert_eq!(c.alias, a.alias);
+    assert!(server.keeper().audit().unwrap().is_empty());
+    server.shutdown().await;
+}
+
+/// A hold outlives the keeper: released while its aggregator is cut off, then the
+/// keeper restarts (the acknowledgements it waited for are gone with the process); the
+/// address stays held until that aggregator is back and has confirmed the current set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_survives_a_keeper_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || config(&dir.path().join("k.redb"), 1_000, 60_000);
+    let server = start(cfg(), Transport::Unix).await;
+    let keeper = endpoint(&server);
+    let (dc, ams, fra) = network(&keeper).await;
+    let mut app = AppClient::connect(&keeper).await.unwrap();
+    let a = app
+        .activate(&ActivateRequest {
+            pop: Some("ams".into()),
+            ..address_req("198.19.0.2")
+        })
+        .await
+        .unwrap();
+    drop(ams);
+    app.release(a.id).await.unwrap();
+    assert_eq!(server.keeper().held_captures(), [a.capture]);
+    server.shutdown().await;
+    drop((dc, fra, app));
+
+    let addr = ListenAddr::Unix(dir.path().join("keeper.sock"));
+    let server = start_at(cfg(), &addr).await;
+    assert_eq!(
+        server.keeper().held_captures(),
+        [a.capture],
+        "held after the restart"
+    );
+    let keeper = endpoint(&server);
+    let _dc = Fake::connect(
+        &keeper,
+        "dc-1",
+        &[Role::Demux, Role::Remux],
+        &["apps", "internet"],
+        0,
+        Behaviour::Ack,
+    )
+    .await;
+    let _fra = Fake::connect(
+        &keeper,
+        "pop-fra-1",
+        &[Role::Aggregator],
+        &["line0", "uplink"],
+        0,
+        Behaviour::Ack,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        server.keeper().held_captures(),
+        [a.capture],
+        "the demux and remux confirmed, the aggregator did not"
+    );
+    let mut app = AppClient::connect(&keeper).await.unwrap();
+    let again = ActivateRequest {
+        capture: Some(a.capture),
+        ..address_req("198.19.0.3")
+    };
+    let e = app.activate(&again).await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::Unavailable), "{e}");
+
+    let _ams = Fake::connect(
+        &keeper,
+        "pop-ams-1",
+        &[Role::Aggregator],
+        &["line0", "line1", "uplink"],
+        0,
+        Behaviour::Ack,
+    )
+    .await;
+    until("the hold lifted", || {
+        server.keeper().held_captures().is_empty().then_some(())
+    })
+    .await;
+    let b = app.activate(&again).await.unwrap();
+    assert_eq!((b.capture, b.alias), (a.capture, a.alias));
     assert!(server.keeper().audit().unwrap().is_empty());
     server.shutdown().await;
 }

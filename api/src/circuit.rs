@@ -248,6 +248,10 @@ pub struct Circuit {
     /// long (0: no lease, held until released).
     #[serde(default)]
     pub lease_ms: u64,
+    /// When it ended (released, or bounced and replaced), in milliseconds since the Unix
+    /// epoch; 0 while it lives. Retention counts from here, across keeper restarts.
+    #[serde(default)]
+    pub ended_at_ms: u64,
 }
 
 impl Circuit {

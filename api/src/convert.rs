@@ -179,6 +179,7 @@ pub fn circuit_to_wire(c: &Circuit) -> v1::Circuit {
         reason: c.reason.clone().unwrap_or_default(),
         return_path: return_to_wire(c.return_path),
         lease_ms: c.lease_ms,
+        ended_at_ms: c.ended_at_ms,
     }
 }
 
@@ -208,6 +209,7 @@ pub fn circuit_from_wire(c: &v1::Circuit) -> Result<Circuit, ProtoError> {
         reason: opt_string(&c.reason),
         return_path: return_from_wire("return_path", c.return_path)?,
         lease_ms: c.lease_ms,
+        ended_at_ms: c.ended_at_ms,
     })
 }
 

@@ -231,6 +231,7 @@ mod tests {
             replaced_by: None,
             reason: None,
             lease_ms: 0,
+            ended_at_ms: 0,
         }
     }
 

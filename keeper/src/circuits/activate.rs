@@ -91,6 +91,7 @@ impl Circuits {
             replaced_by: None,
             reason: None,
             lease_ms: req.lease_ms,
+            ended_at_ms: 0,
         };
         self.mark(id);
         self.index.add(&circuit);

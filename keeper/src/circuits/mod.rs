@@ -197,6 +197,9 @@ impl Circuits {
         let c = self.circuits.get_mut(&id)?;
         self.index.remove(c);
         let r = f(c);
+        if c.has_ended() && c.ended_at_ms == 0 {
+            c.ended_at_ms = unix_ms();
+        }
         self.index.add(c);
         Some(r)
     }
@@ -386,4 +389,12 @@ impl Circuits {
         }
         problems
     }
+}
+
+/// The wall clock in milliseconds since the Unix epoch (when a circuit ended is kept
+/// across restarts, so it cannot be an `Instant`).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

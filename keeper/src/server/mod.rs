@@ -116,12 +116,15 @@ struct Core {
     tables: Tables,
     failed: Option<String>,
     /// When each leased circuit's lease runs out (active and bounced ones; an
-    /// activating circuit's lease starts when it becomes active). Not stored: a
-    /// restarted keeper gives every lease a full term.
+    /// activating circuit's lease starts when it becomes active). Not stored, by
+    /// design: a restarted keeper gives every lease a full term (as etcd does for its
+    /// leases on a new leader), because no application could renew while it was away;
+    /// counting the outage against them would release every circuit of a keeper that
+    /// was down longer than a lease.
     leases: BTreeMap<crate::circuits::CircuitId, Instant>,
     reuse: reuse::Reuse,
     /// When each ended circuit (released, or bounced and replaced) ended, for pruning
-    /// after the retention. Not stored: after a restart the retention starts again.
+    /// after the retention. From each circuit's `ended_at_ms` after a restart.
     ended: BTreeMap<crate::circuits::CircuitId, Instant>,
 }
 
@@ -234,10 +237,21 @@ impl Keeper {
             .filter(|c| matches!(c.state, CircuitState::Active | CircuitState::Bounced))
             .map(|c| (c.id, now + Duration::from_millis(c.lease_ms)))
             .collect();
+        // Retention counts from when a circuit ended, by the wall clock, so that a
+        // restart neither restarts nor skips it (records from before `ended_at_ms` count
+        // from now).
+        let wall = crate::circuits::unix_ms();
         let ended = circuits
             .iter()
             .filter(|c| c.has_ended())
-            .map(|c| (c.id, now))
+            .map(|c| {
+                let ago = Duration::from_millis(wall.saturating_sub(c.ended_at_ms));
+                let at = match c.ended_at_ms {
+                    0 => now,
+                    _ => now.checked_sub(ago).unwrap_or(now),
+                };
+                (c.id, at)
+            })
             .collect();
         let core = Core {
             circuits,

@@ -237,6 +237,56 @@ async fn a_hold_survives_a_keeper_restart() {
     server.shutdown().await;
 }
 
+/// Retention counts from when a circuit ended, across restarts: a circuit that ended
+/// two hours before the restart is pruned by a keeper that keeps them one hour; one
+/// that ended just now is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_counts_from_the_end_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.redb");
+    let cfg = || {
+        let mut c = config(&db, 5_000, 60_000);
+        c.settings.retention_ms = 3_600_000;
+        c
+    };
+    let server = start(cfg(), Transport::Unix).await;
+    let keeper = endpoint(&server);
+    let (_dc, _ams, _fra) = network(&keeper).await;
+    let mut app = AppClient::connect(&keeper).await.unwrap();
+    let old = app.activate(&address_req("198.19.0.2")).await.unwrap();
+    let recent = app.activate(&address_req("198.19.0.3")).await.unwrap();
+    app.release(old.id).await.unwrap();
+    app.release(recent.id).await.unwrap();
+    server.shutdown().await;
+    drop(app);
+
+    // Two hours pass for the first one while the keeper is down.
+    {
+        let store = keeper::store::Store::open(&db).unwrap();
+        let loaded = store.load().unwrap();
+        let mut c = loaded.circuits.iter().find(|c| c.id == old.id).unwrap().clone();
+        let r = loaded.circuits.iter().find(|c| c.id == recent.id).unwrap();
+        assert!(c.ended_at_ms > 0 && r.ended_at_ms > 0, "stored when they ended");
+        c.ended_at_ms -= 2 * 3_600_000;
+        store
+            .commit(&keeper::store::Batch {
+                put_circuits: vec![&c],
+                next_circuit: loaded.next_circuit,
+                generation: loaded.generation,
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    let server = start(cfg(), Transport::Unix).await;
+    until("the old circuit pruned", || {
+        server.keeper().get(old.id).is_err().then_some(())
+    })
+    .await;
+    let kept = server.keeper().get(recent.id).unwrap();
+    assert_eq!(kept.state, CircuitState::Released);
+    server.shutdown().await;
+}
+
 /// A line that bounces three times in quick succession is held down: no new circuit
 /// lands on it, even once it is up, until its penalty has decayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

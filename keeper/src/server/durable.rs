@@ -111,6 +111,11 @@ impl Keeper {
             }
         };
         let took = started.elapsed();
+        tracing::debug!(
+            us = took.as_micros() as u64,
+            circuits = batch.put_circuits.len() + batch.delete_circuits.len(),
+            "store commit"
+        );
         if took >= SLOW_COMMIT {
             warn!(
                 ms = took.as_millis() as u64,

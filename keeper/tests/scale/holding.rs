@@ -264,9 +264,17 @@ async fn retention_counts_from_the_end_across_a_restart() {
     {
         let store = keeper::store::Store::open(&db).unwrap();
         let loaded = store.load().unwrap();
-        let mut c = loaded.circuits.iter().find(|c| c.id == old.id).unwrap().clone();
+        let mut c = loaded
+            .circuits
+            .iter()
+            .find(|c| c.id == old.id)
+            .unwrap()
+            .clone();
         let r = loaded.circuits.iter().find(|c| c.id == recent.id).unwrap();
-        assert!(c.ended_at_ms > 0 && r.ended_at_ms > 0, "stored when they ended");
+        assert!(
+            c.ended_at_ms > 0 && r.ended_at_ms > 0,
+            "stored when they ended"
+        );
         c.ended_at_ms -= 2 * 3_600_000;
         store
             .commit(&keeper::store::Batch {

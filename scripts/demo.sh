@@ -100,10 +100,12 @@ done
 step "Applications ask the keeper for circuits (tarpctl)"
 echo "hello from app2 in the data center" >"$DEMO_DIR/www/index.html"
 t0=$(date +%s%N)
-bg app1 app1 timeout 900 "$TARP_BIN/tarpctl" --keeper "$KEEPER" activate --mode address --protocol udp --port 7000 \
-  --app-host 198.19.0.2 --region eu --key demo-eu -- python3 "$APPS/udp_echo.py" 0.0.0.0 7000 --tag app1
-bg app2 app2 timeout 900 "$TARP_BIN/tarpctl" --keeper "$KEEPER" activate --mode port --protocol tcp --port 8080 \
-  --app-host 198.19.0.3 --region us --key demo-us -- python3 -m http.server --bind 198.19.0.3 --directory "$DEMO_DIR/www" 8080
+ctl_as app-app1
+bg app1 app1 timeout 900 "${CTL[@]}" activate --mode address --protocol udp --port 7000 \
+  --app-host 198.19.0.2 --region eu --idempotency-key demo-eu -- python3 "$APPS/udp_echo.py" 0.0.0.0 7000 --tag app1
+ctl_as app-app2
+bg app2 app2 timeout 900 "${CTL[@]}" activate --mode port --protocol tcp --port 8080 \
+  --app-host 198.19.0.3 --region us --idempotency-key demo-us -- python3 -m http.server --bind 198.19.0.3 --directory "$DEMO_DIR/www" 8080
 CAP_EU='' CAP_US=''
 for _ in $(seq 100); do
   CAP_EU=$(circuit_field 198.19.0.2 capture)
@@ -112,13 +114,30 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 t1=$(date +%s%N)
-bg watch ctl timeout 900 "$TARP_BIN/tarpctl" --keeper "$KEEPER" watch
+ctl_as operator-ops
+bg watch ctl timeout 900 "${CTL[@]}" watch
 if [ -n "$CAP_EU" ] && [ -n "$CAP_US" ]; then
   okay "app1 (UDP echo, address mode, region eu): capture address $CAP_EU:7000 — tarpctl put it on app1's loopback"
   okay "app2 (HTTP, port mode, region us): capture address $CAP_US:8080 -> 198.19.0.3:8080"
   info "both circuits active after $(((t1 - t0) / 1000000)) ms (every forwarder on their paths acknowledged)"
 else
   bad "circuits not active: eu=$CAP_EU us=$CAP_US ($(tail -n 2 "$DEMO_DIR/app1.log"))"
+fi
+# Trust: every caller is named by its certificate, and a circuit belongs to its application.
+EU_ID=$(circuit_field 198.19.0.2 id)
+if out=$(tarpctl app2 release --no-loopback "$EU_ID" 2>&1); then
+  bad "app2 released app1's circuit $EU_ID"
+elif grep -q "PermissionDenied.*app/app2 may not release circuit $EU_ID: it belongs to app/app1" <<<"$out"; then
+  okay "app2 may not release app1's circuit $EU_ID: $(grep -o 'PermissionDenied.*' <<<"$out" | head -n 1)"
+else
+  bad "app2 releasing app1's circuit: unexpected answer: $out"
+fi
+if out=$(nsx deu "$TARP_BIN/tarpctl" --keeper "$KEEPER" --ca "$CERTS/ca.pem" list 2>&1); then
+  bad "a caller without a certificate listed the circuits"
+elif grep -q Unauthenticated <<<"$out"; then
+  okay "a caller without a client certificate: $(grep -o 'Unauthenticated.*' <<<"$out" | head -n 1)"
+else
+  bad "a caller without a certificate: unexpected answer: $out"
 fi
 for _ in $(seq 100); do nsx app2 ss -lnt | grep -q 198.19.0.3:8080 && break; sleep 0.1; done
 for _ in $(seq 100); do nsx app1 ss -lnu | grep -q 0.0.0.0:7000 && break; sleep 0.1; done
@@ -285,7 +304,7 @@ EOF
   step "Left running (--keep)"
   info "topology: $DEMO_DIR/topology.json; logs: $DEMO_DIR/*.log"
   info "look around:   ip netns exec ${P}deu python3 tests/apps/udp_ask.py $NEW_EU 7000 hi"
-  info "               ip netns exec ${P}app1 target/release/tarpctl --keeper $KEEPER list"
+  info "               ip netns exec ${P}app1 target/release/tarpctl --keeper $KEEPER --ca $CERTS/ca.pem --cert $CERTS/app-app1.pem --key $CERTS/app-app1.key list"
   info "               ip netns exec ${P}dc-dmx curl -s 127.0.0.1:9403/metrics | grep tarp_port"
   info "tear down:     scripts/demo-down.sh"
 fi

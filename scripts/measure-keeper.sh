@@ -12,7 +12,8 @@ P=${DEMO_PREFIX:-td}
 bash scripts/demo.sh --keep --no-build >/tmp/tarp-measure-demo.log 2>&1 || { tail -n 20 /tmp/tarp-measure-demo.log; exit 1; }
 trap 'bash scripts/demo-down.sh >/dev/null' EXIT
 KEEPER="unix:$DEMO_DIR/keeper.sock"
-ctl() { ip netns exec "${P}ctl" target/release/tarpctl --keeper "$KEEPER" "$@"; }
+C="$DEMO_DIR/certs"
+ctl() { ip netns exec "${P}ctl" target/release/tarpctl --keeper "$KEEPER" --ca "$C/ca.pem" --cert "$C/operator-ops.pem" --key "$C/operator-ops.key" "$@"; }
 stats() { python3 -c '
 import sys, statistics
 v = sorted(float(x) for x in sys.stdin.read().split())

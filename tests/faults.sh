@@ -96,10 +96,12 @@ done
 pass "keeper and four forwarders up"
 
 # Two circuits held by running applications (tarpctl renews their leases): one per POP.
-bg held-us app2 timeout 600 "$TARP_BIN/tarpctl" --keeper "$KEEPER" activate --mode port --protocol udp --port 6000 \
-  --app-host 198.19.0.3 --region us --key held-us -- python3 "$APPS/udp_echo.py" 198.19.0.3 6000 --tag app2
-bg held-eu app1 timeout 600 "$TARP_BIN/tarpctl" --keeper "$KEEPER" activate --mode port --protocol udp --port 6001 \
-  --app-host 198.19.0.2 --capture 203.0.113.34 --key held-eu -- python3 "$APPS/udp_echo.py" 198.19.0.2 6001 --tag app1
+ctl_as app-app2
+bg held-us app2 timeout 600 "${CTL[@]}" activate --mode port --protocol udp --port 6000 \
+  --app-host 198.19.0.3 --region us --idempotency-key held-us -- python3 "$APPS/udp_echo.py" 198.19.0.3 6000 --tag app2
+ctl_as app-app1
+bg held-eu app1 timeout 600 "${CTL[@]}" activate --mode port --protocol udp --port 6001 \
+  --app-host 198.19.0.2 --capture 203.0.113.34 --idempotency-key held-eu -- python3 "$APPS/udp_echo.py" 198.19.0.2 6001 --tag app1
 US='' EU=''
 for _ in $(seq 100); do
   US=$(circuits | awk '$6 == "held-us" { print $2 }')
@@ -117,7 +119,7 @@ fi
 echo "== 1. an aggregator cut off from the keeper keeps forwarding on its old tables"
 bg victim-echo app1 timeout 300 python3 "$APPS/udp_echo.py" 0.0.0.0 7300 --tag victim
 bg other-echo app2 timeout 300 python3 "$APPS/udp_echo.py" 0.0.0.0 7300 --tag other
-V=$(tarpctl app1 --json activate --mode address --protocol udp --app-host 198.19.0.2 --capture 203.0.113.35 --key victim | json_get id)
+V=$(tarpctl app1 --json activate --mode address --protocol udp --app-host 198.19.0.2 --capture 203.0.113.35 --idempotency-key victim | json_get id)
 A=$(tarpctl ctl --json get "$V" | json_get alias)
 for _ in $(seq 50); do nsx app1 ss -lnu | grep -q 0.0.0.0:7300 && nsx app2 ss -lnu | grep -q 0.0.0.0:7300 && break; sleep 0.1; done
 if out=$(nsx deu timeout 20 python3 "$APPS/udp_ask.py" 203.0.113.35 7300 before-cut --tries 10); then
@@ -128,7 +130,7 @@ fi
 relay_cut
 for _ in $(seq 50); do grep -q "pop-eu.*disconnected\|disconnected.*pop-eu" "$TOPO_DIR/keeper.log" && break; sleep 0.1; done
 tarpctl app1 release "$V" >/dev/null
-W=$(tarpctl app2 --json activate --mode address --protocol udp --app-host 198.19.0.3 --region us --key other)
+W=$(tarpctl app2 --json activate --mode address --protocol udp --app-host 198.19.0.3 --region us --idempotency-key other)
 W_ID=$(echo "$W" | json_get id)
 W_ALIAS=$(echo "$W" | json_get alias)
 W_CAP=$(echo "$W" | json_get capture)
@@ -179,9 +181,10 @@ echo "== 2. the keeper killed (-9) in the middle of 40 activations"
 before=$(circuits)
 stream s2 dus "$US" 6000 8
 sleep 1
+ctl_as operator-ops
 for i in $(seq 0 39); do
-  bg "burst$i" ctl timeout 60 "$TARP_BIN/tarpctl" --keeper "$KEEPER" --json activate --mode port --protocol udp \
-    --port $((7100 + i)) --app-host 198.19.0.2 --region eu --key "burst-$i"
+  bg "burst$i" ctl timeout 60 "${CTL[@]}" --json activate --mode port --protocol udp \
+    --port $((7100 + i)) --app-host 198.19.0.2 --region eu --idempotency-key "burst-$i"
 done
 # The kill comes as soon as the first activation is answered.
 for _ in $(seq 500); do
@@ -202,7 +205,7 @@ same=0 differ=0 missing=0
 declare -A AGAIN=()
 for i in $(seq 0 39); do
   id=$(tarpctl ctl --json activate --mode port --protocol udp --port $((7100 + i)) --app-host 198.19.0.2 \
-    --region eu --key "burst-$i" 2>/dev/null | json_get id || true)
+    --region eu --idempotency-key "burst-$i" 2>/dev/null | json_get id || true)
   [ -z "$id" ] && missing=$((missing + 1)) && continue
   AGAIN[$i]=$id
   if [ -n "${FIRST[$i]:-}" ]; then
@@ -256,10 +259,10 @@ echo "== 4. pop-eu line0 flapping 10 times a second for 10 seconds"
 # Circuits on line0: ten in port mode on 203.0.113.2, one in address mode on .3.
 for i in $(seq 0 9); do
   tarpctl ctl activate --mode port --protocol udp --port $((7200 + i)) --app-host 198.19.0.2 \
-    --capture 203.0.113.2 --key "line0-$i" >/dev/null
+    --capture 203.0.113.2 --idempotency-key "line0-$i" >/dev/null
 done
 tarpctl ctl activate --mode address --protocol udp --app-host 198.19.0.3 --capture 203.0.113.3 \
-  --key line0-addr --no-loopback >/dev/null
+  --idempotency-key line0-addr --no-loopback >/dev/null
 line0=$(circuits | awk '$2 == "203.0.113.2" || $2 == "203.0.113.3"' | wc -l)
 stream s4 deu "$EU" 6001 13
 sleep 1

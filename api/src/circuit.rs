@@ -252,6 +252,11 @@ pub struct Circuit {
     /// epoch; 0 while it lives. Retention counts from here, across keeper restarts.
     #[serde(default)]
     pub ended_at_ms: u64,
+    /// The identity that activated it (`app/NAME` or `operator/NAME`): only it, or an
+    /// operator, may release, renew, get or watch it. Empty for circuits made before
+    /// identities (an operator's alone).
+    #[serde(default)]
+    pub owner: String,
 }
 
 impl Circuit {
@@ -340,6 +345,9 @@ pub struct ActivateRequest {
     /// Hold the circuit by a lease of this many milliseconds, renewed with
     /// `Renew` (0: no lease).
     pub lease_ms: u64,
+    /// Who the circuit will belong to. The keeper sets it from the caller's identity;
+    /// it is never taken from the wire.
+    pub owner: String,
 }
 
 /// Which circuits a listing returns.
@@ -355,4 +363,7 @@ pub struct ListFilter {
     pub state: Option<CircuitState>,
     /// Include released circuits when no state is given.
     pub include_released: bool,
+    /// Only circuits of this owner (the keeper sets it for a caller who is not an
+    /// operator).
+    pub owner: Option<String>,
 }

@@ -65,7 +65,7 @@ pub use crate::rules::Protocol;
 use crate::convert::{
     activate_to_wire, circuit_from_wire, event_from_wire, role_to_wire, state_to_wire,
 };
-use crate::endpoint::EndpointError;
+use crate::endpoint::{Dial, EndpointError};
 
 /// A keeper call that failed.
 #[derive(Debug, thiserror::Error)]
@@ -134,16 +134,16 @@ impl ClientError {
     }
 }
 
-async fn channel(endpoint: &str, connect_timeout: Duration) -> Result<Channel, ClientError> {
-    crate::endpoint::connect(endpoint, connect_timeout)
+async fn channel(dial: &Dial, connect_timeout: Duration) -> Result<Channel, ClientError> {
+    crate::endpoint::connect(dial, connect_timeout)
         .await
         .map_err(|e| match e {
             EndpointError::Invalid(problem) => ClientError::Endpoint {
-                endpoint: endpoint.to_string(),
+                endpoint: dial.to_string(),
                 problem,
             },
             EndpointError::Connect(source) => ClientError::Connect {
-                endpoint: endpoint.to_string(),
+                endpoint: dial.to_string(),
                 source,
             },
         })
@@ -159,9 +159,9 @@ impl AppClient {
     /// Connects to a keeper: `http://127.0.0.1:50551`, or a Unix socket such as
     /// `unix:/run/tarp/keeper.sock`. The connection is re-dialled (same transport) when
     /// it drops; the call that noticed the drop fails.
-    pub async fn connect(endpoint: &str) -> Result<AppClient, ClientError> {
+    pub async fn connect(endpoint: impl Into<Dial>) -> Result<AppClient, ClientError> {
         Ok(AppClient {
-            inner: CircuitsClient::new(channel(endpoint, Duration::from_secs(5)).await?),
+            inner: CircuitsClient::new(channel(&endpoint.into(), Duration::from_secs(5)).await?),
         })
     }
 
@@ -406,7 +406,7 @@ impl ForwarderSession {
     /// keeper's inventory has no such node, FAILED_PRECONDITION when it does not give
     /// it one of `roles`.
     pub async fn connect(
-        endpoint: &str,
+        endpoint: impl Into<Dial>,
         node_id: &str,
         roles: &[Role],
         ports: &[PortState],
@@ -430,7 +430,7 @@ impl ForwarderSession {
     /// [`ClientError::OutOfSequence`]. A forwarder that holds its tables resumes with
     /// [`resume_with`](Self::resume_with).
     pub async fn connect_with(
-        endpoint: &str,
+        endpoint: impl Into<Dial>,
         node_id: &str,
         roles: &[Role],
         ports: &[PortState],
@@ -452,7 +452,7 @@ impl ForwarderSession {
     /// Dials the keeper holding `tables` (what the forwarder runs): the keeper sends
     /// only what changed since, when it still can.
     pub async fn resume_with(
-        endpoint: &str,
+        endpoint: impl Into<Dial>,
         node_id: &str,
         roles: &[Role],
         ports: &[PortState],
@@ -473,7 +473,7 @@ impl ForwarderSession {
     }
 
     async fn open(
-        endpoint: &str,
+        endpoint: impl Into<Dial>,
         node_id: &str,
         roles: &[Role],
         ports: &[PortState],
@@ -481,7 +481,8 @@ impl ForwarderSession {
         tables: Option<Tables>,
         options: SessionOptions,
     ) -> Result<ForwarderSession, ClientError> {
-        let mut client = ForwardersClient::new(channel(endpoint, options.connect_timeout).await?);
+        let mut client =
+            ForwardersClient::new(channel(&endpoint.into(), options.connect_timeout).await?);
         let (tx, rx) = mpsc::channel(64);
         let hello = v1::Hello {
             node_id: node_id.to_string(),

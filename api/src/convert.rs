@@ -114,6 +114,7 @@ pub fn activate_from_wire(r: &v1::ActivateRequest) -> Result<ActivateRequest, Pr
         },
         return_path: return_from_wire("return_path", r.return_path)?,
         lease_ms: r.lease_ms,
+        owner: String::new(),
     })
 }
 
@@ -180,6 +181,7 @@ pub fn circuit_to_wire(c: &Circuit) -> v1::Circuit {
         return_path: return_to_wire(c.return_path),
         lease_ms: c.lease_ms,
         ended_at_ms: c.ended_at_ms,
+        owner: c.owner.clone(),
     }
 }
 
@@ -210,6 +212,7 @@ pub fn circuit_from_wire(c: &v1::Circuit) -> Result<Circuit, ProtoError> {
         return_path: return_from_wire("return_path", c.return_path)?,
         lease_ms: c.lease_ms,
         ended_at_ms: c.ended_at_ms,
+        owner: c.owner.clone(),
     })
 }
 
@@ -274,6 +277,7 @@ mod tests {
             capture: None,
             return_path: ReturnPath::Symmetric,
             lease_ms: 0,
+            owner: String::new(),
         };
         assert_eq!(activate_from_wire(&activate_to_wire(&req)).unwrap(), req);
         let mut wire = activate_to_wire(&req);

@@ -32,13 +32,34 @@ pub struct Config {
     /// Address to serve Prometheus metrics on (e.g. `127.0.0.1:9101`).
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
-    /// The circuit keeper to dial (`http://127.0.0.1:50551` or `unix:/run/tarp/keeper.sock`);
-    /// absent: static rules only.
+    /// The circuit keeper to dial: `https://HOST:PORT` (with `[keeper_tls]`),
+    /// `unix:/run/tarp/keeper.sock` (plaintext, or TLS with `[keeper_tls]`), or
+    /// `http://127.0.0.1:PORT` (plaintext, loopback only); absent: static rules only.
     #[serde(default)]
     pub keeper: Option<String>,
+    /// TLS to the keeper: its CA, and this node's certificate (naming `node/NODE_ID`).
+    #[serde(default)]
+    pub keeper_tls: Option<KeeperTls>,
     /// Packet buffers.
     #[serde(default)]
     pub mempool: MempoolConfig,
+}
+
+/// `[keeper_tls]`: TLS to the keeper. Relative paths are taken from the config file's
+/// folder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeeperTls {
+    /// The CA that signed the keeper's certificate (and this node's).
+    pub ca: std::path::PathBuf,
+    /// This node's certificate (`tarp-keeper certs node NODE_ID`).
+    pub cert: std::path::PathBuf,
+    /// Its key.
+    pub key: std::path::PathBuf,
+    /// The name to check on the keeper's certificate (default: the endpoint's host, or
+    /// `tarp-keeper` over a Unix socket).
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// Packet buffers (one DPDK mempool per NUMA socket).
@@ -211,7 +232,31 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))
         })?;
-        Config::parse(&text)
+        let mut cfg = Config::parse(&text)?;
+        if let (Some(dir), Some(tls)) = (path.parent(), &mut cfg.keeper_tls) {
+            for p in [&mut tls.ca, &mut tls.cert, &mut tls.key] {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// How to dial the keeper (`None`: no keeper), its TLS files read. The error names
+    /// the key at fault.
+    pub fn keeper_dial(&self) -> Result<Option<tarp_api::endpoint::Dial>, ConfigError> {
+        use tarp_api::endpoint::{ClientTls, Dial};
+        let Some(endpoint) = &self.keeper else {
+            return Ok(None);
+        };
+        let Some(t) = &self.keeper_tls else {
+            return Ok(Some(Dial::plain(endpoint.as_str())));
+        };
+        let tls =
+            ClientTls::from_files(&t.ca, Some(&t.cert), Some(&t.key), t.server_name.as_deref())
+                .map_err(|e| ConfigError::new("keeper_tls", e))?;
+        Ok(Some(Dial::tls(endpoint.as_str(), tls)))
     }
 
     /// Parses and validates a config from TOML text.
@@ -339,6 +384,36 @@ impl Config {
                     format!("{k:?} is neither an http(s):// URL nor unix:/PATH"),
                 ));
             }
+            if k.starts_with("https://") && self.keeper_tls.is_none() {
+                return Err(ConfigError::new(
+                    "keeper",
+                    format!("{k:?} is https:// but there is no [keeper_tls] (ca, cert, key)"),
+                ));
+            }
+            if k.starts_with("http://") && self.keeper_tls.is_some() {
+                return Err(ConfigError::new(
+                    "keeper",
+                    format!("{k:?} is plaintext http:// but [keeper_tls] is set; use https://"),
+                ));
+            }
+            if let Some(host) = k.strip_prefix("http://") {
+                let host = host.split('/').next().unwrap_or_default();
+                let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+                let h = host.trim_start_matches('[').trim_end_matches(']');
+                let loopback = h == "localhost"
+                    || h.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback());
+                if !loopback {
+                    return Err(ConfigError::new(
+                        "keeper",
+                        format!("{k:?}: plaintext only to loopback or a Unix socket; use https:// with [keeper_tls]"),
+                    ));
+                }
+            }
+        } else if self.keeper_tls.is_some() {
+            return Err(ConfigError::new(
+                "keeper_tls",
+                "set, but there is no keeper to dial",
+            ));
         }
         Ok(())
     }

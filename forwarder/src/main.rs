@@ -46,6 +46,13 @@ fn main() -> ExitCode {
         eprintln!("tarp-forwarder: {file}: {e}");
         return ExitCode::from(2);
     }
+    let dial = match cfg.keeper_dial() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("tarp-forwarder: {file}: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if args.check {
         let rules = cfg.rules.aggregator.len() + cfg.rules.demux.len() + cfg.rules.remux.len();
         let (ports, workers) = (cfg.ports.len(), cfg.workers.lcores.len());
@@ -60,7 +67,7 @@ fn main() -> ExitCode {
         }
     }
     // With a keeper, the keeper link feeds table updates to the control thread.
-    let (hooks, keeper_thread) = match cfg.keeper.clone() {
+    let (hooks, keeper_thread) = match dial {
         Some(endpoint) => {
             let (link, hooks) = KeeperLink::new(&cfg, endpoint, stop.clone());
             match link.spawn() {

@@ -38,7 +38,7 @@ fn ams_link(keeper: &str) -> Link {
     let (updates_tx, updates) = mpsc::channel::<TableUpdate>();
     let (links, links_rx) = mpsc::channel::<LinkReport>();
     let link = KeeperLink {
-        endpoint: keeper.to_string(),
+        endpoint: keeper.into(),
         node_id: "pop-ams-1".into(),
         roles: vec![PortRole::Aggregator; 3],
         ports: ["line0", "line1", "uplink"].map(String::from).into(),

@@ -258,6 +258,7 @@ mod tests {
             capture: None,
             return_path: ReturnPath::Asymmetric,
             lease_ms: 0,
+            owner: String::new(),
         };
         let Activation::Started(id) = s.activate(inv, 256, &req).unwrap() else {
             panic!()
@@ -280,6 +281,7 @@ mod tests {
             capture: Some(ip(capture)),
             return_path: ReturnPath::Symmetric,
             lease_ms: 0,
+            owner: String::new(),
         }
     }
 

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use tarp_api::rules::{Route, Tunnel};
 use tarp_api::MacAddr;
 
+pub use crate::auth::Identity;
 pub use crate::transport::ListenAddr;
 
 pub use tarp_api::circuit::{NodeId, Role};
@@ -58,6 +59,29 @@ pub struct Settings {
     pub flap_suppress: u32,
     /// ...until it has decayed below this.
     pub flap_reuse: u32,
+    /// TLS on the gRPC endpoint (`[keeper.tls]`), with client certificates naming each
+    /// caller. Without it the keeper speaks plaintext, on loopback or a Unix socket only.
+    pub tls: Option<TlsSettings>,
+    /// Who a plaintext caller is (`operator/NAME` or `app/NAME`); `None`: nobody, every
+    /// plaintext call is refused. Configured, never assumed.
+    pub plaintext_identity: Option<Identity>,
+    /// The mode of a Unix socket file the keeper creates (file-permission trust).
+    pub socket_mode: u32,
+    /// The group of that socket file, by name (`None`: the keeper's own).
+    pub socket_group: Option<String>,
+}
+
+/// `[keeper.tls]`: the keeper's certificate and the CA its clients' certificates come
+/// from. Relative paths are taken from the config file's folder.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The keeper's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The CA that issues forwarder, application and operator certificates (PEM).
+    pub client_ca: PathBuf,
 }
 
 impl Default for Settings {
@@ -76,6 +100,10 @@ impl Default for Settings {
             flap_half_life_ms: 60_000,
             flap_suppress: 3_000,
             flap_reuse: 750,
+            tls: None,
+            plaintext_identity: None,
+            socket_mode: crate::transport::SOCKET_MODE,
+            socket_group: None,
         }
     }
 }
@@ -125,6 +153,10 @@ struct RawSettings {
     flap_half_life_ms: u64,
     flap_suppress: u32,
     flap_reuse: u32,
+    tls: Option<TlsSettings>,
+    plaintext_identity: Option<String>,
+    socket_mode: u32,
+    socket_group: Option<String>,
 }
 
 impl Default for RawSettings {
@@ -144,6 +176,10 @@ impl Default for RawSettings {
             flap_half_life_ms: s.flap_half_life_ms,
             flap_suppress: s.flap_suppress,
             flap_reuse: s.flap_reuse,
+            tls: s.tls,
+            plaintext_identity: s.plaintext_identity.map(|i| i.to_string()),
+            socket_mode: s.socket_mode,
+            socket_group: s.socket_group,
         }
     }
 }
@@ -414,6 +450,13 @@ impl Config {
                     *socket = dir.join(&*socket);
                 }
             }
+            if let Some(tls) = &mut settings.tls {
+                for p in [&mut tls.cert, &mut tls.key, &mut tls.client_ca] {
+                    if p.is_relative() {
+                        *p = dir.join(&*p);
+                    }
+                }
+            }
         }
         Ok(config)
     }
@@ -507,6 +550,45 @@ fn check_settings(s: RawSettings) -> Result<Settings, Invalid> {
         .listen
         .parse::<ListenAddr>()
         .map_err(|problem| ("keeper.listen".to_string(), problem))?;
+    if let (ListenAddr::Tcp(a), None) = (&listen, &s.tls) {
+        if !a.ip().is_loopback() {
+            return Err((
+                "keeper.listen".into(),
+                format!("{a} is not a loopback address: plaintext gRPC is only for loopback and Unix sockets; set [keeper.tls]"),
+            ));
+        }
+    }
+    let plaintext_identity = match &s.plaintext_identity {
+        None => None,
+        Some(_) if s.tls.is_some() => {
+            return Err((
+                "keeper.plaintext_identity".into(),
+                "only without [keeper.tls]: with TLS every caller's certificate names it".into(),
+            ))
+        }
+        Some(text) => match Identity::parse(text) {
+            Ok(Identity::Node(_)) => {
+                return Err((
+                    "keeper.plaintext_identity".into(),
+                    format!("{text:?}: operator/NAME or app/NAME (a node identity comes with its certificate)"),
+                ))
+            }
+            Ok(id) => Some(id),
+            Err(e) => return Err(("keeper.plaintext_identity".into(), e)),
+        },
+    };
+    if s.socket_mode > 0o777 || s.socket_mode & 0o600 != 0o600 {
+        return Err((
+            "keeper.socket_mode".into(),
+            format!(
+                "{:#o}: a file mode (at most 0o777) that lets the keeper's own user read and write",
+                s.socket_mode
+            ),
+        ));
+    }
+    if s.socket_group.as_deref() == Some("") {
+        return Err(("keeper.socket_group".into(), "empty group name".into()));
+    }
     Ok(Settings {
         listen,
         db: s.db,
@@ -521,6 +603,10 @@ fn check_settings(s: RawSettings) -> Result<Settings, Invalid> {
         flap_half_life_ms: s.flap_half_life_ms,
         flap_suppress: s.flap_suppress,
         flap_reuse: s.flap_reuse,
+        tls: s.tls,
+        plaintext_identity,
+        socket_mode: s.socket_mode,
+        socket_group: s.socket_group,
     })
 }
 

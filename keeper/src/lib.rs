@@ -3,6 +3,8 @@
 //!
 //! * [`inventory`]: the TOML configuration (regions, POPs, aggregators and their lines,
 //!   demux alias pools, remux nodes, application hosts, tunnels, routes).
+//! * [`auth`]: who a caller is (client certificates, or the configured plaintext
+//!   identity) and what they may do; [`certs`]: certificates for a deployment.
 //! * [`circuits`]: the circuit state machine (activate, release, bounce, replace); pure.
 //! * [`compiler`]: circuits -> each forwarder's [`Rules`](tarp_api::Rules).
 //! * [`store`]: durable state in an embedded redb database.
@@ -14,6 +16,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
+pub mod certs;
 pub mod circuits;
 pub mod compiler;
 pub mod inventory;

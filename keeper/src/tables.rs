@@ -347,6 +347,7 @@ mod tests {
             capture: None,
             return_path: ReturnPath::Asymmetric,
             lease_ms: 0,
+            owner: String::new(),
         }
     }
 

@@ -241,6 +241,25 @@ async fn bind_unix(path: &Path) -> io::Result<(UnixListener, SocketFile)> {
     Ok((listener, file))
 }
 
+/// Gives a socket file the keeper listens on its configured mode and group (the
+/// trust of a Unix socket is who may open it).
+pub fn restrict_socket(path: &Path, mode: u32, group: Option<&str>) -> io::Result<()> {
+    if let Some(name) = group {
+        let g = nix::unistd::Group::from_name(name)
+            .map_err(io::Error::from)?
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, format!("no group named {name:?}"))
+            })?;
+        nix::unistd::chown(path, None, Some(g.gid)).map_err(|e| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!("chown {} to group {name}: {e}", path.display()),
+            )
+        })?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

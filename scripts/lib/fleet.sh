@@ -6,7 +6,9 @@
 #   inet ──eu-l0, eu-l1── [pop-eu]    inet ──us-l0, us-l1── [pop-us]  two POPs, two lines each
 #   inet ──br-core── [pop-* uplink] [dc-dmx tun] [dc-rmx out]         tunnels and egress
 #   [dc-dmx dc] [dc-rmx dc] ──br-dc── app1 (198.19.0.2), app2 (198.19.0.3)
-#   ctl: the keeper (Unix socket $TOPO_DIR/keeper.sock, reachable from every namespace)
+#   ctl: the keeper (Unix socket $TOPO_DIR/keeper.sock, reachable from every namespace;
+#        TLS with client certificates made at run time in $TOPO_DIR/certs: each forwarder
+#        is node/NAME, app1 and app2 are app/app1 and app/app2, ctl is operator/ops)
 #
 # POP lines hold one /27 of 203.0.113.0/24 each (the router the top address):
 #   eu line0 .0/27 (captures .2 .3)   eu line1 .32/27 (.34 .35)
@@ -21,6 +23,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/topo.sh"
 NS_ALL=(deu dus inet app1 app2 dc ctl pop-eu pop-us dc-dmx dc-rmx)
 FORWARDERS=(pop-eu pop-us dc-dmx dc-rmx)
 KEEPER="unix:$TOPO_DIR/keeper.sock"
+CERTS="$TOPO_DIR/certs"
 declare -A MPORT=([pop-eu]=9401 [pop-us]=9402 [dc-dmx]=9403 [dc-rmx]=9404)
 # The keeper endpoint each forwarder is configured with (default: $KEEPER).
 declare -A FW_KEEPER=()
@@ -89,9 +92,31 @@ fleet_line() {
   dpdk_end "pop-$r" "$r-line$n"
 }
 
-# fleet_keeper_conf [LINES]: writes $TOPO_DIR/keeper.toml; LINES are extra [keeper]
-# settings (one per line); FLEET_HEARTBEAT_TIMEOUT_MS overrides the 3 s heartbeat timeout.
+# fleet_certs: the deployment's CA and every certificate (once; tarp-keeper certs).
+fleet_certs() {
+  local n
+  [ -f "$CERTS/ca.pem" ] && return 0
+  {
+    "$TARP_BIN/tarp-keeper" certs --dir "$CERTS" ca --name "tarp demo CA"
+    "$TARP_BIN/tarp-keeper" certs --dir "$CERTS" keeper
+    for n in "${FORWARDERS[@]}"; do "$TARP_BIN/tarp-keeper" certs --dir "$CERTS" node "$n"; done
+    "$TARP_BIN/tarp-keeper" certs --dir "$CERTS" app app1
+    "$TARP_BIN/tarp-keeper" certs --dir "$CERTS" app app2
+    "$TARP_BIN/tarp-keeper" certs --dir "$CERTS" operator ops
+  } >/dev/null
+}
+
+# ctl_as STEM: sets the array CTL to tarpctl talking to the keeper over TLS as the
+# identity whose certificate is $CERTS/STEM.pem (app-app1, app-app2, operator-ops).
+ctl_as() {
+  CTL=("$TARP_BIN/tarpctl" --keeper "$KEEPER" --ca "$CERTS/ca.pem" --cert "$CERTS/$1.pem" --key "$CERTS/$1.key")
+}
+
+# fleet_keeper_conf [LINES]: writes $TOPO_DIR/keeper.toml (and the certificates); LINES
+# are extra [keeper] settings (one per line); FLEET_HEARTBEAT_TIMEOUT_MS overrides the 3 s
+# heartbeat timeout.
 fleet_keeper_conf() {
+  fleet_certs
   cat >"$TOPO_DIR/keeper.toml" <<EOF
 [keeper]
 listen = "$KEEPER"
@@ -100,6 +125,10 @@ ack_timeout_ms = 5000
 heartbeat_interval_ms = 500
 heartbeat_timeout_ms = ${FLEET_HEARTBEAT_TIMEOUT_MS:-3000}
 ${1:-}
+[keeper.tls]
+cert = "certs/keeper.pem"
+key = "certs/keeper.key"
+client_ca = "certs/ca.pem"
 
 [[regions]]
 name = "eu"
@@ -173,6 +202,7 @@ fleet_fwconf() {
   {
     printf 'node_id = "%s"\nmetrics = "127.0.0.1:%s"\nkeeper = "%s"\n' \
       "$name" "${MPORT[$name]}" "${FW_KEEPER[$name]:-$KEEPER}"
+    printf '[keeper_tls]\nca = "certs/ca.pem"\ncert = "certs/node-%s.pem"\nkey = "certs/node-%s.key"\n' "$name" "$name"
     printf '[eal]\nargs = ["--no-huge", "-m", "256"]\n[workers]\nlcores = [1]\nidle = "backoff"\n'
     for p in "$@"; do
       IFS=: read -r pname dev role addrs <<<"$p"
@@ -213,11 +243,16 @@ m() {
     awk -v m="$2" -v l="$3" 'index($0, m "{") == 1 && index($0, l) { v = $NF } END { print v }'
 }
 
-# tarpctl NS ARGS...: tarpctl in namespace NS, talking to the keeper.
+# tarpctl NS ARGS...: tarpctl in namespace NS, talking to the keeper as that namespace's
+# identity (app1, app2: their applications; anywhere else: the operator).
 tarpctl() {
   local n=$1
   shift
-  nsx "$n" "$TARP_BIN/tarpctl" --keeper "$KEEPER" "$@"
+  case $n in
+    app1 | app2) ctl_as "app-$n" ;;
+    *) ctl_as operator-ops ;;
+  esac
+  nsx "$n" "${CTL[@]}" "$@"
 }
 
 # circuit_field APPHOST FIELD: a field of the last active circuit of an app host (JSON).

@@ -14,13 +14,15 @@ use tarp_api::client::{
     ActivateRequest, AppClient, Circuit, CircuitEvent, CircuitId, CircuitState, EventKind,
     ListFilter, Mode, PortRange, Protocol, ReturnPath,
 };
+use tarp_api::endpoint::{ClientTls, Dial};
 
 /// Talk to the tarp circuit keeper.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Keeper endpoint: http://HOST:PORT, or unix:/PATH for a keeper's Unix socket
-    /// (reachable from any network namespace of the machine).
+    /// Keeper endpoint: https://HOST:PORT (TLS), unix:/PATH for a keeper's Unix socket
+    /// (reachable from any network namespace of the machine; TLS with --ca), or
+    /// http://127.0.0.1:PORT (plaintext, loopback only).
     #[arg(
         long,
         env = "TARP_KEEPER",
@@ -28,6 +30,19 @@ struct Args {
         global = true
     )]
     keeper: String,
+    /// The CA that signed the keeper's certificate (PEM): turns TLS on.
+    #[arg(long, env = "TARP_CA", global = true)]
+    ca: Option<std::path::PathBuf>,
+    /// This client's certificate (PEM), naming it app/NAME or operator/NAME.
+    #[arg(long, env = "TARP_CERT", global = true, requires = "ca")]
+    cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "TARP_KEY", global = true, requires = "cert")]
+    key: Option<std::path::PathBuf>,
+    /// The name to check on the keeper's certificate (default: the endpoint's host, or
+    /// tarp-keeper over a Unix socket).
+    #[arg(long, env = "TARP_SERVER_NAME", global = true)]
+    server_name: Option<String>,
     /// JSON output (one object per circuit or event) instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -60,9 +75,10 @@ enum Command {
         /// A specific capture address.
         #[arg(long)]
         capture: Option<IpAddr>,
-        /// Idempotency key: retrying with the same key returns the same circuit.
+        /// Idempotency key: retrying with the same key returns the same circuit (each
+        /// application has its own keys).
         #[arg(long)]
-        key: Option<String>,
+        idempotency_key: Option<String>,
         /// Which way replies take: straight out of the data center (asymmetric), or back
         /// through the POP's line (symmetric, for providers that filter foreign sources).
         #[arg(long = "return", value_enum, default_value = "asymmetric")]
@@ -191,7 +207,20 @@ fn parse_ports(spec: Option<&str>, mode: Mode) -> anyhow::Result<PortRange> {
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut client = AppClient::connect(&args.keeper).await?;
+    let dial = match &args.ca {
+        None => Dial::plain(args.keeper.as_str()),
+        Some(ca) => Dial::tls(
+            args.keeper.as_str(),
+            ClientTls::from_files(
+                ca,
+                args.cert.as_deref(),
+                args.key.as_deref(),
+                args.server_name.as_deref(),
+            )
+            .map_err(anyhow::Error::msg)?,
+        ),
+    };
+    let mut client = AppClient::connect(&dial).await?;
     match args.command {
         Command::Activate {
             mode,
@@ -201,7 +230,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             region,
             pop,
             capture,
-            key,
+            idempotency_key,
             return_path,
             no_loopback,
             lease_ms,
@@ -232,7 +261,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 ports: parse_ports(port.as_deref(), mode)?,
                 mode,
                 app_host,
-                idempotency_key: key,
+                idempotency_key,
                 capture,
                 return_path: match return_path {
                     ReturnArg::Asymmetric => ReturnPath::Asymmetric,
@@ -240,6 +269,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 },
                 // Only a running tarpctl renews a lease: without CMD, none.
                 lease_ms: if command.is_empty() { 0 } else { lease_ms },
+                owner: String::new(),
             };
             let circuit = client.activate(&req).await?;
             let on_loopback = mode == Mode::Address && !no_loopback;
@@ -292,6 +322,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 app_host,
                 state,
                 include_released: all,
+                owner: None,
             };
             let circuits = client.list(&filter).await?;
             print_circuits(&circuits, args.json);

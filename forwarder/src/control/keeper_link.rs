@@ -30,8 +30,8 @@ use crate::tables::Role;
 
 /// What the keeper thread needs.
 pub struct KeeperLink {
-    /// Keeper endpoint (`http://127.0.0.1:PORT` or `unix:/path`).
-    pub endpoint: String,
+    /// The keeper's endpoint and TLS.
+    pub endpoint: tarp_api::endpoint::Dial,
     /// This forwarder's node id.
     pub node_id: String,
     /// Roles of its ports.
@@ -59,7 +59,7 @@ impl KeeperLink {
     /// thread drives it with.
     pub fn new(
         cfg: &Config,
-        endpoint: String,
+        endpoint: tarp_api::endpoint::Dial,
         stop: Arc<AtomicBool>,
     ) -> (KeeperLink, ControlHooks) {
         let (updates_tx, updates_rx) = mpsc::channel();

@@ -1,5 +1,6 @@
 //! `tarp-keeper --config FILE.toml`: the circuit keeper. `--check` validates the
-//! configuration and exits.
+//! configuration and exits. `tarp-keeper certs --dir DIR ca|keeper|node|app|operator`
+//! makes a deployment's CA and its certificates.
 //!
 //! It listens on `[keeper] listen`: `IP:PORT`, or `unix:/PATH` for a Unix socket that
 //! reaches it from every network namespace of the machine. SIGTERM or SIGINT stops it
@@ -20,14 +21,78 @@ use tracing::{info, warn};
 
 /// The tarp circuit keeper.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, subcommand_negates_reqs = true)]
 struct Args {
     /// Configuration file: keeper settings and inventory (see keeper/examples/keeper.toml).
-    #[arg(long, short)]
-    config: PathBuf,
+    #[arg(long, short, required = true)]
+    config: Option<PathBuf>,
     /// Validate the configuration and exit.
     #[arg(long)]
     check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Makes certificates for a deployment: a CA, then one per keeper, node, application
+    /// and operator, each written as DIR/STEM.pem and DIR/STEM.key (mode 0600).
+    Certs {
+        /// The folder that holds the CA (ca.pem, ca.key) and the certificates.
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(subcommand)]
+        what: Certs,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Certs {
+    /// A new CA (refused if DIR has one).
+    Ca {
+        /// Its common name.
+        #[arg(long, default_value = "tarp deployment CA")]
+        name: String,
+    },
+    /// The keeper's server certificate (keeper.pem): `tarp-keeper` and `localhost`,
+    /// 127.0.0.1 and ::1, and the names and addresses given.
+    Keeper {
+        /// More DNS names.
+        #[arg(long)]
+        dns: Vec<String>,
+        /// More IP addresses.
+        #[arg(long)]
+        ip: Vec<std::net::IpAddr>,
+    },
+    /// A forwarder's client certificate (node-ID.pem), for node ID of the inventory.
+    Node { id: String },
+    /// An application's client certificate (app-NAME.pem): it owns the circuits it makes.
+    App { name: String },
+    /// An operator's client certificate (operator-NAME.pem): may do everything.
+    Operator { name: String },
+}
+
+fn certs(dir: &std::path::Path, what: Certs) -> anyhow::Result<()> {
+    use keeper::auth::Identity;
+    use keeper::certs::{init_ca, issue_into, Subject, KEEPER_SERVER_NAME};
+    let client = |kind: &str, name: &str| -> anyhow::Result<Subject> {
+        Ok(Subject::Client(
+            Identity::parse(&format!("{kind}/{name}")).map_err(anyhow::Error::msg)?,
+        ))
+    };
+    let (cert, key) = match what {
+        Certs::Ca { name } => init_ca(dir, &name)?,
+        Certs::Keeper { mut dns, mut ip } => {
+            dns.splice(0..0, [KEEPER_SERVER_NAME.to_string(), "localhost".into()]);
+            ip.splice(0..0, ["127.0.0.1".parse()?, "::1".parse()?]);
+            issue_into(dir, &Subject::Keeper { dns, ips: ip })?
+        }
+        Certs::Node { id } => issue_into(dir, &client("node", &id)?)?,
+        Certs::App { name } => issue_into(dir, &client("app", &name)?)?,
+        Certs::Operator { name } => issue_into(dir, &client("operator", &name)?)?,
+    };
+    println!("{} {}", cert.display(), key.display());
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -49,7 +114,11 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let config = Config::load(&args.config)?;
+    if let Some(Command::Certs { dir, what }) = args.command {
+        return certs(&dir, what);
+    }
+    let path = args.config.context("--config is required")?;
+    let config = Config::load(&path)?;
     if args.check {
         let inv = &config.inventory;
         let captures: usize = inv
@@ -60,7 +129,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .sum();
         println!(
             "{}: ok: listen {}, {} regions, {} POPs, {} aggregators with {} capture addresses, {} demux, {} remux, {} app hosts",
-            args.config.display(),
+            path.display(),
             config.settings.listen,
             inv.regions.len(),
             inv.pops.len(),

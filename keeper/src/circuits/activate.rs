@@ -21,7 +21,7 @@ impl Circuits {
     ) -> Result<Activation, CircuitError> {
         check_request(req, max_port_range)?;
         if let Some(key) = &req.idempotency_key {
-            if let Some(c) = self.by_key(key) {
+            if let Some(c) = self.by_key(&req.owner, key) {
                 if !same_request(c, req) {
                     return Err(CircuitError::KeyMismatch {
                         key: key.clone(),
@@ -38,9 +38,11 @@ impl Circuits {
         Ok(Activation::Started(id))
     }
 
-    /// The unreleased circuit holding an idempotency key.
-    fn by_key(&self, key: &str) -> Option<&Circuit> {
-        self.circuits.get(self.index.keys.get(key)?)
+    /// The unreleased circuit of `owner` holding an idempotency key (each owner has
+    /// its own keys: another application's key names none of its circuits).
+    fn by_key(&self, owner: &str, key: &str) -> Option<&Circuit> {
+        let k = (owner.to_string(), key.to_string());
+        self.circuits.get(self.index.keys.get(&k)?)
     }
 
     pub(super) fn start(
@@ -92,6 +94,7 @@ impl Circuits {
             reason: None,
             lease_ms: req.lease_ms,
             ended_at_ms: 0,
+            owner: req.owner.clone(),
         };
         self.mark(id);
         self.index.add(&circuit);

@@ -52,6 +52,7 @@ impl Circuits {
             capture: None,
             return_path: c.return_path,
             lease_ms: c.lease_ms,
+            owner: c.owner.clone(),
         };
         let new = self.start(inv, &req, Some(old))?;
         self.update(old, |o| {

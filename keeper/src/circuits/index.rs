@@ -46,15 +46,15 @@ pub(super) struct Index {
     pub aliases: HashMap<NodeId, HashMap<IpAddr, u32>>,
     /// Live port-mode circuits' ports by (app host, protocol).
     pub app_ports: HashMap<(IpAddr, Protocol), Ranges>,
-    /// The unreleased circuit holding each idempotency key.
-    pub keys: HashMap<String, CircuitId>,
+    /// The unreleased circuit holding each idempotency key, by owner.
+    pub keys: HashMap<(String, String), CircuitId>,
 }
 
 impl Index {
     /// Counts `c` as it is now.
     pub fn add(&mut self, c: &Circuit) {
         if let (Some(k), false) = (&c.idempotency_key, c.state == CircuitState::Released) {
-            self.keys.insert(k.clone(), c.id);
+            self.keys.insert((c.owner.clone(), k.clone()), c.id);
         }
         if !c.state.is_live() {
             return;
@@ -92,8 +92,9 @@ impl Index {
     /// Stops counting `c` (as it was when counted).
     pub fn remove(&mut self, c: &Circuit) {
         if let Some(k) = &c.idempotency_key {
-            if self.keys.get(k) == Some(&c.id) {
-                self.keys.remove(k);
+            let k = (c.owner.clone(), k.clone());
+            if self.keys.get(&k) == Some(&c.id) {
+                self.keys.remove(&k);
             }
         }
         if !c.state.is_live() {

@@ -29,6 +29,7 @@ fn port_req(port: u16) -> ActivateRequest {
         capture: None,
         return_path: ReturnPath::Asymmetric,
         lease_ms: 0,
+        owner: String::new(),
     }
 }
 

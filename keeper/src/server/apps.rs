@@ -11,19 +11,38 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{Keeper, KeeperError, ListFilter};
-use crate::circuits::{CircuitEvent, CircuitId, EventKind};
+use crate::auth::{Auth, Identity};
+use crate::circuits::{Circuit, CircuitEvent, CircuitId, EventKind};
 use tarp_api::convert::{activate_from_wire, circuit_to_wire, event_to_wire, state_from_wire};
 
-/// Serves applications.
+/// Serves applications. Every call is made by an [`Identity`]: an application sees and
+/// touches only the circuits it activated, an operator every circuit, a forwarder none.
 #[derive(Debug, Clone)]
 pub struct AppService {
     keeper: Arc<Keeper>,
+    auth: Arc<Auth>,
 }
 
 impl AppService {
-    /// The service over a keeper.
-    pub fn new(keeper: Arc<Keeper>) -> AppService {
-        AppService { keeper }
+    /// The service over a keeper, its callers named by `auth`.
+    pub fn new(keeper: Arc<Keeper>, auth: Arc<Auth>) -> AppService {
+        AppService { keeper, auth }
+    }
+
+    /// The caller, if it may use the application API at all.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
+        let who = self.auth.caller(request)?;
+        who.owner()?;
+        Ok(who)
+    }
+
+    /// Circuit `id`, if `who` may `what` it.
+    fn owned(&self, who: &Identity, what: &str, id: CircuitId) -> Result<Circuit, Status> {
+        let c = self.keeper.get(id)?;
+        if !who.may_touch(&c.owner) {
+            return Err(who.denied(what, id, &c.owner));
+        }
+        Ok(c)
     }
 }
 
@@ -43,11 +62,16 @@ fn opt(s: &str) -> Option<String> {
 struct WatchFilter {
     circuits: Vec<CircuitId>,
     app_host: Option<std::net::IpAddr>,
+    /// Only this owner's circuits (for a caller who is not an operator).
+    owner: Option<String>,
 }
 
 impl WatchFilter {
     fn pass(&mut self, e: &CircuitEvent) -> bool {
         if self.app_host.is_some_and(|a| a != e.circuit.app_host) {
+            return false;
+        }
+        if self.owner.as_ref().is_some_and(|o| *o != e.circuit.owner) {
             return false;
         }
         if self.circuits.is_empty() {
@@ -69,7 +93,9 @@ impl v1::circuits_server::Circuits for AppService {
         &self,
         request: Request<v1::ActivateRequest>,
     ) -> Result<Response<v1::Circuit>, Status> {
-        let req = activate_from_wire(request.get_ref()).map_err(invalid)?;
+        let who = self.caller(&request)?;
+        let mut req = activate_from_wire(request.get_ref()).map_err(invalid)?;
+        req.owner = who.owner()?;
         let circuit = self.keeper.activate(&req).await?;
         Ok(Response::new(circuit_to_wire(&circuit)))
     }
@@ -78,10 +104,12 @@ impl v1::circuits_server::Circuits for AppService {
         &self,
         request: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::Circuit>, Status> {
+        let who = self.caller(&request)?;
         let id = request.get_ref().id;
         if id == 0 {
             return Err(invalid(ProtoError::new("id", "required")));
         }
+        self.owned(&who, "release", id)?;
         let circuit = self.keeper.release(id).await?;
         Ok(Response::new(circuit_to_wire(&circuit)))
     }
@@ -90,6 +118,7 @@ impl v1::circuits_server::Circuits for AppService {
         &self,
         request: Request<v1::RenewRequest>,
     ) -> Result<Response<v1::RenewResponse>, Status> {
+        let who = self.caller(&request)?;
         let ids = &request.get_ref().ids;
         if ids.is_empty() || ids.contains(&0) {
             return Err(invalid(ProtoError::new(
@@ -101,6 +130,9 @@ impl v1::circuits_server::Circuits for AppService {
             let problem = format!("{} ids; at most {MAX_RENEW} per call", ids.len());
             return Err(invalid(ProtoError::new("ids", problem)));
         }
+        for &id in ids {
+            self.owned(&who, "renew", id)?;
+        }
         let circuits = self.keeper.renew(ids)?;
         Ok(Response::new(v1::RenewResponse {
             circuits: circuits.iter().map(circuit_to_wire).collect(),
@@ -108,7 +140,8 @@ impl v1::circuits_server::Circuits for AppService {
     }
 
     async fn get(&self, request: Request<v1::GetRequest>) -> Result<Response<v1::Circuit>, Status> {
-        let circuit = self.keeper.get(request.get_ref().id)?;
+        let who = self.caller(&request)?;
+        let circuit = self.owned(&who, "get", request.get_ref().id)?;
         Ok(Response::new(circuit_to_wire(&circuit)))
     }
 
@@ -116,6 +149,7 @@ impl v1::circuits_server::Circuits for AppService {
         &self,
         request: Request<v1::ListRequest>,
     ) -> Result<Response<v1::ListResponse>, Status> {
+        let who = self.caller(&request)?;
         let r = request.get_ref();
         let filter = ListFilter {
             region: opt(&r.region),
@@ -127,6 +161,7 @@ impl v1::circuits_server::Circuits for AppService {
             },
             state: state_from_wire("state", r.state).map_err(invalid)?,
             include_released: r.include_released,
+            owner: (!who.is_operator()).then(|| who.to_string()),
         };
         let (circuits, next) = self.keeper.list_page(&filter, r.after, r.limit as usize)?;
         Ok(Response::new(v1::ListResponse {
@@ -142,8 +177,10 @@ impl v1::circuits_server::Circuits for AppService {
         &self,
         request: Request<v1::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let who = self.caller(&request)?;
         let r = request.get_ref();
         let mut filter = WatchFilter {
+            owner: (!who.is_operator()).then(|| who.to_string()),
             circuits: if r.circuit_id == 0 {
                 Vec::new()
             } else {
@@ -157,7 +194,7 @@ impl v1::circuits_server::Circuits for AppService {
         };
         if r.circuit_id != 0 {
             // Fails with NOT_FOUND for a circuit that does not exist.
-            self.keeper.get(r.circuit_id)?;
+            self.owned(&who, "watch", r.circuit_id)?;
         }
         // Subscribed before answering: no event after this call returns is missed.
         let mut events = self.keeper.events();

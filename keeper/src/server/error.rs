@@ -67,6 +67,14 @@ pub enum KeeperError {
     /// The database failed; the keeper stops taking changes.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The server could not be set up as configured (TLS files, the socket file).
+    #[error("{key}: {problem}")]
+    Setup {
+        /// The setting at fault.
+        key: &'static str,
+        /// What was wrong.
+        problem: String,
+    },
     /// The keeper stopped taking changes after an earlier failure, or is shutting down.
     #[error("keeper unavailable: {0}")]
     Unavailable(String),
@@ -104,7 +112,7 @@ impl KeeperError {
             KeeperError::UnknownNode(_) => Code::NotFound,
             KeeperError::WrongRole { .. } => Code::FailedPrecondition,
             KeeperError::BadReport { .. } => Code::InvalidArgument,
-            KeeperError::Store(_) => Code::Internal,
+            KeeperError::Store(_) | KeeperError::Setup { .. } => Code::Internal,
             KeeperError::Unavailable(_) => Code::Unavailable,
         }
     }

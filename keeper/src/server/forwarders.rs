@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
 use super::{Hello, Keeper, KeeperError};
+use crate::auth::Auth;
 use crate::tables::Plan;
 use tarp_api::convert::role_from_wire;
 use tarp_api::rules::{Rules, RulesDelta};
@@ -28,16 +29,18 @@ use tarp_api::rules::{Rules, RulesDelta};
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves forwarders.
+/// Serves forwarders. A stream speaks for the node its hello names, which the caller's
+/// identity must be (or an operator).
 #[derive(Debug, Clone)]
 pub struct ForwarderService {
     keeper: Arc<Keeper>,
+    auth: Arc<Auth>,
 }
 
 impl ForwarderService {
-    /// The service over a keeper.
-    pub fn new(keeper: Arc<Keeper>) -> ForwarderService {
-        ForwarderService { keeper }
+    /// The service over a keeper, its callers named by `auth`.
+    pub fn new(keeper: Arc<Keeper>, auth: Arc<Auth>) -> ForwarderService {
+        ForwarderService { keeper, auth }
     }
 }
 
@@ -137,6 +140,7 @@ impl v1::forwarders_server::Forwarders for ForwarderService {
         &self,
         request: Request<Streaming<v1::ForwarderMessage>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let who = self.auth.caller(&request)?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -153,6 +157,7 @@ impl v1::forwarders_server::Forwarders for ForwarderService {
                 ))
             }
         };
+        who.may_be_node(&hello.node)?;
         let (session, mut tables) = self.keeper.hello(&hello)?;
         let node = hello.node.clone();
         let (tx, rx) = mpsc::channel::<Result<v1::KeeperMessage, Status>>(16);

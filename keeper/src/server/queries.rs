@@ -55,6 +55,7 @@ impl Keeper {
             f.region.as_ref().is_none_or(|r| *r == c.region)
                 && f.pop.as_ref().is_none_or(|p| *p == c.pop)
                 && f.app_host.is_none_or(|a| a == c.app_host)
+                && f.owner.as_ref().is_none_or(|o| *o == c.owner)
                 && match f.state {
                     Some(s) => c.state == s,
                     None => f.include_released || c.state != CircuitState::Released,

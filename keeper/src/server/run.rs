@@ -10,7 +10,8 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::{apps, forwarders, Keeper, KeeperError};
-use crate::inventory::Config;
+use crate::auth::Auth;
+use crate::inventory::{Config, TlsSettings};
 use crate::store::Store;
 use crate::transport::{ListenAddr, Listener, Socket, SocketFileGuard};
 
@@ -44,14 +45,47 @@ impl Server {
         let local_addr = listener
             .local_addr()
             .map_err(|e| KeeperError::Unavailable(format!("listener has no address: {e}")))?;
+        let mut builder = tonic::transport::Server::builder();
+        let auth = match &config.settings.tls {
+            Some(tls) => {
+                builder = builder
+                    .tls_config(server_tls(tls)?)
+                    .map_err(|e| setup("keeper.tls", e))?;
+                info!(listen = %local_addr, client_ca = %tls.client_ca.display(), "TLS: callers named by their client certificates");
+                Arc::new(Auth::tls())
+            }
+            None => {
+                match &config.settings.plaintext_identity {
+                    Some(id) => {
+                        warn!(listen = %local_addr, "plaintext gRPC (no [keeper.tls]): every caller is {id}")
+                    }
+                    None => {
+                        warn!(listen = %local_addr, "plaintext gRPC (no [keeper.tls]) and no keeper.plaintext_identity: every call is refused")
+                    }
+                }
+                Arc::new(Auth::plaintext(config.settings.plaintext_identity.clone()))
+            }
+        };
+        if let ListenAddr::Unix(path) = &local_addr {
+            crate::transport::restrict_socket(
+                path,
+                config.settings.socket_mode,
+                config.settings.socket_group.as_deref(),
+            )
+            .map_err(|e| setup("keeper.socket_group", e))?;
+        }
         let store = Store::open(&config.settings.db)?;
         let keeper = Arc::new(Keeper::open(config.settings, config.inventory, store)?);
         keeper.start_committer();
         let (stop, stopped) = oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
-            .add_service(CircuitsServer::new(apps::AppService::new(keeper.clone())))
+        let router = builder
+            .add_service(CircuitsServer::new(apps::AppService::new(
+                keeper.clone(),
+                auth.clone(),
+            )))
             .add_service(ForwardersServer::new(forwarders::ForwarderService::new(
                 keeper.clone(),
+                auth,
             )));
         let stopped = async {
             let _ = stopped.await;
@@ -146,4 +180,27 @@ impl Server {
         }
         info!(listen = %local_addr, "keeper stopped");
     }
+}
+
+fn setup(key: &'static str, problem: impl std::fmt::Display) -> KeeperError {
+    KeeperError::Setup {
+        key,
+        problem: problem.to_string(),
+    }
+}
+
+/// The server's TLS: its certificate, and client certificates from the CA, asked for
+/// but not required by the handshake, so that a caller without one gets a gRPC status
+/// saying so (UNAUTHENTICATED) rather than a broken connection.
+fn server_tls(tls: &TlsSettings) -> Result<tonic::transport::ServerTlsConfig, KeeperError> {
+    let read = |key: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| setup(key, format!("{}: {e}", path.display())))
+    };
+    let cert = read("keeper.tls.cert", &tls.cert)?;
+    let key = read("keeper.tls.key", &tls.key)?;
+    let ca = read("keeper.tls.client_ca", &tls.client_ca)?;
+    Ok(tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(cert, key))
+        .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+        .client_auth_optional(true))
 }

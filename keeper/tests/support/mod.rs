@@ -117,7 +117,7 @@ pub struct Fake {
 
 impl Fake {
     pub async fn connect(
-        keeper: &str,
+        keeper: impl Into<tarp_api::endpoint::Dial>,
         node: &str,
         roles: &[Role],
         ports: &[&str],
@@ -246,6 +246,7 @@ pub fn address_req(app: &str) -> ActivateRequest {
         capture: None,
         return_path: ReturnPath::Asymmetric,
         lease_ms: 0,
+        owner: String::new(),
     }
 }
 

@@ -147,6 +147,7 @@ fn request(i: usize, base: u16) -> ActivateRequest {
         capture: None,
         return_path: ReturnPath::Asymmetric,
         lease_ms: 0,
+        owner: String::new(),
     }
 }
 

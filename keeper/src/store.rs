@@ -232,6 +232,7 @@ mod tests {
             reason: None,
             lease_ms: 0,
             ended_at_ms: 0,
+            owner: "app/test".into(),
         }
     }
 

@@ -15,6 +15,8 @@
 //! 5. Connects a fresh DC forwarder session and builds the forwarder's snapshot from
 //!    what it receives: the time for a freshly started forwarder to hold its table.
 //!
+//! `--tls` runs it all over TLS with client certificates (made in the work folder).
+//!
 //! Prints a Markdown table and, with `--json FILE`, writes the figures. Only test
 //! ranges appear in the inventory; nothing is sent anywhere but the keeper's Unix
 //! socket.
@@ -33,6 +35,7 @@ use tarp_api::client::{
     ActivateRequest, AppClient, CircuitState, ForwarderSession, ListFilter, Mode, PortRange,
     Protocol, ReturnPath, Role, SessionOptions,
 };
+use tarp_api::endpoint::{ClientTls, Dial};
 use tarp_api::grpc::v1;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -60,6 +63,10 @@ struct Args {
     /// Write the figures as JSON here too.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// TLS with client certificates (made in DIR/certs) instead of plaintext: every
+    /// client and simulated forwarder dials as an operator.
+    #[arg(long)]
+    tls: bool,
 }
 
 const APP_HOSTS: usize = 64;
@@ -80,9 +87,14 @@ fn app_host(i: usize) -> String {
 fn config(args: &Args) -> String {
     let mut t = String::new();
     t += &format!(
-        "[keeper]\nlisten = \"unix:{}\"\ndb = \"keeper.redb\"\nack_timeout_ms = 60000\nheartbeat_interval_ms = 1000\nheartbeat_timeout_ms = 120000\nmax_port_range = 256\n\n",
+        "[keeper]\nlisten = \"unix:{}\"\ndb = \"keeper.redb\"\nack_timeout_ms = 60000\nheartbeat_interval_ms = 1000\nheartbeat_timeout_ms = 120000\nmax_port_range = 256\n",
         args.dir.join("keeper.sock").display()
     );
+    t += if args.tls {
+        "[keeper.tls]\ncert = \"certs/keeper.pem\"\nkey = \"certs/keeper.key\"\nclient_ca = \"certs/ca.pem\"\n\n"
+    } else {
+        "plaintext_identity = \"operator/load\"\n\n"
+    };
     for r in 0..REGIONS {
         t += &format!("[[regions]]\nname = \"r{r}\"\n\n");
     }
@@ -183,7 +195,7 @@ struct Received {
 /// A simulated forwarder: hello, then count and acknowledge every generation; reports
 /// the link changes that come in on `links`.
 async fn forwarder(
-    endpoint: String,
+    endpoint: Dial,
     node: String,
     roles: Vec<v1::Role>,
     ports: Vec<String>,
@@ -278,7 +290,7 @@ fn usage(pid: u32) -> (f64, u64) {
 /// Runs `n` calls of `call` from `clients` tasks; returns the latencies (µs) and the
 /// wall time.
 async fn drive<F, Fut>(
-    endpoint: &str,
+    endpoint: &Dial,
     n: usize,
     clients: usize,
     call: F,
@@ -340,6 +352,26 @@ async fn main() -> anyhow::Result<()> {
     // Start the keeper: how long until it serves.
     let socket = args.dir.join("keeper.sock");
     let endpoint = format!("unix:{}", socket.display());
+    let endpoint = if args.tls {
+        let certs = args.dir.join("certs");
+        keeper::certs::init_ca(&certs, "load CA")?;
+        keeper::certs::issue_into(
+            &certs,
+            &keeper::certs::Subject::Keeper {
+                dns: vec![keeper::certs::KEEPER_SERVER_NAME.into()],
+                ips: vec![],
+            },
+        )?;
+        let operator =
+            keeper::auth::Identity::parse("operator/load").map_err(anyhow::Error::msg)?;
+        let (cert, key) =
+            keeper::certs::issue_into(&certs, &keeper::certs::Subject::Client(operator))?;
+        let tls = ClientTls::from_files(&certs.join("ca.pem"), Some(&cert), Some(&key), None)
+            .map_err(anyhow::Error::msg)?;
+        Dial::tls(endpoint, tls)
+    } else {
+        Dial::plain(endpoint)
+    };
     let t = Instant::now();
     let mut child = tokio::process::Command::new(&args.keeper)
         .arg("--config")
@@ -569,6 +601,7 @@ async fn main() -> anyhow::Result<()> {
         "activations": args.activations,
         "clients": args.clients,
         "aggregators": args.pops * AGGS_PER_POP,
+        "tls": args.tls,
         "restart_s": restart.as_secs_f64(),
         "first_full_sets_s": full_sets.as_secs_f64(),
         "dc_full_set_bytes": dc_full,
@@ -587,7 +620,11 @@ async fn main() -> anyhow::Result<()> {
         })),
         "fresh_forwarder": { "full_set_s": received_in.as_secs_f64(), "holding_s": holding.as_secs_f64(), "entries": entries },
     });
-    println!("| circuits in store | {} |", args.circuits);
+    println!(
+        "| circuits in store | {} ({}) |",
+        args.circuits,
+        if args.tls { "TLS" } else { "plaintext" }
+    );
     println!("|---|---|");
     println!(
         "| keeper restart (to serving) | {:.2} s |",

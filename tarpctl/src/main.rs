@@ -529,9 +529,9 @@ fn print_circuits(circuits: &[Circuit], json: bool) {
     }
     let header = [
         "ID", "STATE", "MODE", "RETURN", "PROTO", "PORTS", "CAPTURE", "BIND", "APP HOST", "POP",
-        "LINE", "GEN", "NOTE",
+        "LINE", "OWNER", "GEN", "NOTE",
     ];
-    let rows: Vec<[String; 13]> = circuits
+    let rows: Vec<[String; 14]> = circuits
         .iter()
         .map(|c| {
             let note = match (c.replaces, c.replaced_by, &c.reason) {
@@ -552,6 +552,7 @@ fn print_circuits(circuits: &[Circuit], json: bool) {
                 c.app_host.to_string(),
                 c.pop.clone(),
                 format!("{}/{}", c.aggregator, c.line),
+                c.owner.clone(),
                 c.generation.to_string(),
                 note,
             ]

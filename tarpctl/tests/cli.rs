@@ -92,6 +92,11 @@ async fn tarpctl_runs_a_command_with_its_circuit(t: Transport) {
         .unwrap_or_else(|| panic!("no circuit on 4001 in\n{table}"));
     assert!(row.contains("symmetric"), "{table}");
     assert!(table.lines().next().unwrap().contains("RETURN"), "{table}");
+    assert!(table.lines().next().unwrap().contains("OWNER"), "{table}");
+    assert!(
+        row.contains("operator/local"),
+        "the plaintext identity owns it: {table}"
+    );
     // Errors: one line, non-zero exit.
     let out = tokio::process::Command::new(tarpctl)
         .args(["--keeper", &keeper, "get", "7"])

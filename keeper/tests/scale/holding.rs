@@ -130,15 +130,7 @@ async fn a_freed_alias_waits_for_the_aggregator_that_held_it() {
 
     // The aggregator comes back, receives its current set and acknowledges it: the
     // alias and the address are free again, and the next circuit gets a's alias.
-    let _ams = Fake::connect(
-        &keeper,
-        "pop-ams-1",
-        &[Role::Aggregator],
-        &["line0", "line1", "uplink"],
-        0,
-        Behaviour::Ack,
-    )
-    .await;
+    let _ams = fake_node(&keeper, "pop-ams-1").await;
     until("the hold lifted", || {
         server.keeper().held_captures().is_empty().then_some(())
     })
@@ -186,24 +178,8 @@ async fn a_hold_survives_a_keeper_restart() {
         "held after the restart"
     );
     let keeper = endpoint(&server);
-    let _dc = Fake::connect(
-        &keeper,
-        "dc-1",
-        &[Role::Demux, Role::Remux],
-        &["apps", "internet"],
-        0,
-        Behaviour::Ack,
-    )
-    .await;
-    let _fra = Fake::connect(
-        &keeper,
-        "pop-fra-1",
-        &[Role::Aggregator],
-        &["line0", "uplink"],
-        0,
-        Behaviour::Ack,
-    )
-    .await;
+    let _dc = fake_node(&keeper, "dc-1").await;
+    let _fra = fake_node(&keeper, "pop-fra-1").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         server.keeper().held_captures(),
@@ -218,15 +194,7 @@ async fn a_hold_survives_a_keeper_restart() {
     let e = app.activate(&again).await.unwrap_err();
     assert_eq!(e.code(), Some(Code::Unavailable), "{e}");
 
-    let _ams = Fake::connect(
-        &keeper,
-        "pop-ams-1",
-        &[Role::Aggregator],
-        &["line0", "line1", "uplink"],
-        0,
-        Behaviour::Ack,
-    )
-    .await;
+    let _ams = fake_node(&keeper, "pop-ams-1").await;
     until("the hold lifted", || {
         server.keeper().held_captures().is_empty().then_some(())
     })

@@ -17,6 +17,9 @@ use tonic::Code;
 
 use crate::support::*;
 
+/// The example inventory's forwarders.
+const NODES: &[&str] = &["node/dc-1", "node/pop-ams-1", "node/pop-fra-1"];
+
 /// A CA in `dir` with the keeper's certificate and one for each identity given.
 fn pki(dir: &Path, identities: &[&str]) {
     init_ca(dir, "test CA").unwrap();
@@ -55,37 +58,7 @@ fn dial(endpoint: &str, certs: &Path, identity: Option<&str>) -> Dial {
 }
 
 async fn fleet(endpoint: &str, certs: &Path) -> (Fake, Fake, Fake) {
-    let dc = Fake::connect(
-        dial(endpoint, certs, Some("node/dc-1")),
-        "dc-1",
-        &[Role::Demux, Role::Remux],
-        &["apps", "internet"],
-        0,
-        Behaviour::Ack,
-    )
-    .await;
-    let ams = Fake::connect(
-        dial(endpoint, certs, Some("node/pop-ams-1")),
-        "pop-ams-1",
-        &[Role::Aggregator],
-        &["line0", "line1", "uplink"],
-        0,
-        Behaviour::Ack,
-    )
-    .await;
-    let fra = Fake::connect(
-        dial(endpoint, certs, Some("node/pop-fra-1")),
-        "pop-fra-1",
-        &[Role::Aggregator],
-        &["line0", "uplink"],
-        0,
-        Behaviour::Ack,
-    )
-    .await;
-    for f in [&dc, &ams, &fra] {
-        f.wait("the initial table set", |_| true).await;
-    }
-    (dc, ams, fra)
+    network_with(|node| dial(endpoint, certs, Some(&format!("node/{node}")))).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,14 +67,7 @@ async fn tls_identities_and_ownership_over_tcp() {
     let certs = dir.path().join("certs");
     pki(
         &certs,
-        &[
-            "node/dc-1",
-            "node/pop-ams-1",
-            "node/pop-fra-1",
-            "app/billing",
-            "app/video",
-            "operator/alice",
-        ],
+        &[NODES, &["app/billing", "app/video", "operator/alice"]].concat(),
     );
     let server = start(
         tls_config(&certs, dir.path().join("k.redb")),
@@ -248,15 +214,7 @@ async fn tls_identities_and_ownership_over_tcp() {
 async fn tls_over_a_unix_socket() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
-    pki(
-        &certs,
-        &[
-            "node/dc-1",
-            "node/pop-ams-1",
-            "node/pop-fra-1",
-            "app/billing",
-        ],
-    );
+    pki(&certs, &[NODES, &["app/billing"]].concat());
     let cfg = tls_config(&certs, dir.path().join("k.redb"));
     let server = start(cfg, Transport::Unix).await;
     let unix = server.endpoint();

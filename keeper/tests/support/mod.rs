@@ -199,35 +199,28 @@ impl Drop for Fake {
     }
 }
 
+/// The example inventory's node `node` (dc-1, pop-ams-1 or pop-fra-1) with its roles
+/// and ports, acknowledging everything.
+pub async fn fake_node(keeper: impl Into<tarp_api::endpoint::Dial>, node: &str) -> Fake {
+    let (roles, ports): (&[Role], &[&str]) = match node {
+        "dc-1" => (&[Role::Demux, Role::Remux], &["apps", "internet"]),
+        "pop-ams-1" => (&[Role::Aggregator], &["line0", "line1", "uplink"]),
+        "pop-fra-1" => (&[Role::Aggregator], &["line0", "uplink"]),
+        _ => panic!("no node {node} in the example inventory"),
+    };
+    Fake::connect(keeper, node, roles, ports, 0, Behaviour::Ack).await
+}
+
 /// dc-1 (demux + remux), and the aggregators of ams and fra, all acknowledging.
 pub async fn network(keeper: &str) -> (Fake, Fake, Fake) {
-    let dc = Fake::connect(
-        keeper,
-        "dc-1",
-        &[Role::Demux, Role::Remux],
-        &["apps", "internet"],
-        0,
-        Behaviour::Ack,
-    )
-    .await;
-    let ams = Fake::connect(
-        keeper,
-        "pop-ams-1",
-        &[Role::Aggregator],
-        &["line0", "line1", "uplink"],
-        0,
-        Behaviour::Ack,
-    )
-    .await;
-    let fra = Fake::connect(
-        keeper,
-        "pop-fra-1",
-        &[Role::Aggregator],
-        &["line0", "uplink"],
-        0,
-        Behaviour::Ack,
-    )
-    .await;
+    network_with(|_| keeper.into()).await
+}
+
+/// [`network`], each node dialling the keeper as `dial(node)` says.
+pub async fn network_with(dial: impl Fn(&str) -> tarp_api::endpoint::Dial) -> (Fake, Fake, Fake) {
+    let dc = fake_node(dial("dc-1"), "dc-1").await;
+    let ams = fake_node(dial("pop-ams-1"), "pop-ams-1").await;
+    let fra = fake_node(dial("pop-fra-1"), "pop-fra-1").await;
     for f in [&dc, &ams, &fra] {
         f.wait("the initial table set", |_| true).await;
     }

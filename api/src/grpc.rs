@@ -10,6 +10,7 @@ use ipnet::IpNet;
 
 use crate::rules::{
     AggregatorRule, DemuxRule, Protocol, RemuxRule, ReturnTunnel, Route, Rules, Tunnel, TunnelPeer,
+    WgKey, WireGuard,
 };
 use crate::MacAddr;
 
@@ -171,8 +172,39 @@ impl From<&Tunnel> for v1::Tunnel {
             vni: t.vni,
             inner_dst_mac: t.inner_dst_mac.map(|m| m.to_string()).unwrap_or_default(),
             mtu: t.mtu.map_or(0, u32::from),
+            wireguard: t.wireguard.map(|w| v1::WireGuard {
+                public_key: w.public_key.0.to_vec(),
+                port: w.port.into(),
+                listen_port: w.listen_port.into(),
+                keepalive: w.keepalive.map_or(0, u32::from),
+            }),
         }
     }
+}
+
+fn wireguard_from_wire(at: &str, w: &v1::WireGuard) -> Result<WireGuard, ProtoError> {
+    let key = <[u8; 32]>::try_from(w.public_key.as_slice()).map_err(|_| {
+        ProtoError::new(
+            format!("{at}.public_key"),
+            format!("a key is 32 bytes, this is {}", w.public_key.len()),
+        )
+    })?;
+    let port = |name: &str, p: u32| {
+        u16::try_from(p).ok().filter(|&p| p != 0).ok_or_else(|| {
+            ProtoError::new(format!("{at}.{name}"), format!("{p} is not a UDP port"))
+        })
+    };
+    Ok(WireGuard {
+        public_key: WgKey(key),
+        port: port("port", w.port)?,
+        listen_port: port("listen_port", w.listen_port)?,
+        keepalive: match w.keepalive {
+            0 => None,
+            k => Some(u16::try_from(k).map_err(|_| {
+                ProtoError::new(format!("{at}.keepalive"), format!("{k} s is too long"))
+            })?),
+        },
+    })
 }
 
 fn tunnel_from_wire(at: &str, t: &v1::Tunnel) -> Result<Tunnel, ProtoError> {
@@ -192,6 +224,11 @@ fn tunnel_from_wire(at: &str, t: &v1::Tunnel) -> Result<Tunnel, ProtoError> {
         vni: t.vni,
         inner_dst_mac,
         mtu: opt_mtu(&format!("{at}.mtu"), t.mtu)?,
+        wireguard: t
+            .wireguard
+            .as_ref()
+            .map(|w| wireguard_from_wire(&format!("{at}.wireguard"), w))
+            .transpose()?,
     })
 }
 
@@ -347,14 +384,31 @@ mod tests {
     #[test]
     fn rules_round_trip() {
         let rules = Rules {
-            tunnels: vec![Tunnel {
-                id: 1,
-                local: ip("192.0.2.1"),
-                remote: ip("192.0.2.100"),
-                vni: 100,
-                inner_dst_mac: Some("02:00:00:00:00:01".parse().unwrap()),
-                mtu: Some(1400),
-            }],
+            tunnels: vec![
+                Tunnel {
+                    id: 1,
+                    local: ip("192.0.2.1"),
+                    remote: ip("192.0.2.100"),
+                    vni: 100,
+                    inner_dst_mac: Some("02:00:00:00:00:01".parse().unwrap()),
+                    mtu: Some(1400),
+                    wireguard: None,
+                },
+                Tunnel {
+                    id: 2,
+                    local: ip("192.0.2.1"),
+                    remote: ip("192.0.2.101"),
+                    vni: 0,
+                    inner_dst_mac: None,
+                    mtu: None,
+                    wireguard: Some(WireGuard {
+                        public_key: WgKey([7; 32]),
+                        port: 51821,
+                        listen_port: 51820,
+                        keepalive: Some(25),
+                    }),
+                },
+            ],
             aggregator: vec![AggregatorRule {
                 capture: ip("203.0.113.2"),
                 alias: ip("198.18.0.3"),

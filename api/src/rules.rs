@@ -58,7 +58,7 @@ pub struct Tunnel {
     pub local: IpAddr,
     /// Outer destination address: the peer's tunnel endpoint.
     pub remote: IpAddr,
-    /// VXLAN network identifier (24 bits).
+    /// VXLAN network identifier (24 bits). Unused by a WireGuard tunnel.
     #[serde(default)]
     pub vni: u32,
     /// Destination MAC of the inner Ethernet frame. A Linux VXLAN device only accepts
@@ -66,20 +66,102 @@ pub struct Tunnel {
     #[serde(default)]
     pub inner_dst_mac: Option<MacAddr>,
     /// Path MTU between the two tunnel ends (the largest outer IP packet). Absent: the
-    /// MTU of the port the tunnel leaves from. The inner budget is this minus 50 bytes
-    /// (VXLAN over IPv4) or 70 (over IPv6).
+    /// MTU of the port the tunnel leaves from. The inner budget is this minus the
+    /// tunnel's overhead ([`tunnel_overhead`]).
     #[serde(default)]
     pub mtu: Option<u16>,
+    /// Absent: VXLAN, in the clear (trusted networks). Present: the WireGuard protocol to
+    /// this peer, encrypted and authenticated; the forwarder's `[wireguard]` holds its
+    /// own private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireGuard>,
 }
 
-/// Bytes VXLAN adds to an inner IP packet (outer IP, UDP, VXLAN and the inner Ethernet
-/// header), by the outer family: 50 over IPv4, 70 over IPv6.
+/// A tunnel's WireGuard peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireGuard {
+    /// The peer's static public key (base64, as `wg pubkey` prints it).
+    pub public_key: WgKey,
+    /// The peer's UDP port.
+    #[serde(default = "wg_port")]
+    pub port: u16,
+    /// This forwarder's UDP port for WireGuard (every WireGuard tunnel of a forwarder
+    /// shares it).
+    #[serde(default = "wg_port")]
+    pub listen_port: u16,
+    /// Persistent keepalive in seconds (WireGuard's `PersistentKeepalive`): the end
+    /// behind a consumer line sets it, and it also makes that end start the handshake
+    /// as soon as the tunnel is configured.
+    #[serde(default)]
+    pub keepalive: Option<u16>,
+}
+
+/// WireGuard's usual UDP port.
+pub const WG_PORT: u16 = 51820;
+
+fn wg_port() -> u16 {
+    WG_PORT
+}
+
+/// A 32-byte Curve25519 key, written in base64 (44 characters).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WgKey(pub [u8; 32]);
+
+impl std::fmt::Debug for WgKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WgKey({self})")
+    }
+}
+
+impl std::fmt::Display for WgKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use base64::Engine as _;
+        f.write_str(&base64::engine::general_purpose::STANDARD.encode(self.0))
+    }
+}
+
+impl std::str::FromStr for WgKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<WgKey, String> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .map_err(|e| format!("not base64: {e}"))?;
+        <[u8; 32]>::try_from(bytes.as_slice())
+            .map(WgKey)
+            .map_err(|_| format!("a key is 32 bytes, this is {}", bytes.len()))
+    }
+}
+
+impl Serialize for WgKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for WgKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<WgKey, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Bytes a tunnel adds to an inner IP packet, by the outer family. VXLAN (outer IP, UDP,
+/// VXLAN and the inner Ethernet header): 50 over IPv4, 70 over IPv6. WireGuard (outer
+/// IP, UDP, the 16-byte data header and the 16-byte tag, no inner Ethernet, no padding):
+/// 60 over IPv4, 80 over IPv6.
 pub const fn tunnel_overhead(outer_v6: bool) -> u16 {
     if outer_v6 {
         70
     } else {
         50
     }
+}
+
+/// [`tunnel_overhead`] for a tunnel of either kind.
+pub const fn tunnel_overhead_of(outer_v6: bool, wireguard: bool) -> u16 {
+    tunnel_overhead(outer_v6) + if wireguard { 10 } else { 0 }
 }
 
 /// The inner budget of a tunnel over an IPv4 path of 1500 bytes: what a remux clamps TCP

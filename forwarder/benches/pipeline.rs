@@ -107,6 +107,7 @@ fn aggregator_case(n: usize, zipf: bool) -> Case {
             vni: 7,
             inner_dst_mac: None,
             mtu: None,
+            wireguard: None,
         }],
         routes: vec![route("192.0.2.0/24", None)],
         ..Rules::default()

@@ -4,6 +4,7 @@
 //! - [`tables`]: the immutable snapshot a worker looks everything up in;
 //! - [`pipeline`]: aggregator, demux and remux as plain functions over a burst;
 //! - [`slowpath`]: ARP, ND and ICMP echo answers, as pure functions over a frame;
+//! - [`wg`]: WireGuard tunnels (boringtun), driven by the worker;
 //! - [`config`]: the forwarder's TOML; [`metrics`]: counters and their exposition.
 //!
 //! With feature `dpdk`: `dpdk` (the safe layer over `dpdk-sys`, the only `unsafe`),
@@ -19,6 +20,7 @@ pub mod packet;
 pub mod pipeline;
 pub mod slowpath;
 pub mod tables;
+pub mod wg;
 
 #[cfg(feature = "dpdk")]
 pub mod app;

@@ -165,6 +165,7 @@ pub fn contributions(inv: &Inventory, c: &Circuit, mut out: impl FnMut(&NodeId, 
                 vni: agg.tunnel.vni,
                 inner_dst_mac: None,
                 mtu: agg.tunnel.mtu,
+                wireguard: None,
             }),
         );
         out(
@@ -304,6 +305,7 @@ mod tests {
             vni: 100,
             inner_dst_mac: None,
             mtu: None,
+            wireguard: None,
         };
         let out = compile(&inv, s.iter());
         assert_eq!(out["dc-1"].tunnels, [back]);
@@ -364,7 +366,8 @@ mod tests {
                 remote: ip("192.0.2.100"),
                 vni: 100,
                 inner_dst_mac: None,
-                mtu: None
+                mtu: None,
+                wireguard: None,
             }]
         );
         assert_eq!(

@@ -838,6 +838,7 @@ impl Inventory {
                     vni: a.tunnel.vni,
                     inner_dst_mac: a.tunnel.inner_dst_mac,
                     mtu: a.tunnel.mtu,
+                    wireguard: None,
                 },
                 demux: a.tunnel.demux,
                 lines,

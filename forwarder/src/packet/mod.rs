@@ -13,6 +13,7 @@ pub mod ipv6;
 pub mod tcp;
 pub mod udp;
 pub mod vxlan;
+pub mod wireguard;
 
 pub use ethernet::{EtherType, EthernetFrame};
 pub use ipv4::Ipv4Packet;

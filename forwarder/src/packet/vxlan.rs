@@ -5,10 +5,8 @@
 
 use std::net::IpAddr;
 
-use super::ethernet::{self, EtherType, EthernetFrame};
-use super::{
-    be16, be32, ip_proto, ipv4, ipv6, set_be16, udp, Error, Ipv4Packet, Ipv6Packet, MacAddr, Result,
-};
+use super::ethernet::{self, EtherType};
+use super::{be16, be32, ip_proto, ipv4, ipv6, set_be16, udp, Error, MacAddr, Result};
 
 /// Field offsets within the header (byte ranges for multi-byte fields), for the fast
 /// paths that index a frame directly.
@@ -302,52 +300,23 @@ pub fn parse_outer_v4_fast(b: &[u8]) -> Option<(u32, u32, u32, usize)> {
 /// Parses the outer headers of a frame. `Err(Unsupported)` means "not VXLAN" (another
 /// protocol or port), any other error a broken VXLAN packet.
 pub fn parse_outer(b: &[u8]) -> Result<OuterInfo> {
-    let l2 = EthernetFrame::new_checked(b)?.payload_info()?;
-    let l3 = &b[l2.l3_offset..];
-    let (src, dst, l4_off, l4_end) = match l2.ethertype {
-        EtherType::IPV4 => {
-            let ip = Ipv4Packet::new_checked(l3)?;
-            if ip.protocol() != ip_proto::UDP || ip.is_fragment() {
-                return Err(Error::Unsupported);
-            }
-            if !ip.verify_checksum() {
-                return Err(Error::Checksum);
-            }
-            (
-                IpAddr::V4(ip.src()),
-                IpAddr::V4(ip.dst()),
-                ip.header_len(),
-                ip.total_len() as usize,
-            )
-        }
-        EtherType::IPV6 => {
-            let ip = Ipv6Packet::new_checked(l3)?;
-            let ul = ip.upper_layer()?;
-            if ul.protocol != ip_proto::UDP || ul.fragment.is_some() {
-                return Err(Error::Unsupported);
-            }
-            (
-                IpAddr::V6(ip.src()),
-                IpAddr::V6(ip.dst()),
-                ul.offset,
-                ipv6::HEADER_LEN + ip.payload_len() as usize,
-            )
-        }
-        _ => return Err(Error::Unsupported),
-    };
-    let u = udp::UdpPacket::new_checked(&l3[l4_off..l4_end])?;
-    if u.dst_port() != PORT {
+    outer_info(b, &super::wireguard::parse_udp(b)?)
+}
+
+/// [`parse_outer`] for a datagram already found in `b`.
+pub fn outer_info(b: &[u8], dg: &super::wireguard::Datagram) -> Result<OuterInfo> {
+    if dg.dst_port != PORT {
         return Err(Error::Unsupported);
     }
-    let vx = VxlanPacket::new_checked(u.payload())?;
-    let inner_offset = l2.l3_offset + l4_off + udp::HEADER_LEN + HEADER_LEN;
+    let vx = VxlanPacket::new_checked(dg.payload(b))?;
+    let inner_offset = dg.offset + HEADER_LEN;
     // The UDP length decides where the inner frame ends; it must hold an Ethernet header.
     if vx.inner().len() < ethernet::HEADER_LEN {
         return Err(Error::Truncated);
     }
     Ok(OuterInfo {
-        src,
-        dst,
+        src: dg.src,
+        dst: dg.dst,
         vni: vx.vni(),
         inner_offset,
         inner_len: vx.inner().len(),

@@ -210,21 +210,36 @@ fn miss<B: PacketBuf>(
         return Verdict::Drop(DropReason::NoCircuit);
     }
     let symmetric = !snap.v4.returns.is_empty() || !snap.v6.returns.is_empty();
-    if symmetric && ip.proto() == ip_proto::UDP {
+    if (symmetric || snap.wg.listen_port != 0) && ip.proto() == ip_proto::UDP {
         let mut inner = Ip::default();
         match super::demux::decap(snap, port, pkt, &mut inner) {
             Decap::Inner => return return_to_line(snap, pkt, &inner),
             Decap::Drop(r) => return Verdict::Drop(r),
+            // Handshakes, keepalives and symmetric replies from a WireGuard peer.
+            Decap::Wg => return Verdict::Wg(super::WgJob::Open),
             Decap::NotTunnel => {}
         }
     }
     to_slow_path(ctx, in_port, pkt.data(), &L3::Ip(*ip))
 }
 
+/// Inner frames the worker opened from a WireGuard tunnel: replies of symmetric
+/// circuits, back to their lines.
+pub(super) fn run_inner<B: PacketBuf>(snap: &Snapshot, pkts: &mut [B], out: &mut [Verdict]) {
+    for (pkt, v) in pkts.iter_mut().zip(out.iter_mut()) {
+        let mut ip = Ip::default();
+        *v = match super::demux::inner(pkt.data(), &mut ip) {
+            Decap::Inner => return_to_line(snap, pkt, &ip),
+            Decap::Drop(r) => Verdict::Drop(r),
+            Decap::NotTunnel | Decap::Wg => Verdict::Drop(DropReason::Unsupported),
+        };
+    }
+}
+
 /// Symmetric return: a reply from a capture address leaves the line that holds it, to
 /// the line's gateway, as if the POP had sent it.
 #[inline]
-fn return_to_line<B: PacketBuf>(snap: &Snapshot, pkt: &mut B, ip: &Ip) -> Verdict {
+pub(super) fn return_to_line<B: PacketBuf>(snap: &Snapshot, pkt: &mut B, ip: &Ip) -> Verdict {
     let b = pkt.data_mut();
     let nh = if ip.v6() {
         snap.v6.returns.get(&addr6(b, ip.src_off())).copied()

@@ -8,7 +8,7 @@
 //! quoted source both become the app host, so the app host's kernel matches it to the
 //! socket that sent the reply.
 
-use crate::packet::{be32, ethernet, vxlan, Error};
+use crate::packet::{be32, ethernet, vxlan, wireguard, Error};
 use crate::tables::{port_key_v4, port_key_v6, Key, PortEntry, PortId, Rewrite, Snapshot, ANY_VNI};
 
 use super::frag::{FragHit, FragKey};
@@ -34,8 +34,9 @@ struct Pending {
     addr_hash: u64,
 }
 
-/// Runs the demux over at most [`MAX_BURST`] packets received on `port`.
-pub(super) fn run<B: PacketBuf>(
+/// Runs the demux over at most [`MAX_BURST`] packets received on `port`: tunnel packets,
+/// or (`INNER`) inner frames the worker opened from a WireGuard tunnel.
+pub(super) fn run<B: PacketBuf, const INNER: bool>(
     snap: &Snapshot,
     ctx: &mut Context,
     in_port: PortId,
@@ -50,7 +51,12 @@ pub(super) fn run<B: PacketBuf>(
         // Filled in place: a struct built on the stack and copied in costs a
         // store-forwarding stall per packet.
         let p = &mut pending[i];
-        if let Some(v) = decapsulate(snap, ctx, in_port, port, pkt, &mut p.ip) {
+        if INNER {
+            if let Decap::Drop(r) = inner(pkt.data(), &mut p.ip) {
+                out[i] = Verdict::Drop(r);
+                continue;
+            }
+        } else if let Some(v) = decapsulate(snap, ctx, in_port, port, pkt, &mut p.ip) {
             out[i] = v;
             continue;
         }
@@ -117,6 +123,7 @@ fn decapsulate<B: PacketBuf>(
     match decap(snap, port, pkt, ip) {
         Decap::Inner => None,
         Decap::Drop(r) => Some(Verdict::Drop(r)),
+        Decap::Wg => Some(Verdict::Wg(super::WgJob::Open)),
         Decap::NotTunnel => Some(not_tunnel(ctx, in_port, port, pkt.data())),
     }
 }
@@ -154,6 +161,8 @@ pub(super) enum Decap {
     NotTunnel,
     /// A tunnel packet that ends here.
     Drop(DropReason),
+    /// A WireGuard datagram to one of the port's addresses: for the worker to open.
+    Wg,
 }
 
 /// Strips the tunnel of a VXLAN packet from a peer (with its VNI) to one of `port`'s
@@ -196,18 +205,33 @@ fn decap_general<B: PacketBuf>(
     ip: &mut Ip,
 ) -> Decap {
     let b = pkt.data();
-    let outer = match vxlan::parse_outer(b) {
-        Ok(outer) => outer,
-        Err(Error::Unsupported) => return Decap::NotTunnel,
-        Err(Error::Checksum) => return Decap::Drop(DropReason::BadChecksum),
-        Err(_) => return Decap::Drop(DropReason::Malformed),
+    let bad = |e| match e {
+        Error::Unsupported => Decap::NotTunnel,
+        Error::Checksum => Decap::Drop(DropReason::BadChecksum),
+        _ => Decap::Drop(DropReason::Malformed),
     };
+    let dg = match wireguard::parse_udp(b) {
+        Ok(dg) => dg,
+        Err(e) => return bad(e),
+    };
+    let wg = snap.wg.listen_port != 0 && dg.dst_port == snap.wg.listen_port;
+    if dg.dst_port != vxlan::PORT && !wg {
+        return Decap::NotTunnel;
+    }
     if b[ethernet::field::DST.start] & 1 == 1 {
         return Decap::Drop(DropReason::GroupAddress);
     }
-    if !port.is_local(outer.dst) {
+    if !port.is_local(dg.dst) {
         return Decap::Drop(DropReason::OtherHost);
     }
+    if wg {
+        // Opened (and authenticated) by the worker, then fed to `process_inner`.
+        return Decap::Wg;
+    }
+    let outer = match vxlan::outer_info(b, &dg) {
+        Ok(outer) => outer,
+        Err(e) => return bad(e),
+    };
     let want = match outer.src {
         std::net::IpAddr::V4(a) => snap.v4.peers.get(&u32::from(a)),
         std::net::IpAddr::V6(a) => snap.v6.peers.get(&a.octets()),
@@ -229,7 +253,7 @@ fn decap_general<B: PacketBuf>(
 /// IPv4 header checksum is not verified again: the aggregator that encapsulated it
 /// verified it (and updated it incrementally since), and the outer header's was checked.
 #[inline(always)]
-fn inner(b: &[u8], ip: &mut Ip) -> Decap {
+pub(super) fn inner(b: &[u8], ip: &mut Ip) -> Decap {
     if let Some(i) = fast_inner(b) {
         *ip = i;
         return Decap::Inner;

@@ -132,7 +132,8 @@ const MAX_HEAD: usize = 18 + 60;
 
 /// Splits the IPv4 packet of `frame` (its IP header at `l3`, already rewritten and
 /// addressed) into fragments that fit where `how` sends them — the tunnel's inner budget,
-/// each piece then encapsulated, or the port's MTU — each in a buffer from `alloc(len)`
+/// each piece then encapsulated (a WireGuard tunnel's pieces are inner frames, for the
+/// caller to seal), or the port's MTU — each in a buffer from `alloc(len)`
 /// handed to `out` with its output port. Later fragments carry a 20-byte header (options are not copied).
 /// Returns the output port and the number of pieces.
 pub fn split<B: PacketBuf>(
@@ -198,7 +199,8 @@ pub fn split<B: PacketBuf>(
         set_be16(h, l3 + ipv4::field::CHECKSUM, 0);
         let c = checksum::checksum(&h[l3..l3 + hl]);
         set_be16(h, l3 + ipv4::field::CHECKSUM, c);
-        let outer = tunnel.map_or(0, |(t, _)| t.outer.len());
+        // A WireGuard tunnel's pieces leave as inner frames, for the caller to seal.
+        let outer = tunnel.map_or(0, |(t, _)| if t.wg.is_some() { 0 } else { t.outer.len() });
         let size = outer + h.len() + len;
         let mut buf = alloc(size).ok_or(DropReason::NoBuffer)?;
         let b = buf.data_mut();
@@ -207,7 +209,7 @@ pub fn split<B: PacketBuf>(
         }
         b[outer..outer + h.len()].copy_from_slice(h);
         b[outer + h.len()..].copy_from_slice(&payload[at..at + len]);
-        if let Some((t, nh_mac)) = tunnel {
+        if let Some((t, nh_mac)) = tunnel.filter(|(t, _)| t.wg.is_none()) {
             if !t.outer.write(b, nh_mac, src_port) {
                 return Err(DropReason::Malformed);
             }

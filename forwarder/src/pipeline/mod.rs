@@ -29,7 +29,7 @@ pub use context::{
     Context, TokenBucket, ICMP_BURST, ICMP_RATE, ND_BURST, ND_RATE, SLOW_BURST, SLOW_RATE,
 };
 pub use frag::{split, FragTable};
-pub use verdict::{DropReason, Split, Verdict};
+pub use verdict::{DropReason, Split, Verdict, WgJob};
 
 use crate::tables::{PortId, Role, Snapshot};
 
@@ -61,8 +61,40 @@ pub fn process<B: PacketBuf>(
         let out = &mut out[..pkts.len()];
         match port.role {
             Role::Aggregator => aggregator::run(snap, ctx, in_port, port, pkts, out),
-            Role::Demux => demux::run(snap, ctx, in_port, port, pkts, out),
+            Role::Demux => demux::run::<_, false>(snap, ctx, in_port, port, pkts, out),
             Role::Remux => remux::run(snap, ctx, in_port, port, pkts, out),
+        }
+    }
+}
+
+/// Runs `in_port`'s pipeline over inner frames the worker opened from a WireGuard tunnel
+/// that arrived on `in_port` (an untagged Ethernet header, then the inner IP packet):
+/// the demux looks them up as if decapsulated; an aggregator returns symmetric replies
+/// to their lines. Only the worker calls this, with frames it wrote from authenticated
+/// plaintext: nothing from the wire reaches it unopened.
+pub fn process_inner<B: PacketBuf>(
+    snap: &Snapshot,
+    ctx: &mut Context,
+    in_port: PortId,
+    pkts: &mut [B],
+    verdicts: &mut [Verdict],
+) {
+    let Some(port) = snap.ports.get(in_port as usize) else {
+        verdicts
+            .iter_mut()
+            .take(pkts.len())
+            .for_each(|v| *v = Verdict::Drop(DropReason::Unsupported));
+        return;
+    };
+    for (pkts, out) in pkts
+        .chunks_mut(MAX_BURST)
+        .zip(verdicts.chunks_mut(MAX_BURST))
+    {
+        let out = &mut out[..pkts.len()];
+        match port.role {
+            Role::Demux => demux::run::<_, true>(snap, ctx, in_port, port, pkts, out),
+            Role::Aggregator => aggregator::run_inner(snap, pkts, out),
+            Role::Remux => out.fill(Verdict::Drop(DropReason::Unsupported)),
         }
     }
 }

@@ -208,7 +208,8 @@ pub(crate) fn martian_v6(snap: &Snapshot, src: &[u8; 16]) -> bool {
 }
 
 /// Puts the packet (its IP header already rewritten) into tunnel `tunnel`: the inner
-/// Ethernet header for the far end, the outer headers in the headroom. A packet larger
+/// Ethernet header for the far end, the outer headers in the headroom. A WireGuard
+/// tunnel's packet goes to the worker to be sealed. A packet larger
 /// than the tunnel's inner budget is split if it is IPv4 without DF, dropped otherwise
 /// (the aggregator answers those with ICMP before it gets here).
 #[inline(always)]
@@ -232,6 +233,9 @@ pub(crate) fn into_tunnel<B: PacketBuf>(
         } else {
             Verdict::Fragment(Split::Tunnel(tunnel))
         };
+    }
+    if t.wg.is_some() {
+        return Verdict::Wg(super::WgJob::Seal(tunnel));
     }
     let hash = if ip.frag() {
         super::aggregator::frag_flow_hash(b, ip.l3())

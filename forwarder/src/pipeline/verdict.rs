@@ -48,11 +48,24 @@ pub enum DropReason {
     NotAnswered,
     /// No buffer for a fragment or a generated packet.
     NoBuffer,
+    /// WireGuard: a message whose MAC or AEAD tag does not verify (tampered, or not
+    /// made with our key).
+    WgBadMac,
+    /// WireGuard: a transport counter already seen or too old, or a handshake with a
+    /// stale timestamp (a replay).
+    WgReplay,
+    /// WireGuard: from no configured peer (an unknown endpoint, receiver index or key),
+    /// or for a session that does not exist.
+    WgUnknownPeer,
+    /// WireGuard: a packet for a peer with no session yet (a handshake was started).
+    WgNoSession,
+    /// WireGuard: handshakes over the per-poll budget or boringtun's rate limit.
+    WgHandshakeLimit,
 }
 
 impl DropReason {
     /// Number of reasons (size of a counter array indexed by `reason as usize`).
-    pub const COUNT: usize = 20;
+    pub const COUNT: usize = 25;
 
     /// Every reason, in counter-index order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -76,6 +89,11 @@ impl DropReason {
         DropReason::SlowPathLimit,
         DropReason::NotAnswered,
         DropReason::NoBuffer,
+        DropReason::WgBadMac,
+        DropReason::WgReplay,
+        DropReason::WgUnknownPeer,
+        DropReason::WgNoSession,
+        DropReason::WgHandshakeLimit,
     ];
 
     /// A short snake_case name (metrics label).
@@ -101,6 +119,11 @@ impl DropReason {
             DropReason::SlowPathLimit => "slow_path_limit",
             DropReason::NotAnswered => "not_answered",
             DropReason::NoBuffer => "no_buffer",
+            DropReason::WgBadMac => "wg_bad_mac",
+            DropReason::WgReplay => "wg_replay",
+            DropReason::WgUnknownPeer => "wg_unknown_peer",
+            DropReason::WgNoSession => "wg_no_session",
+            DropReason::WgHandshakeLimit => "wg_handshake_limit",
         }
     }
 }
@@ -120,6 +143,20 @@ pub enum Verdict {
     /// An IPv4 packet without DF that does not fit where it goes, already rewritten:
     /// split it with [`super::split`] and send the pieces.
     Fragment(Split),
+    /// WireGuard: for the worker's [`crate::wg::WgEngine`], which seals it into its
+    /// tunnel or opens it (the cryptography needs the peer's state, which the pipeline
+    /// does not hold).
+    Wg(WgJob),
+}
+
+/// What the worker does with a WireGuard packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WgJob {
+    /// An inner packet, rewritten, for tunnel `.0` (an index into `Snapshot::tunnels`):
+    /// seal it.
+    Seal(u16),
+    /// A WireGuard datagram to this forwarder: authenticate and open it.
+    Open,
 }
 
 /// Where the pieces of a split packet go.

@@ -198,6 +198,40 @@ pub struct TunnelEntry {
     pub inner_mtu: u16,
     /// The outer headers, prebuilt (source MAC of the output port included).
     pub outer: crate::packet::vxlan::OuterTemplate,
+    /// A WireGuard tunnel: its peer and outer headers (`None`: VXLAN).
+    pub wg: Option<WgTunnel>,
+}
+
+/// What a WireGuard tunnel adds to its [`TunnelEntry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WgTunnel {
+    /// Index into [`WgTable::peers`].
+    pub peer: u16,
+    /// Outer Ethernet, IP and UDP headers to the peer.
+    pub outer: crate::packet::wireguard::OuterTemplate,
+}
+
+/// A forwarder's WireGuard peers, one per WireGuard tunnel.
+#[derive(Debug, Clone, Default)]
+pub struct WgTable {
+    /// This forwarder's UDP port for WireGuard (0: no WireGuard tunnels).
+    pub listen_port: u16,
+    /// The peers, indexed by [`WgTunnel::peer`].
+    pub peers: Box<[WgPeerInfo]>,
+    /// A peer's endpoint -> its index (handshake initiations are looked up by source,
+    /// so that only configured endpoints can make this forwarder run Diffie-Hellman).
+    pub by_endpoint: HashMap<IpAddr, u16>,
+}
+
+/// One WireGuard peer as the snapshot names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WgPeerInfo {
+    /// Its static public key.
+    pub public_key: [u8; 32],
+    /// Index into [`Snapshot::tunnels`].
+    pub tunnel: u16,
+    /// Persistent keepalive (seconds); set on the end that starts handshakes.
+    pub keepalive: Option<u16>,
 }
 
 /// Inner destination MAC used when a tunnel does not name one (locally administered).
@@ -341,6 +375,16 @@ pub enum RulesError {
     /// `return_via` without the line it leaves from.
     #[error("return_via needs the rule's line")]
     ReturnWithoutLine,
+    /// WireGuard tunnels on different listen ports, or on VXLAN's.
+    #[error("tunnel {id}: WireGuard listen port {port} clashes with {first} (every WireGuard tunnel shares one UDP port, never 0 or VXLAN's 4789)")]
+    WgListenPort {
+        /// Tunnel id.
+        id: u32,
+        /// The port asked for.
+        port: u16,
+        /// The port it clashes with.
+        first: u16,
+    },
     /// One tunnel peer with two different VNIs.
     #[error("tunnel peer {0} is listed twice")]
     PeerTwice(IpAddr),
@@ -404,6 +448,8 @@ pub struct Snapshot {
     pub own_v6: Box<[[u8; 16]]>,
     /// The largest inner packet of the circuits' tunnels (the remux's MSS clamp).
     pub inner_mtu: u16,
+    /// WireGuard peers.
+    pub wg: WgTable,
 }
 
 fn v4(a: IpAddr) -> Option<u32> {
@@ -542,6 +588,8 @@ impl Snapshot {
         // Tunnels.
         let mut tunnels = Vec::with_capacity(rules.tunnels.len());
         let mut tunnel_index = HashMap::new();
+        let mut wg = WgTable::default();
+        let mut wg_peers = Vec::new();
         for (i, t) in rules.tunnels.iter().enumerate() {
             same_family("tunnel", t.local, t.remote).map_err(at("tunnels", i, ".remote"))?;
             if t.vni >= 1 << 24 {
@@ -574,7 +622,61 @@ impl Snapshot {
                 b: t.remote,
             })?;
             let path_mtu = t.mtu.unwrap_or(ports[out_port as usize].mtu);
-            let overhead = rules::tunnel_overhead(t.remote.is_ipv6());
+            let overhead = rules::tunnel_overhead_of(t.remote.is_ipv6(), t.wireguard.is_some());
+            let wg_entry = match &t.wireguard {
+                None => None,
+                Some(w) => {
+                    let at_wg = |key: &'static str| at("tunnels", i, key);
+                    if wg.listen_port != 0 && wg.listen_port != w.listen_port {
+                        return Err(at_wg(".wireguard.listen_port")(RulesError::WgListenPort {
+                            id: t.id,
+                            port: w.listen_port,
+                            first: wg.listen_port,
+                        }));
+                    }
+                    if w.listen_port == crate::packet::vxlan::PORT || w.listen_port == 0 {
+                        return Err(at_wg(".wireguard.listen_port")(RulesError::WgListenPort {
+                            id: t.id,
+                            port: w.listen_port,
+                            first: crate::packet::vxlan::PORT,
+                        }));
+                    }
+                    wg.listen_port = w.listen_port;
+                    if wg_peers
+                        .iter()
+                        .any(|p: &WgPeerInfo| p.public_key == w.public_key.0)
+                    {
+                        return Err(at_wg(".wireguard.public_key")(RulesError::Duplicate(
+                            format!("WireGuard peer {}", w.public_key),
+                        )));
+                    }
+                    let peer = wg_peers.len() as u16;
+                    if wg.by_endpoint.insert(t.remote, peer).is_some() {
+                        return Err(at_wg(".remote")(RulesError::Duplicate(format!(
+                            "WireGuard endpoint {}",
+                            t.remote
+                        ))));
+                    }
+                    wg_peers.push(WgPeerInfo {
+                        public_key: w.public_key.0,
+                        tunnel: tunnels.len() as u16,
+                        keepalive: w.keepalive,
+                    });
+                    let outer = crate::packet::wireguard::OuterTemplate::new(
+                        ports[out_port as usize].mac,
+                        t.local,
+                        t.remote,
+                        w.listen_port,
+                        w.port,
+                    )
+                    .ok_or(RulesError::FamilyMismatch {
+                        what: "tunnel",
+                        a: t.local,
+                        b: t.remote,
+                    })?;
+                    Some(WgTunnel { peer, outer })
+                }
+            };
             if path_mtu < 576 + overhead {
                 return Err(at("tunnels", i, ".mtu")(RulesError::MtuTooSmall {
                     mtu: path_mtu,
@@ -589,8 +691,10 @@ impl Snapshot {
                 vni: t.vni,
                 inner_dst_mac: t.inner_dst_mac.unwrap_or(DEFAULT_INNER_MAC),
                 next_hop,
+                wg: wg_entry,
             });
         }
+        wg.peers = wg_peers.into_boxed_slice();
 
         // Aggregator map.
         let mut agg4 = Vec::new();
@@ -971,6 +1075,7 @@ impl Snapshot {
             own_v4,
             own_v6,
             inner_mtu,
+            wg,
         })
     }
 

@@ -11,3 +11,4 @@ mod golden;
 mod no_panic;
 mod snapshot_swap;
 mod traffic;
+mod wireguard;

@@ -679,7 +679,7 @@ fn run_role(
                 );
             }
             tally[match v {
-                Verdict::Forward(_) | Verdict::Icmp(_) | Verdict::Fragment(_) => 0,
+                Verdict::Forward(_) | Verdict::Icmp(_) | Verdict::Fragment(_) | Verdict::Wg(_) => 0,
                 Verdict::Drop(_) => 1,
                 Verdict::SlowPath => 2,
             }] += 1;

@@ -78,6 +78,7 @@ fn build(g: u64, ports: &[PortInfo], neighbours: &NeighbourCache) -> Snapshot {
         vni: vni(g),
         inner_dst_mac: Some(mac(INNER)),
         mtu: None,
+        wireguard: None,
     };
     let mut rules = Rules {
         tunnels: vec![

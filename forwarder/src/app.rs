@@ -15,6 +15,7 @@ use crate::dpdk::{Eal, MbufQueue, Mempool, Port, PortConf, TxBuffer};
 use crate::metrics::{self, DeviceCounters, MetricsSource, WorkerStats};
 use crate::packet::MacAddr;
 use crate::tables::{NeighbourCache, PortId, PortInfo, Role, Snapshot, SnapshotHandle};
+use crate::wg::WgEngine;
 use crate::worker::Worker;
 
 /// The EAL command line for `cfg`: lcores, one `--vdev`/`-a` per port, and the
@@ -173,6 +174,16 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
         .map(|_| Arc::new(MbufQueue::new(1024)))
         .collect();
     let worker_stop = Arc::new(AtomicBool::new(false));
+    let wg_key = cfg
+        .wireguard
+        .as_ref()
+        .map(|w| w.private_key())
+        .transpose()
+        .context("wireguard")?;
+    if let Some(k) = &wg_key {
+        let public = tarp_api::rules::WgKey(WgEngine::new(*k).public_key());
+        tracing::info!(%public, "WireGuard: this forwarder's public key");
+    }
     for (w, &lcore) in cfg.workers.lcores.iter().enumerate() {
         let rx = ports
             .iter()
@@ -197,6 +208,10 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
             stats: worker_stats[w].clone(),
             stop: worker_stop.clone(),
             idle: cfg.workers.idle,
+            wg: match (&wg_key, w) {
+                (Some(k), 0) => Some(WgEngine::new(*k)),
+                _ => None,
+            },
         };
         eal.launch_on_lcore(lcore, move || worker.run())
             .with_context(|| format!("launch worker on lcore {lcore}"))?;

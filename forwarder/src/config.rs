@@ -43,6 +43,36 @@ pub struct Config {
     /// Packet buffers.
     #[serde(default)]
     pub mempool: MempoolConfig,
+    /// This forwarder's WireGuard identity, for tunnels with `wireguard` set.
+    #[serde(default)]
+    pub wireguard: Option<WireGuardConfig>,
+}
+
+/// `[wireguard]`: the private key of this forwarder's WireGuard tunnels. The peers, their
+/// public keys and ports are in the tunnels (`rules.tunnels[].wireguard`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireGuardConfig {
+    /// A file holding the private key in base64 (`wg genkey` writes one); relative to the
+    /// config file's folder. It should be readable by the forwarder alone.
+    pub private_key_file: std::path::PathBuf,
+}
+
+impl WireGuardConfig {
+    /// Reads the private key. The error names the key at fault.
+    pub fn private_key(&self) -> Result<[u8; 32], ConfigError> {
+        let key = "wireguard.private_key_file";
+        let text = std::fs::read_to_string(&self.private_key_file).map_err(|e| {
+            ConfigError::new(
+                key,
+                format!("cannot read {}: {e}", self.private_key_file.display()),
+            )
+        })?;
+        let k: tarp_api::rules::WgKey = text.parse().map_err(|e| {
+            ConfigError::new(key, format!("{}: {e}", self.private_key_file.display()))
+        })?;
+        Ok(k.0)
+    }
 }
 
 /// `[keeper_tls]`: TLS to the keeper. Relative paths are taken from the config file's
@@ -240,6 +270,11 @@ impl Config {
                 }
             }
         }
+        if let (Some(dir), Some(wg)) = (path.parent(), &mut cfg.wireguard) {
+            if wg.private_key_file.is_relative() {
+                wg.private_key_file = dir.join(&wg.private_key_file);
+            }
+        }
         Ok(cfg)
     }
 
@@ -288,6 +323,25 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.node_id.trim().is_empty() {
             return Err(ConfigError::new("node_id", "must not be empty"));
+        }
+        if let Some(i) = self
+            .rules
+            .tunnels
+            .iter()
+            .position(|t| t.wireguard.is_some())
+        {
+            if self.wireguard.is_none() {
+                return Err(ConfigError::new(
+                    format!("rules.tunnels[{i}].wireguard"),
+                    "a WireGuard tunnel needs [wireguard] private_key_file",
+                ));
+            }
+        }
+        if self.wireguard.is_some() && self.workers.lcores.len() > 1 {
+            return Err(ConfigError::new(
+                "wireguard",
+                "WireGuard tunnels need exactly one worker lcore (a peer's session belongs to one worker); run one forwarder per core",
+            ));
         }
         if self.workers.lcores.is_empty() {
             return Err(ConfigError::new(

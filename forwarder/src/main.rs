@@ -27,7 +27,8 @@ fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,boringtun=off".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -43,6 +44,10 @@ fn main() -> ExitCode {
     };
     let offline = app::offline_ports(&cfg);
     if let Err(e) = Snapshot::build(&cfg.rules, &offline, 0, &app::static_neighbours(&cfg)) {
+        eprintln!("tarp-forwarder: {file}: {e}");
+        return ExitCode::from(2);
+    }
+    if let Some(Err(e)) = cfg.wireguard.as_ref().map(|w| w.private_key()) {
         eprintln!("tarp-forwarder: {file}: {e}");
         return ExitCode::from(2);
     }

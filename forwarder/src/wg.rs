@@ -94,6 +94,7 @@ pub struct WgEngine {
     by_snapshot: Vec<u32>,
     synced: (usize, u64),
     budget: u32,
+    handshakes: u64,
     scratch: Box<[u8; SCRATCH]>,
 }
 
@@ -127,6 +128,7 @@ impl WgEngine {
             by_snapshot: Vec::new(),
             synced: (0, u64::MAX),
             budget: HANDSHAKES_PER_ROUND,
+            handshakes: 0,
             scratch: Box::new([0; SCRATCH]),
         }
     }
@@ -352,6 +354,7 @@ impl WgEngine {
         peer.established = peer.tunn.time_since_last_handshake().is_some();
         if m[0] != msg::COOKIE && r.is_ok() {
             peer.handshakes += 1;
+            self.handshakes += 1;
         }
         match r {
             Err(e) => Opened::Drop(e),
@@ -393,6 +396,11 @@ impl WgEngine {
                 }
             }
         }
+    }
+
+    /// Handshake messages accepted since the engine started.
+    pub fn handshakes(&self) -> u64 {
+        self.handshakes
     }
 
     /// Every peer's state (for metrics; off the fast path).

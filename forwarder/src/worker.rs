@@ -10,9 +10,10 @@ use std::time::Duration;
 use crate::config::IdlePolicy;
 use crate::dpdk::{Mbuf, MbufBurst, MbufQueue, Mempool, RxQueue, TxBuffer, BURST};
 use crate::metrics::{bump, WorkerStats};
-use crate::pipeline::{process, split, Context, DropReason, Verdict};
+use crate::pipeline::{process, process_inner, split, Context, DropReason, Split, Verdict, WgJob};
 use crate::prefetch::prefetch0;
-use crate::tables::{PortId, SnapshotHandle};
+use crate::tables::{PortId, Snapshot, SnapshotHandle};
+use crate::wg::{Opened, WgEngine};
 
 /// One worker: the RX queues it polls and one TX buffer per port.
 pub struct Worker {
@@ -36,6 +37,8 @@ pub struct Worker {
     pub stop: Arc<AtomicBool>,
     /// What to do when polls come back empty.
     pub idle: IdlePolicy,
+    /// WireGuard tunnels' state (`[wireguard]`; the only worker then).
+    pub wg: Option<WgEngine>,
 }
 
 /// Empty polls before the back-off starts sleeping.
@@ -47,16 +50,24 @@ impl Worker {
     /// Runs until `stop` is set, then flushes and returns.
     pub fn run(mut self) {
         let mut burst = MbufBurst::new();
+        let mut opened = MbufBurst::new();
+        let mut unexpected = MbufBurst::new();
         let mut verdicts = [Verdict::SlowPath; BURST];
+        let mut inner_verdicts = [Verdict::SlowPath; BURST];
         let mut empty_run = 0u32;
         let mut sleep = Duration::from_micros(1);
         let stats = self.stats.clone();
         let mut ctx = Context::new(self.tx.len());
+        let mut wg = self.wg.take();
+        let mut next_tick_ms = 0;
         let start = std::time::Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             let mut got = 0;
             // One clock read per poll round (vDSO, no system call).
             ctx.set_now_ms(start.elapsed().as_millis() as u64);
+            if let Some(e) = wg.as_mut() {
+                e.new_round();
+            }
             for (port, rxq) in self.rx.iter_mut() {
                 let n = rxq.rx_burst(&mut burst);
                 if n == 0 {
@@ -70,72 +81,36 @@ impl Worker {
                 }
                 let counters = &stats.ports[*port as usize];
                 bump(&counters.rx, n as u64);
-                let mut forwarded = 0;
                 let snap = self.snapshots.load();
+                if let Some(e) = wg.as_mut() {
+                    e.sync(&snap);
+                }
                 process(&snap, &mut ctx, *port, &mut burst, &mut verdicts[..n]);
+                let mut out = Sink {
+                    tx: &mut self.tx,
+                    pool: self.pool,
+                    slow_path: &self.slow_path,
+                    stats: &stats,
+                };
+                let mut forwarded = 0;
                 for (m, v) in burst.drain().zip(verdicts.iter()) {
-                    match *v {
-                        Verdict::Forward(out) | Verdict::Icmp(out) => {
-                            if matches!(v, Verdict::Icmp(_)) {
-                                bump(&counters.icmp_sent, 1);
-                            } else {
-                                forwarded += 1;
-                            }
-                            let c = &stats.ports[out as usize];
-                            bump(&c.tx, 1);
-                            let dropped = self.tx[out as usize].push(m);
-                            if dropped > 0 {
-                                bump(&c.drops[DropReason::TxFull as usize], dropped as u64);
-                            }
-                        }
-                        Verdict::Fragment(how) => {
-                            let pool = self.pool;
-                            let tx = &mut self.tx;
-                            let mut lost = 0;
-                            let l3 = crate::packet::ethernet::HEADER_LEN
-                                + if m.data().get(12..14) == Some(&[0x81, 0x00]) {
-                                    4
-                                } else {
-                                    0
-                                };
-                            let made = split(
-                                &snap,
-                                how,
-                                m.data(),
-                                l3,
-                                |len| {
-                                    let mut f = Mbuf::alloc(&pool)?;
-                                    f.append(len)?;
-                                    Some(f)
-                                },
-                                |p, f| lost += tx[p as usize].push(f),
-                            );
-                            drop(m);
-                            match made {
-                                Ok((out, pieces)) => {
-                                    forwarded += 1;
-                                    bump(&counters.fragmented, 1);
-                                    let c = &stats.ports[out as usize];
-                                    bump(&c.tx, pieces as u64);
-                                    if lost > 0 {
-                                        bump(&c.drops[DropReason::TxFull as usize], lost as u64);
-                                    }
-                                }
-                                Err(reason) => bump(&counters.drops[reason as usize], 1),
-                            }
-                        }
-                        Verdict::Drop(reason) => {
-                            bump(&counters.drops[reason as usize], 1);
-                            drop(m);
-                        }
-                        Verdict::SlowPath => {
-                            if self.slow_path.push(m) {
-                                bump(&counters.slow_path, 1);
-                            } else {
-                                bump(&counters.drops[DropReason::SlowPathFull as usize], 1);
-                            }
-                        }
+                    forwarded += out.dispatch(&snap, &mut wg, &mut opened, *port, m, *v);
+                }
+                // What WireGuard opened: through the port's pipeline as inner frames.
+                if !opened.is_empty() {
+                    let k = opened.len();
+                    process_inner(
+                        &snap,
+                        &mut ctx,
+                        *port,
+                        &mut opened,
+                        &mut inner_verdicts[..k],
+                    );
+                    for (m, v) in opened.drain().zip(inner_verdicts.iter()) {
+                        forwarded += out.dispatch(&snap, &mut wg, &mut unexpected, *port, m, *v);
                     }
+                    // An inner frame is never opened again.
+                    unexpected.clear();
                 }
                 drop(snap);
                 bump(&counters.forwarded, forwarded);
@@ -149,6 +124,32 @@ impl Worker {
                             dropped as u64,
                         );
                     }
+                }
+            }
+            // WireGuard's timers, outside the burst loop.
+            if let Some(e) = wg.as_mut() {
+                if ctx.now_ms() >= next_tick_ms {
+                    next_tick_ms = ctx.now_ms() + WgEngine::TICK_MS;
+                    let snap = self.snapshots.load();
+                    let (pool, tx) = (self.pool, &mut self.tx);
+                    e.tick(
+                        &snap,
+                        |len| alloc_len(&pool, len),
+                        |p, f| {
+                            let dropped = tx[p as usize].push(f);
+                            bump(&stats.ports[p as usize].tx, 1);
+                            if dropped > 0 {
+                                let c = &stats.ports[p as usize];
+                                bump(&c.drops[DropReason::TxFull as usize], dropped as u64);
+                            }
+                        },
+                    );
+                    let (peers, up) = e
+                        .peers()
+                        .fold((0, 0), |(n, u), p| (n + 1, u + p.established as u64));
+                    stats.wg_peers.store(peers, Ordering::Relaxed);
+                    stats.wg_established.store(up, Ordering::Relaxed);
+                    stats.wg_handshakes.store(e.handshakes(), Ordering::Relaxed);
                 }
             }
             for (port, tx) in self.tx.iter_mut().enumerate() {
@@ -176,5 +177,160 @@ impl Worker {
         for tx in self.tx {
             drop(tx.into_queue());
         }
+    }
+}
+
+/// Where a worker's verdicts send packets: its TX buffers, the slow path, its counters.
+struct Sink<'a> {
+    tx: &'a mut [TxBuffer],
+    pool: Mempool,
+    slow_path: &'a MbufQueue,
+    stats: &'a WorkerStats,
+}
+
+/// A buffer of exactly `len` bytes.
+#[inline]
+fn alloc_len(pool: &Mempool, len: usize) -> Option<Mbuf> {
+    let mut f = Mbuf::alloc(pool)?;
+    f.append(len)?;
+    Some(f)
+}
+
+/// Where the IP header of a frame starts (after one VLAN tag, if any).
+#[inline]
+fn l3_of(b: &[u8]) -> usize {
+    crate::packet::ethernet::HEADER_LEN
+        + if b.get(12..14) == Some(&[0x81, 0x00]) {
+            4
+        } else {
+            0
+        }
+}
+
+impl Sink<'_> {
+    /// Sends `m` on port `out`, counting it there (and a full TX queue's losses).
+    #[inline(always)]
+    fn send(&mut self, out: PortId, m: Mbuf) {
+        let c = &self.stats.ports[out as usize];
+        bump(&c.tx, 1);
+        let dropped = self.tx[out as usize].push(m);
+        if dropped > 0 {
+            bump(&c.drops[DropReason::TxFull as usize], dropped as u64);
+        }
+    }
+
+    /// Carries out verdict `v` for packet `m` received on `in_port`; returns 1 if it
+    /// counts as forwarded. Frames WireGuard opened go to `opened`.
+    #[inline(always)]
+    fn dispatch(
+        &mut self,
+        snap: &Snapshot,
+        wg: &mut Option<WgEngine>,
+        opened: &mut MbufBurst,
+        in_port: PortId,
+        m: Mbuf,
+        v: Verdict,
+    ) -> u64 {
+        let counters = &self.stats.ports[in_port as usize];
+        match v {
+            Verdict::Forward(out) => {
+                self.send(out, m);
+                return 1;
+            }
+            Verdict::Icmp(out) => {
+                bump(&counters.icmp_sent, 1);
+                self.send(out, m);
+            }
+            Verdict::Fragment(how) => {
+                let pool = self.pool;
+                let tx = &mut *self.tx;
+                let mut lost = 0;
+                let mut unsealed = None;
+                let l3 = l3_of(m.data());
+                let sealer = match how {
+                    Split::Tunnel(t) if snap.tunnels[t as usize].wg.is_some() => {
+                        wg.as_mut().map(|e| (t, e))
+                    }
+                    _ => None,
+                };
+                let mut sealer = sealer;
+                let made = split(
+                    snap,
+                    how,
+                    m.data(),
+                    l3,
+                    |len| alloc_len(&pool, len),
+                    |p, f| match sealer.as_mut() {
+                        None => lost += tx[p as usize].push(f),
+                        Some((t, e)) => {
+                            match e.seal(snap, *t, f.data(), l3, |len| alloc_len(&pool, len)) {
+                                Ok((p, sealed)) => lost += tx[p as usize].push(sealed),
+                                Err(r) => unsealed = Some(r),
+                            }
+                        }
+                    },
+                );
+                drop(m);
+                match (made, unsealed) {
+                    (Ok((out, pieces)), None) => {
+                        bump(&counters.fragmented, 1);
+                        let c = &self.stats.ports[out as usize];
+                        bump(&c.tx, pieces as u64);
+                        if lost > 0 {
+                            bump(&c.drops[DropReason::TxFull as usize], lost as u64);
+                        }
+                        return 1;
+                    }
+                    (Err(reason), _) | (_, Some(reason)) => {
+                        bump(&counters.drops[reason as usize], 1)
+                    }
+                }
+            }
+            Verdict::Wg(job) => {
+                let Some(e) = wg.as_mut() else {
+                    // Rules with a WireGuard tunnel reached a forwarder without [wireguard].
+                    bump(&counters.drops[DropReason::WgNoSession as usize], 1);
+                    return 0;
+                };
+                let pool = self.pool;
+                match job {
+                    WgJob::Seal(t) => {
+                        match e.seal(snap, t, m.data(), l3_of(m.data()), |len| {
+                            alloc_len(&pool, len)
+                        }) {
+                            Ok((out, sealed)) => {
+                                drop(m);
+                                self.send(out, sealed);
+                                return 1;
+                            }
+                            Err(r) => bump(&counters.drops[r as usize], 1),
+                        }
+                    }
+                    WgJob::Open => {
+                        match e.open(snap, in_port, m.data(), |len| alloc_len(&pool, len)) {
+                            Opened::Inner(f) => {
+                                if opened.push(f).is_err() {
+                                    bump(&counters.drops[DropReason::NoBuffer as usize], 1);
+                                }
+                            }
+                            Opened::Reply(out, f) => self.send(out, f),
+                            Opened::Nothing => {}
+                            Opened::Drop(r) => bump(&counters.drops[r as usize], 1),
+                        }
+                    }
+                }
+            }
+            Verdict::Drop(reason) => {
+                bump(&counters.drops[reason as usize], 1);
+            }
+            Verdict::SlowPath => {
+                if self.slow_path.push(m) {
+                    bump(&counters.slow_path, 1);
+                } else {
+                    bump(&counters.drops[DropReason::SlowPathFull as usize], 1);
+                }
+            }
+        }
+        0
     }
 }

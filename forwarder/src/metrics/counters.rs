@@ -44,6 +44,12 @@ pub struct WorkerStats {
     pub busy_polls: AtomicU64,
     /// Polls that returned nothing.
     pub empty_polls: AtomicU64,
+    /// WireGuard peers this worker holds (a gauge, set at each tick).
+    pub wg_peers: AtomicU64,
+    /// Of them, with a session (a gauge).
+    pub wg_established: AtomicU64,
+    /// WireGuard handshake messages accepted (a counter).
+    pub wg_handshakes: AtomicU64,
 }
 
 impl WorkerStats {
@@ -53,6 +59,9 @@ impl WorkerStats {
             ports: (0..ports).map(|_| PortCounters::default()).collect(),
             busy_polls: AtomicU64::new(0),
             empty_polls: AtomicU64::new(0),
+            wg_peers: AtomicU64::new(0),
+            wg_established: AtomicU64::new(0),
+            wg_handshakes: AtomicU64::new(0),
         }
     }
 }

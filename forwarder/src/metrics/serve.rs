@@ -36,7 +36,15 @@ impl MetricsSource {
                 b + w.busy_polls.load(Ordering::Relaxed),
             )
         });
+        let wg = workers.iter().fold((0, 0, 0), |(p, e, h), w| {
+            (
+                p + w.wg_peers.load(Ordering::Relaxed),
+                e + w.wg_established.load(Ordering::Relaxed),
+                h + w.wg_handshakes.load(Ordering::Relaxed),
+            )
+        });
         Scrape {
+            wg,
             node: self.node.clone(),
             ports: self.ports.clone(),
             totals: totals(&workers, self.ports.len()),

@@ -47,6 +47,8 @@ pub struct Scrape {
     pub polls: (u64, u64),
     /// Neighbours resolved / next hops in the snapshot.
     pub neighbours: (usize, usize),
+    /// WireGuard peers, those with a session, and handshake messages accepted.
+    pub wg: (u64, u64, u64),
 }
 
 /// Prometheus text exposition of a scrape.
@@ -232,6 +234,29 @@ pub fn render(s: &Scrape) -> String {
     );
     family(
         &mut o,
+        "tarp_wg_peers",
+        "gauge",
+        "WireGuard peers, by session state.",
+    );
+    let _ = writeln!(
+        o,
+        "tarp_wg_peers{{node=\"{node}\",state=\"established\"}} {}\ntarp_wg_peers{{node=\"{node}\",state=\"no_session\"}} {}",
+        s.wg.1,
+        s.wg.0.saturating_sub(s.wg.1)
+    );
+    family(
+        &mut o,
+        "tarp_wg_handshake_messages_total",
+        "counter",
+        "WireGuard handshake messages (initiations, responses) accepted.",
+    );
+    let _ = writeln!(
+        o,
+        "tarp_wg_handshake_messages_total{{node=\"{node}\"}} {}",
+        s.wg.2
+    );
+    family(
+        &mut o,
         "tarp_next_hops",
         "gauge",
         "Next hops in the snapshot, by resolution state.",
@@ -277,6 +302,7 @@ mod tests {
             generation: 9,
             entries: 1,
             polls: (1, 2),
+            wg: (2, 1, 5),
             neighbours: (1, 2),
         };
         let text = render(&s);
@@ -286,5 +312,7 @@ mod tests {
         assert!(text.contains("tarp_port_drops_total{node=\"pop1\",port=\"line0\",role=\"aggregator\",reason=\"no_circuit\"} 2\n"));
         assert!(text.contains("tarp_snapshot_generation{node=\"pop1\"} 9\n"));
         assert!(text.contains("tarp_next_hops{node=\"pop1\",state=\"unresolved\"} 1\n"));
+        assert!(text.contains("tarp_wg_peers{node=\"pop1\",state=\"no_session\"} 1\n"));
+        assert!(text.contains("tarp_wg_handshake_messages_total{node=\"pop1\"} 5\n"));
     }
 }

@@ -4,7 +4,8 @@
 # Idempotent: installs only what is missing.
 set -euo pipefail
 pkgs=(dpdk dpdk-dev libdpdk-dev clang libclang-dev pkg-config protobuf-compiler
-  iproute2 iputils-ping ethtool tcpdump tshark curl socat iperf3 python3 procps shellcheck)
+  iproute2 iputils-ping ethtool tcpdump tshark curl socat iperf3 python3 procps shellcheck
+  wireguard-go openssl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,7 +2,8 @@
 # The whole test suite (as root: DPDK and network namespaces need it):
 # style (rustfmt, clippy, shellcheck; clippy also on the pure-Rust forwarder), unit, golden,
 # property and no-panic tests, DPDK tests on virtual devices, the keeper's gRPC tests,
-# then the end-to-end run in network namespaces, the fault tests with traffic flowing,
+# then the end-to-end run in network namespaces, WireGuard (with Debian's wireguard-go),
+# the fault tests with traffic flowing,
 # and the demo in --check mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,8 @@ echo "== cargo test"
 cargo test --release --workspace
 echo "== end to end (network namespaces, DPDK af_packet)"
 bash tests/e2e.sh target/release
+echo "== WireGuard: tarp to tarp, interop with wireguard-go both ways, tampering dropped and counted"
+bash tests/wg.sh target/release
 echo "== faults with traffic flowing (aggregator cut off, keeper and aggregator kill -9, a flapping line)"
 bash tests/faults.sh target/release
 echo "== the demo, bounded and checked (keeper, tarpctl, bounce, keeper kill -9)"

@@ -14,12 +14,15 @@
 # ranges of ARCHITECTURE.md. Everything is removed by topo_down, by namespace name.
 #
 # Inputs: P (namespace prefix, short), TOPO_DIR (configs, logs, pids), TARP_BIN (dir with
-# tarp-forwarder).
+# tarp-forwarder). WG=1 (tests/wg.sh): the aggregator-demux tunnel is WireGuard, and a
+# namespace kwg (192.0.2.10 on br-core) runs Debian's wireguard-go, a peer of both; the
+# keys are made by wg_keys.
 
 : "${P:=tt}"
 : "${TOPO_DIR:=/tmp/tarp-topo}"
 
 NS_ALL=(dev1 dev2 dev3 mid inet app1 app2 dc kvx agg dmx rmx)
+[ "${WG:-0}" = 1 ] && NS_ALL+=(kwg)
 
 ns() { echo "${P}$1"; }
 nsx() { local n=$1; shift; ip netns exec "$(ns "$n")" "$@"; }
@@ -137,6 +140,17 @@ topo_up() {
   nsx kvx ip link set vxlan0 up
   nsx kvx ethtool -K vxlan0 tx off >/dev/null 2>&1 || true
 
+  if [ "${WG:-0}" = 1 ]; then
+    # wireguard-go's host: a peer of the aggregator (it holds capture 203.0.113.10) and
+    # of the demux (it reaches the aliases 198.18.0.0/24 from 198.18.100.10).
+    veth_pair inet c-kwg kwg eth0
+    enslave inet c-kwg br-core
+    nsx kwg ip addr add 192.0.2.10/24 dev eth0
+    nsx kwg ip route add default via 192.0.2.254
+    nsx kwg sysctl -qw net.ipv4.conf.all.rp_filter=0
+    nsx inet ip route add 198.18.100.0/24 via 192.0.2.10
+  fi
+
   # The data center.
   bridge dc br-dc
   veth_pair dc d-dmx dmx dmx-dc
@@ -191,11 +205,19 @@ device = "net_af_packet1,iface=agg-uplink"
 role = "aggregator"
 addresses = ["192.0.2.1"]
 EOF
-    [ -z "${KEEPER:-}" ] && cat >>"$f" <<'EOF'
+    local t1='{ id = 1, local = "192.0.2.1", remote = "192.0.2.2", vni = 100 },' t3='' c3=''
+    if [ "${WG:-0}" = 1 ]; then
+      printf '[wireguard]\nprivate_key_file = "agg.key"\n' >>"$f"
+      t1="{ id = 1, local = \"192.0.2.1\", remote = \"192.0.2.2\", wireguard = { public_key = \"$(cat "$TOPO_DIR/dmx.pub")\", keepalive = 25 } },"
+      t3="{ id = 3, local = \"192.0.2.1\", remote = \"192.0.2.10\", wireguard = { public_key = \"$(cat "$TOPO_DIR/kwg.pub")\", keepalive = 25 } },"
+      c3='{ capture = "203.0.113.10", alias = "203.0.113.10", tunnel = 3, line = "line0", return_via = "203.0.113.254" },'
+    fi
+    [ -z "${KEEPER:-}" ] && cat >>"$f" <<EOF
 [rules]
 tunnels = [
-  { id = 1, local = "192.0.2.1", remote = "192.0.2.2", vni = 100 },
+  $t1
   { id = 2, local = "192.0.2.1", remote = "192.0.2.9", vni = 100, inner_dst_mac = "02:00:00:00:09:09" },
+  $t3
 ]
 aggregator = [
   { capture = "203.0.113.2", alias = "198.18.0.2", tunnel = 1, line = "line0" },
@@ -204,6 +226,7 @@ aggregator = [
   { capture = "2001:db8:113::4", alias = "2001:db8:18::4", tunnel = 1, line = "line0", answer_ping = true },
   { capture = "203.0.113.9", alias = "198.18.0.9", tunnel = 2, line = "line0" },
   { capture = "203.0.113.6", alias = "198.18.0.6", tunnel = 1, line = "line0", return_via = "203.0.113.254" },
+  $c3
 ]
 # Symmetric return: replies of 203.0.113.6 come back from the remux through a tunnel.
 tunnel_peers = [{ address = "192.0.2.3", vni = 100 }]
@@ -230,9 +253,21 @@ device = "net_af_packet1,iface=dmx-dc"
 role = "demux"
 addresses = ["198.19.0.1", "2001:db8:19::1"]
 EOF
-    [ -z "${KEEPER:-}" ] && cat >>"$f" <<'EOF'
+    local peers='"192.0.2.1", "192.0.2.9"' tunnels='' route=''
+    if [ "${WG:-0}" = 1 ]; then
+      # The aggregator is a WireGuard peer, not a VXLAN one: plaintext from it is refused.
+      printf '[wireguard]\nprivate_key_file = "dmx.key"\n' >>"$f"
+      peers='"192.0.2.9"'
+      tunnels="tunnels = [
+  { id = 2000, local = \"192.0.2.2\", remote = \"192.0.2.1\", wireguard = { public_key = \"$(cat "$TOPO_DIR/agg.pub")\" } },
+  { id = 2001, local = \"192.0.2.2\", remote = \"192.0.2.10\", wireguard = { public_key = \"$(cat "$TOPO_DIR/kwg.pub")\" } },
+]"
+      route='{ prefix = "192.0.2.0/24", port = "tun" },'
+    fi
+    [ -z "${KEEPER:-}" ] && cat >>"$f" <<EOF
 [rules]
-tunnel_peers = ["192.0.2.1", "192.0.2.9"]
+$tunnels
+tunnel_peers = [$peers]
 demux = [
   { mode = "address", alias = "198.18.0.2", capture = "203.0.113.2", app_host = "198.19.0.2" },
   { mode = "address", alias = "2001:db8:18::2", capture = "2001:db8:113::2", app_host = "2001:db8:19::2" },
@@ -250,6 +285,7 @@ demux = [
 routes = [
   { prefix = "198.19.0.0/24", port = "dc" },
   { prefix = "2001:db8:19::/64", port = "dc" },
+  $route
 ]
 EOF
     ;;
@@ -301,6 +337,22 @@ return_tunnels = [{ capture = "203.0.113.6", tunnel = 1 }]
 EOF
     ;;
   esac
+}
+
+# wg_keys NAME...: a WireGuard key pair per name, made with openssl (X25519):
+# $TOPO_DIR/NAME.key (private, base64, mode 0600), NAME.pub (base64), NAME.hex (the
+# private key in hex) and NAME.pubhex (hex, as wireguard-go's UAPI takes keys).
+wg_keys() {
+  local n pem
+  for n in "$@"; do
+    pem="$TOPO_DIR/$n.pem"
+    (umask 077 && openssl genpkey -algorithm X25519 -out "$pem")
+    (umask 077 && openssl pkey -in "$pem" -outform DER | tail -c 32 | base64 >"$TOPO_DIR/$n.key")
+    openssl pkey -in "$pem" -pubout -outform DER | tail -c 32 | base64 >"$TOPO_DIR/$n.pub"
+    base64 -d <"$TOPO_DIR/$n.key" | od -An -tx1 | tr -d ' \n' >"$TOPO_DIR/$n.hex"
+    base64 -d <"$TOPO_DIR/$n.pub" | od -An -tx1 | tr -d ' \n' >"$TOPO_DIR/$n.pubhex"
+    rm -f "$pem"
+  done
 }
 
 # fw_start ROLE: starts tarp-forwarder in ${P}ROLE, pid in $TOPO_DIR/ROLE.pid.

@@ -21,53 +21,11 @@ fn alloc(len: usize) -> Option<VecBuf> {
 }
 
 fn agg() -> Box_ {
-    Box_::new(
-        vec![
-            port("line0", Role::Aggregator, AGG_LINE, &["203.0.113.1"]),
-            port("uplink", Role::Aggregator, AGG_UPLINK, &["192.0.2.1"]),
-        ],
-        &format!(
-            r#"
-            tunnels = [{{ id = 3, local = "192.0.2.1", remote = "192.0.2.2", wireguard = {{ public_key = "{}", keepalive = 25 }} }}]
-            aggregator = [
-              {{ capture = "203.0.113.4", alias = "198.18.0.4", tunnel = 3, line = "line0" }},
-              {{ capture = "2001:db8:113::4", alias = "2001:db8:18::4", tunnel = 3, line = "line0" }},
-            ]
-            routes = [{{ prefix = "192.0.2.0/24", port = "uplink" }}]
-            "#,
-            public(DMX_KEY)
-        ),
-        &[(1, "192.0.2.2", DMX_TUN)],
-    )
+    wg_aggregator(&public(DMX_KEY))
 }
 
 fn dmx() -> Box_ {
-    Box_::new(
-        vec![
-            port("tun", Role::Demux, DMX_TUN, &["192.0.2.2"]),
-            port("dc", Role::Demux, DMX_DC, &["198.19.0.1", "2001:db8:19::1"]),
-        ],
-        &format!(
-            r#"
-            tunnels = [{{ id = 2000, local = "192.0.2.2", remote = "192.0.2.1", wireguard = {{ public_key = "{}" }} }}]
-            demux = [
-              {{ mode = "port", alias = "198.18.0.4", protocol = "udp", port = 4000, app_host = "198.19.0.2" }},
-              {{ mode = "port", alias = "2001:db8:18::4", protocol = "udp", port = 4000, app_host = "2001:db8:19::2" }},
-            ]
-            routes = [
-              {{ prefix = "192.0.2.0/24", port = "tun" }},
-              {{ prefix = "198.19.0.0/24", port = "dc" }},
-              {{ prefix = "2001:db8:19::/64", port = "dc" }},
-            ]
-            "#,
-            public(AGG_KEY)
-        ),
-        &[
-            (0, "192.0.2.1", AGG_UPLINK),
-            (1, "198.19.0.2", APP2),
-            (1, "2001:db8:19::2", APP2),
-        ],
-    )
+    wg_demux(&public(AGG_KEY))
 }
 
 /// Opens `f` at `bx` as the worker does: the pipeline's verdict, then the engine.

@@ -186,6 +186,60 @@ pub fn remux() -> Box_ {
     )
 }
 
+/// The POP's aggregator with a WireGuard tunnel (id 3) to the demux, whose public key
+/// is `peer` (base64): port 0 is the line, port 1 the uplink.
+pub fn wg_aggregator(peer: &str) -> Box_ {
+    Box_::new(
+        vec![
+            port("line0", Role::Aggregator, AGG_LINE, &["203.0.113.1"]),
+            port("uplink", Role::Aggregator, AGG_UPLINK, &["192.0.2.1"]),
+        ],
+        &format!(
+            r#"
+            tunnels = [{{ id = 3, local = "192.0.2.1", remote = "192.0.2.2", wireguard = {{ public_key = "{}", keepalive = 25 }} }}]
+            aggregator = [
+              {{ capture = "203.0.113.4", alias = "198.18.0.4", tunnel = 3, line = "line0" }},
+              {{ capture = "2001:db8:113::4", alias = "2001:db8:18::4", tunnel = 3, line = "line0" }},
+            ]
+            routes = [{{ prefix = "192.0.2.0/24", port = "uplink" }}]
+            "#,
+            peer
+        ),
+        &[(1, "192.0.2.2", DMX_TUN)],
+    )
+}
+
+/// The data center's demux with a WireGuard tunnel to the aggregator (public key `peer`):
+/// port 0 receives the tunnel, port 1 faces the app hosts.
+pub fn wg_demux(peer: &str) -> Box_ {
+    Box_::new(
+        vec![
+            port("tun", Role::Demux, DMX_TUN, &["192.0.2.2"]),
+            port("dc", Role::Demux, DMX_DC, &["198.19.0.1", "2001:db8:19::1"]),
+        ],
+        &format!(
+            r#"
+            tunnels = [{{ id = 2000, local = "192.0.2.2", remote = "192.0.2.1", wireguard = {{ public_key = "{}" }} }}]
+            demux = [
+              {{ mode = "port", alias = "198.18.0.4", protocol = "udp", port = 4000, app_host = "198.19.0.2" }},
+              {{ mode = "port", alias = "2001:db8:18::4", protocol = "udp", port = 4000, app_host = "2001:db8:19::2" }},
+            ]
+            routes = [
+              {{ prefix = "192.0.2.0/24", port = "tun" }},
+              {{ prefix = "198.19.0.0/24", port = "dc" }},
+              {{ prefix = "2001:db8:19::/64", port = "dc" }},
+            ]
+            "#,
+            peer
+        ),
+        &[
+            (0, "192.0.2.1", AGG_UPLINK),
+            (1, "198.19.0.2", APP2),
+            (1, "2001:db8:19::2", APP2),
+        ],
+    )
+}
+
 /// Transport of a test packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L4 {

@@ -96,7 +96,10 @@ fn handshake(a: &Box_, ae: &mut WgEngine, d: &Box_, de: &mut WgEngine) {
     let Opened::Reply(_, ka) = ae.open(&a.snap, 1, resp.data(), alloc) else {
         panic!("no keepalive")
     };
-    assert!(matches!(de.open(&d.snap, 0, ka.data(), alloc), Opened::Nothing));
+    assert!(matches!(
+        de.open(&d.snap, 0, ka.data(), alloc),
+        Opened::Nothing
+    ));
 }
 
 fn tunnels(c: &mut Criterion) {
@@ -121,14 +124,10 @@ fn tunnels(c: &mut Criterion) {
 
         g.bench_function("aggregator/vxlan", |b| {
             b.iter_custom(|iters| {
-                timed!(
-                    iters,
-                    { burst.iter_mut().for_each(|p| p.reset(&dev)) },
-                    {
-                        process(&va.snap, &mut ctx, 0, &mut burst, &mut verdicts);
-                        black_box(&verdicts);
-                    },
-                )
+                timed!(iters, { burst.iter_mut().for_each(|p| p.reset(&dev)) }, {
+                    process(&va.snap, &mut ctx, 0, &mut burst, &mut verdicts);
+                    black_box(&verdicts);
+                },)
             })
         });
         let mut sealed = Vec::with_capacity(MAX_BURST);
@@ -159,14 +158,10 @@ fn tunnels(c: &mut Criterion) {
         let mut inner: Vec<VecBuf> = Vec::with_capacity(MAX_BURST);
         g.bench_function("demux/vxlan", |b| {
             b.iter_custom(|iters| {
-                timed!(
-                    iters,
-                    { burst.iter_mut().for_each(|p| p.reset(&vx)) },
-                    {
-                        process(&vd.snap, &mut ctx, 0, &mut burst, &mut verdicts);
-                        black_box(&verdicts);
-                    },
-                )
+                timed!(iters, { burst.iter_mut().for_each(|p| p.reset(&vx)) }, {
+                    process(&vd.snap, &mut ctx, 0, &mut burst, &mut verdicts);
+                    black_box(&verdicts);
+                },)
             })
         });
         // Fresh transport messages for every burst (the replay window takes each once),
@@ -186,7 +181,9 @@ fn tunnels(c: &mut Criterion) {
                         process(&wa.snap, &mut wa_ctx, 0, &mut burst, &mut verdicts);
                         for p in burst.iter() {
                             let (_, s) = ae
-                                .seal(&wa.snap, 0, p.data(), 14, |l| Some(VecBuf::new(&ZEROS[..l])))
+                                .seal(&wa.snap, 0, p.data(), 14, |l| {
+                                    Some(VecBuf::new(&ZEROS[..l]))
+                                })
                                 .unwrap();
                             fresh.push(s.data().to_vec());
                         }
@@ -212,7 +209,10 @@ fn tunnels(c: &mut Criterion) {
         });
         g.finish();
         // Back to the pool for the next size.
-        sealed.drain(..).chain(inner.drain(..)).for_each(|b| pool.give(b));
+        sealed
+            .drain(..)
+            .chain(inner.drain(..))
+            .for_each(|b| pool.give(b));
     }
 }
 

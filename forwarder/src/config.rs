@@ -523,6 +523,40 @@ mod tests {
     }
 
     #[test]
+    fn wireguard_needs_its_key_file_and_one_worker() {
+        const WG_TUNNEL: &str = r#"tunnels = [{ id = 1, local = "192.0.2.1", remote = "192.0.2.2", wireguard = { public_key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=" } }]"#;
+        let wg = GOOD.replace(
+            r#"tunnels = [{ id = 1, local = "192.0.2.1", remote = "192.0.2.2", vni = 7 }]"#,
+            WG_TUNNEL,
+        );
+        assert_eq!(key_of(&wg), "rules.tunnels[0].wireguard");
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("wg.key");
+        std::fs::write(&key, "iAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHl8=\n").unwrap();
+        let with = wg.replace(
+            "[rules]",
+            &format!(
+                "[wireguard]\nprivate_key_file = {:?}\n[rules]",
+                key.display().to_string()
+            ),
+        );
+        let c = Config::parse(&with).unwrap();
+        let private = c.wireguard.as_ref().unwrap().private_key().unwrap();
+        assert_eq!(private[0], 0x88);
+        assert_eq!(
+            key_of(&with.replace("lcores = [1]", "lcores = [1, 2]")),
+            "wireguard"
+        );
+        std::fs::write(&key, "not a key").unwrap();
+        let e = c.wireguard.as_ref().unwrap().private_key().unwrap_err();
+        assert_eq!(e.key, "wireguard.private_key_file");
+        assert!(e.to_string().contains("not base64"), "{e}");
+        std::fs::remove_file(&key).unwrap();
+        let e = c.wireguard.unwrap().private_key().unwrap_err();
+        assert!(e.to_string().contains("cannot read"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         assert_eq!(
             key_of(&GOOD.replace("idle = \"backoff\"", "idle = \"sometimes\"")),

@@ -115,6 +115,11 @@ if [ "$hs" = 2 ]; then
 else
   fail "wireguard-go handshakes: $hs of 2; $(echo "$state" | grep -E 'handshake|bytes' | tr '\n' ' ')"
 fi
+# Peer states are published by the worker's WireGuard timer (every 100 ms): wait a tick.
+for _ in $(seq 30); do
+  [ "$(metric dmx tarp_wg_peers 'state="established"')" = 2 ] && break
+  sleep 0.1
+done
 if [ "$(metric dmx tarp_wg_peers 'state="established"')" = 2 ]; then
   pass "demux: sessions with both peers"
 else

@@ -289,6 +289,7 @@ impl WgEngine {
             return Opened::Drop(DropReason::Malformed);
         };
         let Some(Some(peer)) = self.peers.get_mut((idx >> 8) as usize) else {
+            self.lost_session(snap, dg.src);
             return Opened::Drop(DropReason::WgUnknownPeer);
         };
         let Some(port) = snap.ports.get(in_port as usize) else {
@@ -309,7 +310,13 @@ impl WgEngine {
                 peer.established = true;
                 return Opened::Nothing;
             }
-            TunnResult::Err(e) => return Opened::Drop(drop_reason(e)),
+            TunnResult::Err(e) => {
+                let reason = drop_reason(e);
+                if reason == DropReason::WgUnknownPeer {
+                    self.lost_session(snap, dg.src);
+                }
+                return Opened::Drop(reason);
+            }
             TunnResult::WriteToNetwork(_) => return Opened::Drop(DropReason::Malformed),
         };
         // A transport message decrypted: a session exists and is current.
@@ -322,6 +329,25 @@ impl WgEngine {
             return Opened::Drop(DropReason::Malformed);
         }
         Opened::Inner(out)
+    }
+
+    /// Transport data from a configured peer's endpoint that no session of ours opens:
+    /// this end lost its sessions (it restarted) while the peer still holds the old
+    /// ones. The peer would only notice after its own timers (up to 15 s without a
+    /// reply, or the 2-minute rekey), so this end starts a handshake at the next tick.
+    /// boringtun sends at most one initiation per handshake attempt (`REKEY_TIMEOUT`),
+    /// so a flood of such packets costs one initiation, not one per packet.
+    #[cold]
+    #[inline(never)]
+    fn lost_session(&mut self, snap: &Snapshot, src: IpAddr) {
+        let Some(&i) = snap.wg.by_endpoint.get(&src) else {
+            return;
+        };
+        if let Some(&slot) = self.by_snapshot.get(i as usize) {
+            if let Some(Some(peer)) = self.peers.get_mut(slot as usize) {
+                peer.want_init = true;
+            }
+        }
     }
 
     /// A handshake message (or cookie) for the peer in `slot`.

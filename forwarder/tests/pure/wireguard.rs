@@ -251,6 +251,50 @@ fn no_session_no_send_and_a_handshake_starts() {
 }
 
 #[test]
+fn a_restarted_demux_starts_the_handshake_itself() {
+    let (a, d) = (agg(), dmx());
+    let (mut ae, mut de) = (WgEngine::new(AGG_KEY), WgEngine::new(DMX_KEY));
+    handshake(&a, &mut ae, &d, &mut de);
+    // The demux restarts: same key, no sessions. The POP still seals with the old one.
+    let mut de = WgEngine::new(DMX_KEY);
+    let mut sent = 0;
+    de.tick(&d.snap, alloc, |_, _| sent += 1);
+    assert_eq!(sent, 0, "nothing to do before the peer speaks");
+    let old = seal(&a, &mut ae, &device_packet("203.0.113.4", b"lost")).unwrap();
+    assert_eq!(
+        dropped(open(&d, &mut de, 0, &old)),
+        DropReason::WgUnknownPeer
+    );
+    let again = seal(&a, &mut ae, &device_packet("203.0.113.4", b"lost")).unwrap();
+    assert_eq!(
+        dropped(open(&d, &mut de, 0, &again)),
+        DropReason::WgUnknownPeer
+    );
+    // At its next tick the demux starts one handshake (not one per packet).
+    let mut sent = Vec::new();
+    de.tick(&d.snap, alloc, |p, f| sent.push((p, f.data().to_vec())));
+    assert_eq!(
+        sent.len(),
+        1,
+        "one initiation for two undecryptable packets"
+    );
+    let (p, init) = sent.pop().unwrap();
+    assert_eq!((p, init.len()), (0, 42 + 148), "out of tun, to the POP");
+    let mut more = 0;
+    de.tick(&d.snap, alloc, |_, _| more += 1);
+    assert_eq!(more, 0, "no second initiation while one is in progress");
+    let (p, resp) = reply(open(&a, &mut ae, 1, &init));
+    assert_eq!((p, resp.len()), (1, 42 + 92), "the POP answers");
+    let (_, keepalive) = reply(open(&d, &mut de, 0, &resp));
+    assert!(matches!(open(&a, &mut ae, 1, &keepalive), Opened::Nothing));
+    let sealed = seal(&a, &mut ae, &device_packet("203.0.113.4", b"back")).unwrap();
+    assert!(
+        matches!(open(&d, &mut de, 0, &sealed), Opened::Inner(_)),
+        "the POP's next packet uses the new session"
+    );
+}
+
+#[test]
 fn bad_rules_name_their_key() {
     let e = forwarder::tables::Snapshot::build(
         &toml::from_str(&format!(

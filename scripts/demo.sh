@@ -96,6 +96,13 @@ for f in "${FORWARDERS[@]}"; do
     bad "$f did not connect: $(tail -n 2 "$DEMO_DIR/$f.log")"
   fi
 done
+# pop-eu's tunnel is WireGuard (the keeper pushed it with both public keys), pop-us's VXLAN.
+for _ in $(seq 50); do [ "$(m pop-eu tarp_wg_peers 'state="established"')" = 1 ] && break; sleep 0.1; done
+if [ "$(m pop-eu tarp_wg_peers 'state="established"')" = 1 ]; then
+  okay "pop-eu -> dc-dmx is a WireGuard tunnel with a session ($(m pop-eu tarp_wg_handshake_messages_total node=) handshake message(s) accepted at pop-eu); pop-us -> dc-dmx is VXLAN"
+else
+  bad "pop-eu has no WireGuard session with dc-dmx: $(m pop-eu tarp_wg_peers 'state=')"
+fi
 
 step "Applications ask the keeper for circuits (tarpctl)"
 echo "hello from app2 in the data center" >"$DEMO_DIR/www/index.html"

@@ -339,6 +339,8 @@ pub struct SessionOptions {
     pub keeper_timeout: Option<Duration>,
     /// How long connecting may take.
     pub connect_timeout: Duration,
+    /// This forwarder's WireGuard public key, announced in its hello.
+    pub wireguard_public_key: Option<[u8; 32]>,
 }
 
 impl Default for SessionOptions {
@@ -347,6 +349,7 @@ impl Default for SessionOptions {
             heartbeat_interval: Some(Duration::from_secs(1)),
             keeper_timeout: Some(Duration::from_secs(10)),
             connect_timeout: Duration::from_secs(5),
+            wireguard_public_key: None,
         }
     }
 }
@@ -495,6 +498,10 @@ impl ForwarderSession {
                 })
                 .collect(),
             last_generation,
+            wireguard_public_key: options
+                .wireguard_public_key
+                .map(|k| k.to_vec())
+                .unwrap_or_default(),
         };
         tx.send(v1::ForwarderMessage {
             msg: Some(v1::forwarder_message::Msg::Hello(hello)),

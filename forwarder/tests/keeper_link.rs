@@ -45,6 +45,7 @@ fn ams_link(keeper: &str) -> Link {
         updates: updates_tx,
         links: links_rx,
         stop: stop.clone(),
+        wireguard_public_key: None,
     };
     Link {
         stop,

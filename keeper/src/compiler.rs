@@ -13,13 +13,16 @@
 use std::collections::BTreeMap;
 
 use tarp_api::rules::{
-    AggregatorRule, DemuxRule, Entry, RemuxRule, ReturnTunnel, Rules, Tunnel, TunnelPeer,
+    AggregatorRule, DemuxRule, Entry, RemuxRule, ReturnTunnel, Rules, Tunnel, TunnelPeer, WireGuard,
 };
 
 use crate::circuits::{Circuit, CircuitState, Mode, ReturnPath};
 
 /// Ids of a remux's return tunnels: this plus the aggregator's place in the inventory.
 pub const RETURN_TUNNEL_BASE: u32 = 1000;
+/// Ids of a demux's WireGuard tunnels back to its aggregators: this plus the
+/// aggregator's place in the inventory.
+pub const WG_TUNNEL_BASE: u32 = 2000;
 use crate::inventory::{Inventory, NodeId, Role};
 use crate::tables::Tables;
 
@@ -39,7 +42,7 @@ pub fn static_part(inv: &Inventory) -> BTreeMap<NodeId, Rules> {
             )
         })
         .collect();
-    for agg in &inv.aggregators {
+    for (i, agg) in inv.aggregators.iter().enumerate() {
         if let Some(r) = out.get_mut(&agg.node) {
             r.tunnels.push(agg.tunnel.clone());
             // Symmetric return: every remux that can send replies back may reach it.
@@ -51,10 +54,33 @@ pub fn static_part(inv: &Inventory) -> BTreeMap<NodeId, Rules> {
             }
         }
         if let Some(r) = out.get_mut(&agg.demux) {
-            r.tunnel_peers.push(TunnelPeer {
-                address: agg.tunnel.local,
-                vni: Some(agg.tunnel.vni),
-            });
+            match (&agg.tunnel.wireguard, inv.nodes.get(&agg.node)) {
+                // WireGuard: the aggregator is the demux's peer (a tunnel it answers
+                // handshakes through), not a VXLAN tunnel peer, so plaintext from its
+                // address is refused.
+                (Some(w), Some(node)) => {
+                    if let Some(public_key) = node.wireguard_key {
+                        r.tunnels.push(Tunnel {
+                            id: WG_TUNNEL_BASE + i as u32,
+                            local: agg.tunnel.remote,
+                            remote: agg.tunnel.local,
+                            vni: 0,
+                            inner_dst_mac: None,
+                            mtu: agg.tunnel.mtu,
+                            wireguard: Some(WireGuard {
+                                public_key,
+                                port: w.listen_port,
+                                listen_port: w.port,
+                                keepalive: None,
+                            }),
+                        });
+                    }
+                }
+                _ => r.tunnel_peers.push(TunnelPeer {
+                    address: agg.tunnel.local,
+                    vni: Some(agg.tunnel.vni),
+                }),
+            }
         }
     }
     for rules in out.values_mut() {
@@ -80,7 +106,10 @@ pub fn remux_inner_mtu(inv: &Inventory) -> Option<u16> {
         .iter()
         .map(|a| {
             a.tunnel.mtu.unwrap_or(1500)
-                - tarp_api::rules::tunnel_overhead(a.tunnel.remote.is_ipv6())
+                - tarp_api::rules::tunnel_overhead_of(
+                    a.tunnel.remote.is_ipv6(),
+                    a.tunnel.wireguard.is_some(),
+                )
         })
         .min()
         .filter(|&m| m != tarp_api::rules::DEFAULT_INNER_MTU)
@@ -391,6 +420,106 @@ mod tests {
         );
         assert_eq!(dc.routes.len(), 2);
         assert!(dc.tunnels.is_empty() && dc.demux.is_empty() && dc.remux.is_empty());
+    }
+
+    /// The example with pop-fra-1's tunnel on WireGuard.
+    fn wg_inv() -> Result<Inventory, String> {
+        let text = include_str!("../examples/keeper.toml")
+            .replace(
+                r#"tunnel = { local = "192.0.2.2", remote = "192.0.2.100", vni = 101, demux = "dc-1" }"#,
+                r#"tunnel = { local = "192.0.2.2", remote = "192.0.2.100", demux = "dc-1", wireguard = true }"#,
+            )
+            .replace(
+                "id = \"pop-fra-1\"\n",
+                "id = \"pop-fra-1\"\nwireguard_key = \"AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=\"\n",
+            )
+            .replace(
+                "id = \"dc-1\"\n",
+                "id = \"dc-1\"\nwireguard_key = \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\"\n",
+            )
+            .replace(
+                r#"    { prefix = "198.19.0.0/24", port = "apps" },"#,
+                r#"    { prefix = "198.19.0.0/24", port = "apps" },
+    { prefix = "192.0.2.0/24", port = "core" },"#,
+            );
+        Config::parse("keeper.toml", &text)
+            .map(|c| c.inventory)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn wireguard_tunnels_both_ways_and_no_plaintext_peer() {
+        use tarp_api::rules::{WgKey, WireGuard};
+        let inv = wg_inv().unwrap();
+        let out = compile(&inv, []);
+        assert_eq!(
+            out["pop-fra-1"].tunnels,
+            [Tunnel {
+                id: 1,
+                local: ip("192.0.2.2"),
+                remote: ip("192.0.2.100"),
+                vni: 0,
+                inner_dst_mac: None,
+                mtu: None,
+                wireguard: Some(WireGuard {
+                    public_key: WgKey([1; 32]),
+                    port: 51820,
+                    listen_port: 51820,
+                    keepalive: Some(25),
+                }),
+            }],
+            "the POP has the demux's key and keeps the session up"
+        );
+        let dc = &out["dc-1"];
+        assert_eq!(
+            dc.tunnels,
+            [Tunnel {
+                id: WG_TUNNEL_BASE + 1,
+                local: ip("192.0.2.100"),
+                remote: ip("192.0.2.2"),
+                vni: 0,
+                inner_dst_mac: None,
+                mtu: None,
+                wireguard: Some(WireGuard {
+                    public_key: WgKey([2; 32]),
+                    port: 51820,
+                    listen_port: 51820,
+                    keepalive: None,
+                }),
+            }],
+            "the demux answers through a tunnel back, with the POP's key"
+        );
+        assert!(
+            !dc.tunnel_peers.iter().any(|p| p.address == ip("192.0.2.2")),
+            "plaintext VXLAN from the WireGuard POP is no tunnel peer's: {:?}",
+            dc.tunnel_peers
+        );
+        assert_eq!(dc.tunnel_peers.len(), 2, "the VXLAN POPs stay");
+        assert_eq!(
+            remux_inner_mtu(&inv),
+            Some(1440),
+            "the smallest budget: WireGuard's"
+        );
+    }
+
+    #[test]
+    fn wireguard_needs_both_keys_and_a_route_back() {
+        let text = include_str!("../examples/keeper.toml").replace(
+            r#"vni = 101, demux = "dc-1" }"#,
+            r#"vni = 101, demux = "dc-1", wireguard = true }"#,
+        );
+        let e = Config::parse("keeper.toml", &text).unwrap_err().to_string();
+        assert!(
+            e.contains("aggregators[1].tunnel.wireguard")
+                && e.contains("node \"pop-fra-1\" has no wireguard_key"),
+            "{e}"
+        );
+        // Both keys, but the demux has no route back to the POP.
+        let t = text
+            .replace("id = \"pop-fra-1\"\n", "id = \"pop-fra-1\"\nwireguard_key = \"AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=\"\n")
+            .replace("id = \"dc-1\"\n", "id = \"dc-1\"\nwireguard_key = \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\"\n");
+        let e = Config::parse("keeper.toml", &t).unwrap_err().to_string();
+        assert!(e.contains("has no route to 192.0.2.2"), "{e}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
-use tarp_api::rules::{Route, Tunnel};
+use tarp_api::rules::{Route, Tunnel, WgKey, WireGuard, WG_PORT};
 use tarp_api::MacAddr;
 
 pub use crate::auth::Identity;
@@ -263,6 +263,9 @@ struct NodeEntry {
     id: String,
     #[serde(default)]
     routes: Vec<Route>,
+    /// The node's WireGuard public key (its forwarder's `[wireguard]` private key).
+    #[serde(default)]
+    wireguard_key: Option<WgKey>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -289,6 +292,9 @@ struct TunnelEntry {
     /// Path MTU between the POP and the DC (absent: the aggregator's egress port MTU).
     #[serde(default)]
     mtu: Option<u16>,
+    /// WireGuard instead of VXLAN: both nodes need a `wireguard_key` in `[[nodes]]`.
+    #[serde(default)]
+    wireguard: bool,
 }
 
 fn default_tunnel_id() -> u32 {
@@ -396,6 +402,8 @@ pub struct Node {
     pub roles: BTreeSet<Role>,
     /// Routes included in every table set compiled for it.
     pub routes: Vec<Route>,
+    /// Its WireGuard public key: a hello must announce it.
+    pub wireguard_key: Option<WgKey>,
 }
 
 /// The checked inventory: every reference resolves, nothing is listed twice.
@@ -755,6 +763,7 @@ impl Inventory {
         inv.remuxes = remuxes.into_iter().map(|r| r.node).collect();
 
         let mut captures_seen: BTreeMap<IpAddr, String> = BTreeMap::new();
+        let mut wireguard = Vec::new();
         for (i, a) in aggregators.into_iter().enumerate() {
             let region = match inv.pop(&a.pop) {
                 Some(p) => p.region.clone(),
@@ -843,6 +852,7 @@ impl Inventory {
                 demux: a.tunnel.demux,
                 lines,
             });
+            wireguard.push(a.tunnel.wireguard);
         }
 
         for (i, h) in app_hosts.into_iter().enumerate() {
@@ -902,6 +912,46 @@ impl Inventory {
                 }
             }
             node.routes = n.routes;
+            node.wireguard_key = n.wireguard_key;
+        }
+        for (i, wg) in wireguard.into_iter().enumerate() {
+            if !wg {
+                continue;
+            }
+            let agg = &inv.aggregators[i];
+            for n in [&agg.node, &agg.demux] {
+                if inv.nodes.get(n).and_then(|n| n.wireguard_key).is_none() {
+                    return Err((
+                        format!("aggregators[{i}].tunnel.wireguard"),
+                        format!("node {n:?} has no wireguard_key in [[nodes]]"),
+                    ));
+                }
+            }
+            // The demux answers handshakes through its tunnel back: it needs a route.
+            let back = agg.tunnel.local;
+            if !inv.nodes[&agg.demux]
+                .routes
+                .iter()
+                .any(|r| r.prefix.contains(&back))
+            {
+                return Err((
+                    format!("aggregators[{i}].tunnel.wireguard"),
+                    format!(
+                        "the demux {:?} has no route to {back} (add one to its [[nodes]] routes: it answers WireGuard handshakes there)",
+                        agg.demux
+                    ),
+                ));
+            }
+            let demux_key = inv.nodes[&agg.demux].wireguard_key;
+            let agg = &mut inv.aggregators[i];
+            agg.tunnel.wireguard = demux_key.map(|public_key| WireGuard {
+                public_key,
+                port: WG_PORT,
+                listen_port: WG_PORT,
+                // The POP's end, behind a consumer line, keeps the session up.
+                keepalive: Some(25),
+            });
+            agg.tunnel.vni = 0;
         }
         for (a, agg) in inv.aggregators.iter().enumerate() {
             for (l, line) in agg.lines.iter().enumerate() {

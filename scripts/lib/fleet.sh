@@ -6,6 +6,8 @@
 #   inet ──eu-l0, eu-l1── [pop-eu]    inet ──us-l0, us-l1── [pop-us]  two POPs, two lines each
 #   inet ──br-core── [pop-* uplink] [dc-dmx tun] [dc-rmx out]         tunnels and egress
 #   [dc-dmx dc] [dc-rmx dc] ──br-dc── app1 (198.19.0.2), app2 (198.19.0.3)
+#   pop-eu's tunnel to dc-dmx is WireGuard (keys made at run time, the public keys in the
+#   keeper's inventory), pop-us's is VXLAN.
 #   ctl: the keeper (Unix socket $TOPO_DIR/keeper.sock, reachable from every namespace;
 #        TLS with client certificates made at run time in $TOPO_DIR/certs: each forwarder
 #        is node/NAME, app1 and app2 are app/app1 and app/app2, ctl is operator/ops)
@@ -117,6 +119,7 @@ ctl_as() {
 # heartbeat timeout.
 fleet_keeper_conf() {
   fleet_certs
+  [ -s "$TOPO_DIR/pop-eu.key" ] || wg_keys pop-eu dc-dmx
   cat >"$TOPO_DIR/keeper.toml" <<EOF
 [keeper]
 listen = "$KEEPER"
@@ -144,7 +147,7 @@ region = "us"
 [[aggregators]]
 node = "pop-eu"
 pop = "pop-eu"
-tunnel = { local = "192.0.2.1", remote = "192.0.2.2", vni = 100, demux = "dc-dmx" }
+tunnel = { local = "192.0.2.1", remote = "192.0.2.2", demux = "dc-dmx", wireguard = true }
 lines = [
   { name = "line0", captures = ["203.0.113.2", "203.0.113.3"] },
   { name = "line1", captures = ["203.0.113.34", "203.0.113.35"] },
@@ -174,13 +177,15 @@ remux = "dc-rmx"
 
 [[nodes]]
 id = "pop-eu"
+wireguard_key = "$(cat "$TOPO_DIR/pop-eu.pub")"
 routes = [{ prefix = "192.0.2.0/24", port = "uplink" }]
 [[nodes]]
 id = "pop-us"
 routes = [{ prefix = "192.0.2.0/24", port = "uplink" }]
 [[nodes]]
 id = "dc-dmx"
-routes = [{ prefix = "198.19.0.0/24", port = "dc" }]
+wireguard_key = "$(cat "$TOPO_DIR/dc-dmx.pub")"
+routes = [{ prefix = "198.19.0.0/24", port = "dc" }, { prefix = "192.0.2.0/24", port = "tun" }]
 [[nodes]]
 id = "dc-rmx"
 routes = [{ prefix = "0.0.0.0/0", port = "out", via = "192.0.2.254" }]
@@ -204,6 +209,7 @@ fleet_fwconf() {
       "$name" "${MPORT[$name]}" "${FW_KEEPER[$name]:-$KEEPER}"
     printf '[keeper_tls]\nca = "certs/ca.pem"\ncert = "certs/node-%s.pem"\nkey = "certs/node-%s.key"\n' "$name" "$name"
     printf '[eal]\nargs = ["--no-huge", "-m", "256"]\n[workers]\nlcores = [1]\nidle = "backoff"\n'
+    if [ -s "$TOPO_DIR/$name.key" ]; then printf '[wireguard]\nprivate_key_file = "%s.key"\n' "$name"; fi
     for p in "$@"; do
       IFS=: read -r pname dev role addrs <<<"$p"
       printf '[[ports]]\nname = "%s"\ndevice = "net_af_packet%s,iface=%s"\nrole = "%s"\naddresses = [%s]\n' \

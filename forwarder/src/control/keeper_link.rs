@@ -44,6 +44,8 @@ pub struct KeeperLink {
     pub links: mpsc::Receiver<LinkReport>,
     /// Set when the forwarder stops.
     pub stop: Arc<AtomicBool>,
+    /// This forwarder's WireGuard public key, announced in every hello.
+    pub wireguard_public_key: Option<[u8; 32]>,
 }
 
 fn keeper_role(r: Role) -> KeeperRole {
@@ -72,6 +74,11 @@ impl KeeperLink {
             updates: updates_tx,
             links: links_rx,
             stop,
+            wireguard_public_key: cfg
+                .wireguard
+                .as_ref()
+                .and_then(|w| w.private_key().ok())
+                .map(|k| crate::wg::WgEngine::new(k).public_key()),
         };
         (
             link,
@@ -129,8 +136,11 @@ pub fn run(link: KeeperLink) {
     while !link.stop.load(Ordering::Relaxed) {
         drain_links(&link.links, &mut ports);
         let session = rt.block_on(async {
-            let (node, endpoint, options) =
-                (&link.node_id, &link.endpoint, SessionOptions::default());
+            let options = SessionOptions {
+                wireguard_public_key: link.wireguard_public_key,
+                ..SessionOptions::default()
+            };
+            let (node, endpoint) = (&link.node_id, &link.endpoint);
             let connect = async {
                 match resume.clone() {
                     Some(t) => {

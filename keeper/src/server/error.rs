@@ -42,6 +42,16 @@ pub enum KeeperError {
     /// An activation failed and was rolled back.
     #[error("{0}; the activation was rolled back")]
     RolledBack(Box<KeeperError>),
+    /// A forwarder's hello announced another WireGuard key than the inventory's.
+    #[error("node {node:?} has WireGuard key {want} in the keeper's inventory, and its hello announced {got} (its [wireguard] private_key_file)")]
+    WrongWgKey {
+        /// The node.
+        node: NodeId,
+        /// The inventory's key.
+        want: String,
+        /// What the hello said ("none" when it had none).
+        got: String,
+    },
     /// A forwarder's hello named a node the inventory does not have.
     #[error("node {0:?} is not in the keeper's inventory")]
     UnknownNode(String),
@@ -110,7 +120,9 @@ impl KeeperError {
             KeeperError::AckTimeout { .. } => Code::DeadlineExceeded,
             KeeperError::RolledBack(inner) => inner.code(),
             KeeperError::UnknownNode(_) => Code::NotFound,
-            KeeperError::WrongRole { .. } => Code::FailedPrecondition,
+            KeeperError::WrongRole { .. } | KeeperError::WrongWgKey { .. } => {
+                Code::FailedPrecondition
+            }
             KeeperError::BadReport { .. } => Code::InvalidArgument,
             KeeperError::Store(_) | KeeperError::Setup { .. } => Code::Internal,
             KeeperError::Unavailable(_) => Code::Unavailable,

@@ -54,7 +54,22 @@ fn hello_from_wire(h: &v1::Hello) -> Result<Hello, ProtoError> {
         .enumerate()
         .map(|(i, r)| role_from_wire(&format!("hello.roles[{i}]"), *r))
         .collect::<Result<_, _>>()?;
+    let wireguard_key = match h.wireguard_public_key.len() {
+        0 => None,
+        _ => Some(tarp_api::rules::WgKey(
+            h.wireguard_public_key.as_slice().try_into().map_err(|_| {
+                ProtoError::new(
+                    "hello.wireguard_public_key",
+                    format!(
+                        "a key is 32 bytes, this is {}",
+                        h.wireguard_public_key.len()
+                    ),
+                )
+            })?,
+        )),
+    };
     Ok(Hello {
+        wireguard_key,
         node: h.node_id.clone(),
         roles,
         ports: h.ports.iter().map(|p| (p.name.clone(), p.up)).collect(),

@@ -162,6 +162,22 @@ impl Keeper {
             .get(&hello.node)
             .ok_or_else(|| KeeperError::UnknownNode(hello.node.clone()))?;
         check_ports(&hello.node, &hello.ports)?;
+        let want = self
+            .inv
+            .nodes
+            .get(&hello.node)
+            .and_then(|n| n.wireguard_key);
+        if let Some(want) = want {
+            if hello.wireguard_key != Some(want) {
+                return Err(KeeperError::WrongWgKey {
+                    node: hello.node.clone(),
+                    want: want.to_string(),
+                    got: hello
+                        .wireguard_key
+                        .map_or_else(|| "none".to_string(), |k| k.to_string()),
+                });
+            }
+        }
         for role in &hello.roles {
             if !handle.roles.contains(role) {
                 let actual = handle

@@ -139,6 +139,8 @@ pub struct Hello {
     pub ports: Vec<(String, bool)>,
     /// The generation it runs (0: none).
     pub last_generation: u64,
+    /// Its WireGuard public key.
+    pub wireguard_key: Option<tarp_api::rules::WgKey>,
 }
 
 /// The circuit keeper.

@@ -11,7 +11,9 @@ use keeper::auth::Identity;
 use keeper::certs::{init_ca, issue_into, Subject};
 use keeper::inventory::{Config, TlsSettings};
 use keeper::transport::ListenAddr;
-use tarp_api::client::{ActivateRequest, AppClient, ForwarderSession, ListFilter, Role};
+use tarp_api::client::{
+    ActivateRequest, AppClient, ForwarderSession, ListFilter, PortState, Role, SessionOptions,
+};
 use tarp_api::endpoint::{ClientTls, Dial};
 use tonic::Code;
 
@@ -266,4 +268,61 @@ async fn plaintext_callers_are_who_the_config_names() {
         let e = Config::parse("k.toml", &toml).unwrap_err().to_string();
         assert!(e.contains(key), "{text}: {e}");
     }
+}
+
+/// A node the inventory gives a WireGuard key must announce that key in its hello, so
+/// that WireGuard tunnels only go to a forwarder that speaks them, with the right key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wireguard_node_must_announce_its_key() {
+    const FRA: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+    const DC: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+    let toml = EXAMPLE
+        .replace(
+            r#"vni = 101, demux = "dc-1" }"#,
+            r#"demux = "dc-1", wireguard = true }"#,
+        )
+        .replace("id = \"pop-fra-1\"\n", &format!("id = \"pop-fra-1\"\nwireguard_key = \"{FRA}\"\n"))
+        .replace("id = \"dc-1\"\n", &format!("id = \"dc-1\"\nwireguard_key = \"{DC}\"\n"))
+        .replace(
+            r#"    { prefix = "198.19.0.0/24", port = "apps" },"#,
+            "    { prefix = \"198.19.0.0/24\", port = \"apps\" },\n    { prefix = \"192.0.2.0/24\", port = \"internet\" },",
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::parse("k.toml", &toml).unwrap();
+    cfg.settings.db = dir.path().join("k.redb");
+    let server = start(cfg, Transport::Unix).await;
+    let keeper = server.endpoint();
+    let roles = [Role::Aggregator];
+    let ports = ["line0", "uplink"].map(|p| PortState {
+        name: p.into(),
+        up: true,
+    });
+    let hello = |key: Option<[u8; 32]>| {
+        let keeper = keeper.clone();
+        let ports = ports.clone();
+        async move {
+            let options = SessionOptions {
+                wireguard_public_key: key,
+                ..Default::default()
+            };
+            ForwarderSession::connect_with(keeper.as_str(), "pop-fra-1", &roles, &ports, 0, options)
+                .await
+        }
+    };
+    for (key, got) in [(None, "none"), (Some([3; 32]), "AwMD")] {
+        let Err(e) = hello(key).await else {
+            panic!("a hello with key {got} was accepted");
+        };
+        assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("has WireGuard key {FRA}")) && text.contains(got),
+            "{text}"
+        );
+    }
+    let mut s = hello(Some([2; 32])).await.unwrap();
+    let (_, rules) = s.next_update().await.unwrap();
+    let w = rules.tunnels[0].wireguard.expect("a WireGuard tunnel");
+    assert_eq!(w.public_key.to_string(), DC, "the demux's key");
+    server.shutdown().await;
 }

@@ -220,6 +220,7 @@ async fn forwarder(
                 .map(|name| v1::PortState { name, up: true })
                 .collect(),
             last_generation: 0,
+            wireguard_public_key: Vec::new(),
         })),
     })
     .await?;

@@ -297,11 +297,11 @@ print(json.dumps({
     ns("app1"): {"role": "app host", "addresses": ["198.19.0.2/24"]},
     ns("app2"): {"role": "app host", "addresses": ["198.19.0.3/24"]},
     ns("dc"): {"role": "data-center switch (bridge)"},
-    ns("ctl"): {"role": "circuit keeper", "keeper": keeper},
-    ns("pop-eu"): {"role": "forwarder: aggregator, region eu", "metrics": "127.0.0.1:9401", "ports": ["line0", "line1", "uplink"]},
-    ns("pop-us"): {"role": "forwarder: aggregator, region us", "metrics": "127.0.0.1:9402", "ports": ["line0", "line1", "uplink"]},
-    ns("dc-dmx"): {"role": "forwarder: demux", "metrics": "127.0.0.1:9403", "ports": ["tun", "dc"]},
-    ns("dc-rmx"): {"role": "forwarder: remux", "metrics": "127.0.0.1:9404", "ports": ["dc", "out"]},
+    ns("ctl"): {"role": "circuit keeper, operators' network (198.18.200.1/24)", "keeper": keeper, "metrics": "127.0.0.1:9400"},
+    ns("pop-eu"): {"role": "forwarder: aggregator, region eu", "metrics": "198.18.200.11:9100", "ports": ["line0", "line1", "uplink"]},
+    ns("pop-us"): {"role": "forwarder: aggregator, region us", "metrics": "198.18.200.12:9100", "ports": ["line0", "line1", "uplink"]},
+    ns("dc-dmx"): {"role": "forwarder: demux", "metrics": "198.18.200.13:9100", "ports": ["tun", "dc"]},
+    ns("dc-rmx"): {"role": "forwarder: remux", "metrics": "198.18.200.14:9100", "ports": ["dc", "out"]},
   },
   "keeper": keeper,
   "circuits": json.loads(circuits),
@@ -312,7 +312,7 @@ EOF
   info "topology: $DEMO_DIR/topology.json; logs: $DEMO_DIR/*.log"
   info "look around:   ip netns exec ${P}deu python3 tests/apps/udp_ask.py $NEW_EU 7000 hi"
   info "               ip netns exec ${P}app1 target/release/tarpctl --keeper $KEEPER --ca $CERTS/ca.pem --cert $CERTS/app-app1.pem --key $CERTS/app-app1.key list"
-  info "               ip netns exec ${P}dc-dmx curl -s 127.0.0.1:9403/metrics | grep tarp_port"
+  info "               ip netns exec ${P}ctl curl -s 198.18.200.13:9100/metrics | grep tarp_port   (dc-dmx; the keeper: 127.0.0.1:9400)"
   info "tear down:     scripts/demo-down.sh"
 fi
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what tarp needs on Debian 12 / Ubuntu (as root): DPDK 22.11 and its headers,
-# clang for bindgen, protoc for the gRPC contract, and the tools the tests and demo use.
+# clang for bindgen, protoc for the gRPC contract, and the tools the tests and demo use
+# (Prometheus and promtool for the metrics tests, tmux for `tarpctl top`).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 pkgs=(dpdk dpdk-dev libdpdk-dev clang libclang-dev pkg-config protobuf-compiler
   iproute2 iputils-ping ethtool tcpdump tshark curl socat iperf3 python3 procps shellcheck
-  wireguard-go openssl)
+  wireguard-go openssl prometheus tmux)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

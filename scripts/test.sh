@@ -3,8 +3,8 @@
 # style (rustfmt, clippy, shellcheck; clippy also on the pure-Rust forwarder), unit, golden,
 # property and no-panic tests, DPDK tests on virtual devices, the keeper's gRPC tests,
 # then the end-to-end run in network namespaces, WireGuard (with Debian's wireguard-go),
-# the fault tests with traffic flowing,
-# and the demo in --check mode.
+# the fault tests with traffic flowing, observability (a real Prometheus scraping the
+# fleet, promtool), and the demo in --check mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "test: run as root (DPDK and network namespaces need it)" >&2; exit 1; }
@@ -27,6 +27,8 @@ echo "== WireGuard: tarp to tarp, interop with wireguard-go both ways, tampering
 bash tests/wg.sh target/release
 echo "== faults with traffic flowing (aggregator cut off, keeper and aggregator kill -9, a flapping line)"
 bash tests/faults.sh target/release
+echo "== observability: health, readiness, a real Prometheus scraping the fleet (PromQL counts = traffic sent), promtool"
+bash tests/observe.sh target/release
 echo "== the demo, bounded and checked (keeper, tarpctl, bounce, keeper kill -9)"
 bash scripts/demo.sh --check --no-build
 echo "test: all passed"

@@ -291,6 +291,43 @@ impl AppClient {
             inner: self.inner.watch(req).await?.into_inner(),
         })
     }
+
+    /// The fleet's forwarders as the keeper sees them, with their metrics endpoints
+    /// (operators only: others get `PERMISSION_DENIED`).
+    pub async fn nodes(&mut self) -> Result<Vec<NodeInfo>, ClientError> {
+        let r = self.inner.nodes(v1::NodesRequest {}).await?.into_inner();
+        Ok(r.nodes
+            .into_iter()
+            .map(|n| NodeInfo {
+                id: n.id,
+                roles: n.roles,
+                connected: n.connected,
+                published_generation: n.published_generation,
+                acked_generation: n.acked_generation,
+                silence: Duration::from_millis(n.silence_ms),
+                metrics: (!n.metrics.is_empty()).then_some(n.metrics),
+            })
+            .collect())
+    }
+}
+
+/// A forwarder of the keeper's inventory ([`AppClient::nodes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Node id.
+    pub id: String,
+    /// Its roles (`aggregator`, `demux`, `remux`).
+    pub roles: Vec<String>,
+    /// It has a stream open to the keeper.
+    pub connected: bool,
+    /// The generation published for it.
+    pub published_generation: u64,
+    /// The generation it acknowledged.
+    pub acked_generation: u64,
+    /// Since it was last heard from.
+    pub silence: Duration,
+    /// Its metrics endpoint (`host:port` or `http://host:port`), if the inventory names one.
+    pub metrics: Option<String>,
 }
 
 /// Circuit events from [`AppClient::watch`].

@@ -5,14 +5,15 @@
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 
+use crate::capture::{Capture, Tap};
 use crate::config::Config;
 use crate::control::{Control, ControlHooks};
-use crate::dpdk::{Eal, MbufQueue, Mempool, Port, PortConf, TxBuffer};
-use crate::metrics::{self, DeviceCounters, MetricsSource, WorkerStats};
+use crate::dpdk::{Eal, MbufQueue, Mempool, Port, PortConf, TxBuffer, BURST};
+use crate::metrics::{self, MetricsSource, WorkerStats, WorkerView};
 use crate::packet::MacAddr;
 use crate::tables::{NeighbourCache, PortId, PortInfo, Role, Snapshot, SnapshotHandle};
 use crate::wg::WgEngine;
@@ -184,7 +185,16 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
         let public = tarp_api::rules::WgKey(WgEngine::new(*k).public_key());
         tracing::info!(%public, "WireGuard: this forwarder's public key");
     }
+    let mut views = Vec::with_capacity(cfg.workers.lcores.len());
+    // The packet recorder: off until an operator asks (GET /capture).
+    let capture = Arc::new(Capture::default());
     for (w, &lcore) in cfg.workers.lcores.iter().enumerate() {
+        let (latency, merger) = metrics::pair();
+        views.push(WorkerView {
+            lcore,
+            stats: worker_stats[w].clone(),
+            latency: merger,
+        });
         let rx = ports
             .iter()
             .enumerate()
@@ -212,29 +222,36 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
                 (Some(k), 0) => Some(WgEngine::new(*k)),
                 _ => None,
             },
+            latency,
+            capture: capture.clone(),
+            tap: Tap::new(BURST),
         };
         eal.launch_on_lcore(lcore, move || worker.run())
             .with_context(|| format!("launch worker on lcore {lcore}"))?;
     }
     tracing::info!(workers, lcores = ?cfg.workers.lcores, "workers running");
 
-    let source = Arc::new(MetricsSource {
-        node: cfg.node_id.clone(),
-        ports: infos
+    let source = Arc::new(MetricsSource::new(
+        cfg.node_id.clone(),
+        infos
             .iter()
             .map(|p| (p.name.clone(), role_name(p.role)))
             .collect(),
-        workers: worker_stats.clone(),
-        devices: Mutex::new(vec![DeviceCounters::default(); ports.len()]),
-        snapshots: snapshots.clone(),
-    });
+        views,
+        snapshots.clone(),
+        hooks.is_some(),
+    ));
     let metrics_thread = match cfg.metrics {
         Some(addr) => {
             let listener =
                 TcpListener::bind(addr).with_context(|| format!("metrics: bind {addr}"))?;
             tracing::info!(%addr, "metrics endpoint");
-            let (s, st) = (source.clone(), stop.clone());
-            let serve = move || metrics::serve(listener, s, st);
+            let (s, st, c) = (source.clone(), stop.clone(), capture.clone());
+            let serve = move || {
+                if let Err(e) = metrics::serve(listener, s, c, st) {
+                    tracing::error!(error = %e, "metrics endpoint stopped");
+                }
+            };
             Some(
                 std::thread::Builder::new()
                     .name("metrics".into())

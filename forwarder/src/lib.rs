@@ -14,6 +14,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod capture;
 pub mod config;
 pub mod metrics;
 pub mod packet;

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::capture::{Capture, Tap};
 use crate::config::IdlePolicy;
 use crate::dpdk::{Mbuf, MbufBurst, MbufQueue, Mempool, RxQueue, TxBuffer, BURST};
-use crate::metrics::{bump, WorkerStats};
+use crate::metrics::{bump, Recorder, WorkerStats};
 use crate::pipeline::{process, process_inner, split, Context, DropReason, Split, Verdict, WgJob};
 use crate::prefetch::prefetch0;
 use crate::tables::{PortId, Snapshot, SnapshotHandle};
@@ -39,12 +40,20 @@ pub struct Worker {
     pub idle: IdlePolicy,
     /// WireGuard tunnels' state (`[wireguard]`; the only worker then).
     pub wg: Option<WgEngine>,
+    /// Where this worker records each burst's time.
+    pub latency: Recorder,
+    /// The packet recorder, when an operator runs one.
+    pub capture: Arc<Capture>,
+    /// This worker's side of it.
+    pub tap: Tap,
 }
 
 /// Empty polls before the back-off starts sleeping.
 const IDLE_POLLS: u32 = 256;
 /// The longest back-off sleep.
 const MAX_SLEEP: Duration = Duration::from_micros(500);
+/// How often a worker hands its burst-time histogram over to be merged.
+const HAND_OVER_MS: u64 = 100;
 
 impl Worker {
     /// Runs until `stop` is set, then flushes and returns.
@@ -60,11 +69,14 @@ impl Worker {
         let mut ctx = Context::new(self.tx.len());
         let mut wg = self.wg.take();
         let mut next_tick_ms = 0;
+        let mut next_hand_over_ms = 0;
         let start = std::time::Instant::now();
+        let now_ns = || start.elapsed().as_nanos() as u64;
         while !self.stop.load(Ordering::Relaxed) {
             let mut got = 0;
-            // One clock read per poll round (vDSO, no system call).
-            ctx.set_now_ms(start.elapsed().as_millis() as u64);
+            // One clock read per poll round and one per burst (vDSO, no system call).
+            let mut t = now_ns();
+            ctx.set_now_ms(t / 1_000_000);
             if let Some(e) = wg.as_mut() {
                 e.new_round();
             }
@@ -74,13 +86,24 @@ impl Worker {
                     continue;
                 }
                 got += n;
+                let mut bytes = 0;
                 for m in burst.iter() {
+                    bytes += m.len() as u64;
                     if let Some(first) = m.data().first() {
                         prefetch0(first);
                     }
                 }
                 let counters = &stats.ports[*port as usize];
                 bump(&counters.rx, n as u64);
+                bump(&counters.rx_bytes, bytes);
+                // A capture copies what it asked for before the rewrite (one relaxed
+                // load when none runs).
+                self.tap.before(
+                    &self.capture,
+                    *port,
+                    start + Duration::from_nanos(t),
+                    burst.iter().map(|m| m.data()),
+                );
                 let snap = self.snapshots.load();
                 if let Some(e) = wg.as_mut() {
                     e.sync(&snap);
@@ -93,12 +116,23 @@ impl Worker {
                     stats: &stats,
                 };
                 let mut forwarded = 0;
-                for (m, v) in burst.drain().zip(verdicts.iter()) {
+                for (i, (m, v)) in burst.drain().zip(verdicts.iter()).enumerate() {
+                    if self.tap.on() {
+                        self.tap.verdict(i, *v, m.data());
+                    }
                     forwarded += out.dispatch(&snap, &mut wg, &mut opened, *port, m, *v);
                 }
+                self.tap.end();
                 // What WireGuard opened: through the port's pipeline as inner frames.
                 if !opened.is_empty() {
                     let k = opened.len();
+                    // A capture sees the opened frame as its before copy.
+                    self.tap.before(
+                        &self.capture,
+                        *port,
+                        start + Duration::from_nanos(t),
+                        opened.iter().map(|m| m.data()),
+                    );
                     process_inner(
                         &snap,
                         &mut ctx,
@@ -106,14 +140,22 @@ impl Worker {
                         &mut opened,
                         &mut inner_verdicts[..k],
                     );
-                    for (m, v) in opened.drain().zip(inner_verdicts.iter()) {
+                    for (i, (m, v)) in opened.drain().zip(inner_verdicts.iter()).enumerate() {
+                        if self.tap.on() {
+                            self.tap.verdict(i, *v, m.data());
+                        }
                         forwarded += out.dispatch(&snap, &mut wg, &mut unexpected, *port, m, *v);
                     }
+                    self.tap.end();
                     // An inner frame is never opened again.
                     unexpected.clear();
                 }
                 drop(snap);
                 bump(&counters.forwarded, forwarded);
+                let t1 = now_ns();
+                self.latency.record(t1 - t);
+                bump(&stats.busy_ns, t1 - t);
+                t = t1;
             }
             for (port, q) in self.control_tx.iter().enumerate() {
                 while let Some(m) = q.pop() {
@@ -137,7 +179,6 @@ impl Worker {
                         |len| alloc_len(&pool, len),
                         |p, f| {
                             let dropped = tx[p as usize].push(f);
-                            bump(&stats.ports[p as usize].tx, 1);
                             if dropped > 0 {
                                 let c = &stats.ports[p as usize];
                                 bump(&c.drops[DropReason::TxFull as usize], dropped as u64);
@@ -154,12 +195,17 @@ impl Worker {
             }
             for (port, tx) in self.tx.iter_mut().enumerate() {
                 let dropped = tx.flush();
+                let c = &stats.ports[port];
                 if dropped > 0 {
-                    bump(
-                        &stats.ports[port].drops[DropReason::TxFull as usize],
-                        dropped as u64,
-                    );
+                    bump(&c.drops[DropReason::TxFull as usize], dropped as u64);
                 }
+                // What the device took, as the TX buffer counted it: plain stores.
+                c.tx.store(tx.sent(), Ordering::Relaxed);
+                c.tx_bytes.store(tx.sent_bytes(), Ordering::Relaxed);
+            }
+            if ctx.now_ms() >= next_hand_over_ms {
+                next_hand_over_ms = ctx.now_ms() + HAND_OVER_MS;
+                self.latency.hand_over();
             }
             if got > 0 {
                 bump(&stats.busy_polls, 1);
@@ -208,11 +254,10 @@ fn l3_of(b: &[u8]) -> usize {
 }
 
 impl Sink<'_> {
-    /// Sends `m` on port `out`, counting it there (and a full TX queue's losses).
+    /// Sends `m` on port `out`, counting a full TX queue's losses there.
     #[inline(always)]
     fn send(&mut self, out: PortId, m: Mbuf) {
         let c = &self.stats.ports[out as usize];
-        bump(&c.tx, 1);
         let dropped = self.tx[out as usize].push(m);
         if dropped > 0 {
             bump(&c.drops[DropReason::TxFull as usize], dropped as u64);
@@ -272,10 +317,9 @@ impl Sink<'_> {
                 );
                 drop(m);
                 match (made, unsealed) {
-                    (Ok((out, pieces)), None) => {
+                    (Ok((out, _pieces)), None) => {
                         bump(&counters.fragmented, 1);
                         let c = &self.stats.ports[out as usize];
-                        bump(&c.tx, pieces as u64);
                         if lost > 0 {
                             bump(&c.drops[DropReason::TxFull as usize], lost as u64);
                         }

@@ -69,6 +69,9 @@ pub struct Settings {
     pub socket_mode: u32,
     /// The group of that socket file, by name (`None`: the keeper's own).
     pub socket_group: Option<String>,
+    /// Where to serve Prometheus metrics, `/healthz` and `/readyz` over HTTP (`None`:
+    /// nowhere), e.g. `127.0.0.1:9400`.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// `[keeper.tls]`: the keeper's certificate and the CA its clients' certificates come
@@ -104,6 +107,7 @@ impl Default for Settings {
             plaintext_identity: None,
             socket_mode: crate::transport::SOCKET_MODE,
             socket_group: None,
+            metrics: None,
         }
     }
 }
@@ -157,6 +161,7 @@ struct RawSettings {
     plaintext_identity: Option<String>,
     socket_mode: u32,
     socket_group: Option<String>,
+    metrics: Option<String>,
 }
 
 impl Default for RawSettings {
@@ -180,6 +185,7 @@ impl Default for RawSettings {
             plaintext_identity: s.plaintext_identity.map(|i| i.to_string()),
             socket_mode: s.socket_mode,
             socket_group: s.socket_group,
+            metrics: None,
         }
     }
 }
@@ -266,6 +272,9 @@ struct NodeEntry {
     /// The node's WireGuard public key (its forwarder's `[wireguard]` private key).
     #[serde(default)]
     wireguard_key: Option<WgKey>,
+    /// Its forwarder's metrics endpoint, as operators reach it (`tarpctl top`).
+    #[serde(default)]
+    metrics: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -404,6 +413,8 @@ pub struct Node {
     pub routes: Vec<Route>,
     /// Its WireGuard public key: a hello must announce it.
     pub wireguard_key: Option<WgKey>,
+    /// Its metrics endpoint (`host:port` or `http://host:port`), for `tarpctl top`.
+    pub metrics: Option<String>,
 }
 
 /// The checked inventory: every reference resolves, nothing is listed twice.
@@ -597,6 +608,15 @@ fn check_settings(s: RawSettings) -> Result<Settings, Invalid> {
     if s.socket_group.as_deref() == Some("") {
         return Err(("keeper.socket_group".into(), "empty group name".into()));
     }
+    let metrics = match &s.metrics {
+        None => None,
+        Some(text) => Some(text.parse::<std::net::SocketAddr>().map_err(|e| {
+            (
+                "keeper.metrics".to_string(),
+                format!("{text:?}: {e} (an address and port, e.g. 127.0.0.1:9400)"),
+            )
+        })?),
+    };
     Ok(Settings {
         listen,
         db: s.db,
@@ -615,6 +635,7 @@ fn check_settings(s: RawSettings) -> Result<Settings, Invalid> {
         plaintext_identity,
         socket_mode: s.socket_mode,
         socket_group: s.socket_group,
+        metrics,
     })
 }
 
@@ -913,6 +934,7 @@ impl Inventory {
             }
             node.routes = n.routes;
             node.wireguard_key = n.wireguard_key;
+            node.metrics = n.metrics;
         }
         for (i, wg) in wireguard.into_iter().enumerate() {
             if !wg {

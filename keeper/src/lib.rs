@@ -10,6 +10,7 @@
 //! * [`store`]: durable state in an embedded redb database.
 //! * [`server`]: the keeper and its gRPC services for applications and forwarders.
 //! * [`transport`]: where the server listens (TCP or a Unix-domain socket).
+//! * [`metrics`]: the Prometheus endpoint, `/healthz` and `/readyz`.
 //!
 //! The circuit types, the gRPC contract and the clients ([`tarp_api::client`]) live in
 //! `tarp-api`, which forwarders and `tarpctl` use without linking any of this.
@@ -21,6 +22,7 @@ pub mod certs;
 pub mod circuits;
 pub mod compiler;
 pub mod inventory;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod tables;

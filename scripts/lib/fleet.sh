@@ -10,7 +10,10 @@
 #   keeper's inventory), pop-us's is VXLAN.
 #   ctl: the keeper (Unix socket $TOPO_DIR/keeper.sock, reachable from every namespace;
 #        TLS with client certificates made at run time in $TOPO_DIR/certs: each forwarder
-#        is node/NAME, app1 and app2 are app/app1 and app/app2, ctl is operator/ops)
+#        is node/NAME, app1 and app2 are app/app1 and app/app2, ctl is operator/ops;
+#        metrics on 127.0.0.1:9400)
+#   ctl ──br-mgmt── [every forwarder's mgmt] 198.18.200.0/24: the operators' network, where
+#        each forwarder serves its metrics (198.18.200.11-14:9100) to ctl (198.18.200.1)
 #
 # POP lines hold one /27 of 203.0.113.0/24 each (the router the top address):
 #   eu line0 .0/27 (captures .2 .3)   eu line1 .32/27 (.34 .35)
@@ -26,7 +29,9 @@ NS_ALL=(deu dus inet app1 app2 dc ctl pop-eu pop-us dc-dmx dc-rmx)
 FORWARDERS=(pop-eu pop-us dc-dmx dc-rmx)
 KEEPER="unix:$TOPO_DIR/keeper.sock"
 CERTS="$TOPO_DIR/certs"
-declare -A MPORT=([pop-eu]=9401 [pop-us]=9402 [dc-dmx]=9403 [dc-rmx]=9404)
+# Each forwarder's metrics endpoint, on the management network (reached from ctl).
+declare -A MADDR=([pop-eu]=198.18.200.11:9100 [pop-us]=198.18.200.12:9100 [dc-dmx]=198.18.200.13:9100 [dc-rmx]=198.18.200.14:9100)
+KEEPER_METRICS=127.0.0.1:9400
 # The keeper endpoint each forwarder is configured with (default: $KEEPER).
 declare -A FW_KEEPER=()
 
@@ -39,6 +44,13 @@ fleet_up() {
     nsx "$n" ip link set lo up
   done
   for n in ctl "${FORWARDERS[@]}"; do fw_ns "$n"; done
+  bridge ctl br-mgmt
+  nsx ctl ip addr add 198.18.200.1/24 dev br-mgmt
+  for n in "${FORWARDERS[@]}"; do
+    veth_pair ctl "m-$n" "$n" mgmt
+    enslave ctl "m-$n" br-mgmt
+    nsx "$n" ip addr add "${MADDR[$n]%:*}/24" dev mgmt
+  done
   nsx inet sysctl -qw net.ipv4.ip_forward=1
   nsx inet sysctl -qw net.ipv4.conf.all.rp_filter=0
   nsx inet sysctl -qw net.ipv4.conf.default.rp_filter=0
@@ -127,6 +139,7 @@ db = "keeper.redb"
 ack_timeout_ms = 5000
 heartbeat_interval_ms = 500
 heartbeat_timeout_ms = ${FLEET_HEARTBEAT_TIMEOUT_MS:-3000}
+metrics = "$KEEPER_METRICS"
 ${1:-}
 [keeper.tls]
 cert = "certs/keeper.pem"
@@ -177,17 +190,21 @@ remux = "dc-rmx"
 
 [[nodes]]
 id = "pop-eu"
+metrics = "${MADDR[pop-eu]}"
 wireguard_key = "$(cat "$TOPO_DIR/pop-eu.pub")"
 routes = [{ prefix = "192.0.2.0/24", port = "uplink" }]
 [[nodes]]
 id = "pop-us"
+metrics = "${MADDR[pop-us]}"
 routes = [{ prefix = "192.0.2.0/24", port = "uplink" }]
 [[nodes]]
 id = "dc-dmx"
+metrics = "${MADDR[dc-dmx]}"
 wireguard_key = "$(cat "$TOPO_DIR/dc-dmx.pub")"
 routes = [{ prefix = "198.19.0.0/24", port = "dc" }, { prefix = "192.0.2.0/24", port = "tun" }]
 [[nodes]]
 id = "dc-rmx"
+metrics = "${MADDR[dc-rmx]}"
 routes = [{ prefix = "0.0.0.0/0", port = "out", via = "192.0.2.254" }]
 EOF
 }
@@ -205,8 +222,8 @@ fleet_fwconf() {
   local name=$1 k=0 p pname dev role addrs
   shift
   {
-    printf 'node_id = "%s"\nmetrics = "127.0.0.1:%s"\nkeeper = "%s"\n' \
-      "$name" "${MPORT[$name]}" "${FW_KEEPER[$name]:-$KEEPER}"
+    printf 'node_id = "%s"\nmetrics = "%s"\nkeeper = "%s"\n' \
+      "$name" "${MADDR[$name]}" "${FW_KEEPER[$name]:-$KEEPER}"
     printf '[keeper_tls]\nca = "certs/ca.pem"\ncert = "certs/node-%s.pem"\nkey = "certs/node-%s.key"\n' "$name" "$name"
     printf '[eal]\nargs = ["--no-huge", "-m", "256"]\n[workers]\nlcores = [1]\nidle = "backoff"\n'
     if [ -s "$TOPO_DIR/$name.key" ]; then printf '[wireguard]\nprivate_key_file = "%s.key"\n' "$name"; fi
@@ -243,9 +260,10 @@ fw_wait() {
   return 1
 }
 
-# m NODE METRIC LABELS: one value from a forwarder's metrics endpoint (the last match).
+# m NODE METRIC LABELS: one value from a forwarder's metrics endpoint (the last match),
+# read from ctl over the management network as an operator would.
 m() {
-  { nsx "$1" curl -s --max-time 2 "http://127.0.0.1:${MPORT[$1]}/metrics" || true; } |
+  { nsx ctl curl -s --max-time 2 "http://${MADDR[$1]}/metrics" || true; } |
     awk -v m="$2" -v l="$3" 'index($0, m "{") == 1 && index($0, l) { v = $NF } END { print v }'
 }
 

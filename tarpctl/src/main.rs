@@ -1,9 +1,12 @@
-//! `tarpctl`: activate, release, inspect and watch circuits.
+//! `tarpctl`: activate, release, inspect and watch circuits; watch the fleet (`nodes`,
+//! `top`) and record its packets (`capture`).
 //!
 //! In address mode the capture address goes onto this host's loopback after
 //! activation and comes off after release (netlink; needs CAP_NET_ADMIN, or pass
 //! `--no-loopback`). `tarpctl activate ... -- CMD ARGS` runs CMD with the circuit in its
 //! environment and releases the circuit when CMD exits, with CMD's exit code.
+
+mod fleet;
 
 use std::net::IpAddr;
 use std::process::ExitCode;
@@ -125,6 +128,51 @@ enum Command {
         /// Include released circuits.
         #[arg(long)]
         all: bool,
+    },
+    /// The fleet's forwarders as the keeper sees them, with their metrics endpoints
+    /// (operators only).
+    Nodes,
+    /// A live view of every forwarder: packets per port, drops by reason, generation,
+    /// busy ratio (read from their metrics endpoints; operators only). q quits.
+    Top {
+        /// Refresh every this many milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        every_ms: u64,
+        /// Exit after this many refreshes (default: until q or Ctrl-C).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Record packets on a forwarder, before and after their rewrite, into a pcapng
+    /// file (for Wireshark, tshark, tcpdump; operators only).
+    Capture {
+        /// The forwarder (its node id).
+        #[arg(long)]
+        node: String,
+        /// Only packets received on this port (its configured name).
+        #[arg(long)]
+        port: Option<String>,
+        /// Only this circuit's packets (its capture address, alias and, in port mode,
+        /// app host on its port).
+        #[arg(long, conflicts_with = "host")]
+        circuit: Option<CircuitId>,
+        /// Only packets from or to this address (repeatable).
+        #[arg(long)]
+        host: Vec<IpAddr>,
+        /// Stop after this many packets.
+        #[arg(long, default_value_t = 100)]
+        count: u64,
+        /// Stop after this many seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Bytes of each frame to keep (default 2048).
+        #[arg(long)]
+        snaplen: Option<u32>,
+        /// At most this many packets a second (default 10,000).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// The file to write.
+        #[arg(short = 'w', long = "write")]
+        write: std::path::PathBuf,
     },
     /// Print circuit events as they happen.
     Watch {
@@ -326,6 +374,41 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             let circuits = client.list(&filter).await?;
             print_circuits(&circuits, args.json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Nodes => {
+            let nodes = client.nodes().await?;
+            fleet::print_nodes(&nodes, args.json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Top { every_ms, count } => {
+            let every = std::time::Duration::from_millis(every_ms.max(100));
+            fleet::top(&mut client, every, count).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Capture {
+            node,
+            port,
+            circuit,
+            host,
+            count,
+            seconds,
+            snaplen,
+            rate,
+            write,
+        } => {
+            let a = fleet::CaptureArgs {
+                node,
+                port,
+                circuit,
+                hosts: host,
+                count,
+                seconds,
+                snaplen,
+                rate,
+                write,
+            };
+            fleet::capture(&mut client, a).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Watch { circuit, app_host } => {

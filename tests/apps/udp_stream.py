@@ -13,6 +13,7 @@ p.add_argument("port", type=int)
 p.add_argument("--rate", type=float, default=200)
 p.add_argument("--seconds", type=float, default=10)
 p.add_argument("--tag", default="stream")
+p.add_argument("--count", type=int, default=0, help="stop after this many datagrams (0: no limit)")
 a = p.parse_args()
 if not (0 < a.rate <= 5000 and 0 < a.seconds <= 120):
     sys.exit("udp_stream: --rate in (0, 5000], --seconds in (0, 120]")
@@ -65,9 +66,9 @@ def drain():
             echoed[seq] = time.monotonic()
 
 
-while not stop and time.monotonic() < end:
+while not stop and time.monotonic() < end and not (a.count and sent >= a.count):
     now = time.monotonic()
-    while next_send <= now and not stop:
+    while next_send <= now and not stop and not (a.count and sent >= a.count):
         try:
             s.sendto(f"{a.tag} {sent}".encode(), (a.addr, a.port))
         except OSError:

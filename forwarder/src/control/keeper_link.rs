@@ -216,6 +216,7 @@ fn serve(
         let next = rt.block_on(async {
             tokio::time::timeout(Duration::from_millis(100), session.next_update()).await
         });
+        let received = std::time::Instant::now();
         let generation = match next {
             Err(_) => continue, // nothing new; look at the links again
             Ok(Ok((generation, rules))) => {
@@ -247,6 +248,7 @@ fn serve(
             generation: newest,
             rules: tables.rules,
             done: done_tx,
+            received,
         };
         if link.updates.send(update).is_err() {
             return; // the control thread is gone: the forwarder is stopping

@@ -43,6 +43,8 @@ pub struct TableUpdate {
     /// old snapshot keeps forwarding). A tokio one-shot, so that the keeper link can
     /// await it while its runtime keeps the session (and its heartbeats) going.
     pub done: tokio::sync::oneshot::Sender<std::result::Result<u64, String>>,
+    /// When the table set reached the keeper link (for keeper push to forwarding).
+    pub received: Instant,
 }
 
 /// What the control thread reports to whoever drives table updates (the keeper link).
@@ -99,6 +101,8 @@ struct State {
     /// Snapshots swapped out and not yet released (a worker or a scrape may still
     /// read them).
     retired: Vec<Arc<Snapshot>>,
+    /// Swaps not yet seen by every worker.
+    swaps: Vec<publish::PendingSwap>,
     last_solicit: Instant,
     last_links: Instant,
 }
@@ -117,6 +121,7 @@ impl Control<'_> {
                 .collect(),
             links: vec![None; self.ports.len()],
             retired: Vec::new(),
+            swaps: Vec::new(),
             last_solicit: long_ago,
             last_links: long_ago,
         };
@@ -129,6 +134,7 @@ impl Control<'_> {
                 busy = true;
                 st.last_solicit = long_ago; // new next hops: ask for them now
             }
+            self.finish_swaps(&mut st);
             publish::release_retired(&mut st.retired);
             if st.last_solicit.elapsed() >= SOLICIT_EVERY {
                 st.last_solicit = Instant::now();
@@ -137,11 +143,13 @@ impl Control<'_> {
             if st.last_links.elapsed() >= LINK_POLL {
                 st.last_links = Instant::now();
                 self.poll_links(&mut st);
+                self.metrics.sample(st.last_links);
             }
             if !busy {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
+        self.metrics.alive.store(false, Ordering::Relaxed);
         Ok(())
     }
 

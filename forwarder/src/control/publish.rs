@@ -7,9 +7,21 @@
 //! last reference, so a large table is never freed on a packet core.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::{Control, State};
 use crate::tables::Snapshot;
+
+/// A swap not yet seen by every worker.
+pub(super) struct PendingSwap {
+    /// When the pointer was swapped.
+    at: Instant,
+    /// When its table set reached the keeper link.
+    received: Instant,
+    /// The workers' poll counts at the swap: a worker whose count has moved past it has
+    /// finished the burst it was in, and every burst after loads the new snapshot.
+    polls: Vec<u64>,
+}
 
 impl Control<'_> {
     /// Applies every pending table update; true if there was one.
@@ -20,24 +32,59 @@ impl Control<'_> {
         let mut any = false;
         while let Ok(u) = hooks.updates.try_recv() {
             any = true;
+            let started = Instant::now();
             let built = Snapshot::build(&u.rules, self.infos, u.generation, &self.neighbours);
+            self.metrics.tables.build.record(started.elapsed());
             // Let go of the rules before saying so: the session then applies the next
             // delta in place instead of copying the whole set.
             drop(u.rules);
             match built {
                 Ok(s) => {
                     let entries = s.entries();
+                    let polls = self.metrics.poll_counts();
+                    let at = Instant::now();
                     st.retired.push(self.snapshots.publish(s));
+                    self.metrics.swapped(at);
+                    st.swaps.push(PendingSwap {
+                        at,
+                        received: u.received,
+                        polls,
+                    });
                     tracing::info!(generation = u.generation, entries, "tables swapped");
                     let _ = u.done.send(Ok(u.generation));
                 }
                 Err(e) => {
+                    self.metrics
+                        .tables
+                        .refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(generation = u.generation, error = %e, "tables refused");
                     let _ = u.done.send(Err(e.to_string()));
                 }
             }
         }
         any
+    }
+}
+
+impl Control<'_> {
+    /// Records the swaps every worker has moved past: swap time, and keeper push to
+    /// forwarding.
+    pub(super) fn finish_swaps(&self, st: &mut State) {
+        if st.swaps.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let polls = self.metrics.poll_counts();
+        let t = &self.metrics.tables;
+        st.swaps.retain(|p| {
+            let done = polls.iter().zip(&p.polls).all(|(now, then)| now > then);
+            if done {
+                t.swap.record(now - p.at);
+                t.push_to_forwarding.record(now - p.received);
+            }
+            !done
+        });
     }
 }
 

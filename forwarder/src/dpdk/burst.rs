@@ -140,6 +140,12 @@ impl MbufBurst {
     }
 }
 
+/// The bytes of a burst's frames.
+#[inline]
+pub fn bytes_of(burst: &[Mbuf]) -> u64 {
+    burst.iter().map(|m| m.len() as u64).sum()
+}
+
 impl Default for MbufBurst {
     fn default() -> MbufBurst {
         MbufBurst::new()
@@ -208,12 +214,15 @@ impl Drop for Drain<'_> {
 }
 
 /// A TX queue with a burst in front of it, one per (worker, port): packets are sent
-/// [`BURST`] at a time, and what the device will not take is dropped and counted.
+/// [`BURST`] at a time, and what the device will not take is dropped and counted. What
+/// the device accepted is counted too ([`TxBuffer::sent`]): the port's TX counters.
 #[derive(Debug)]
 pub struct TxBuffer {
     queue: TxQueue,
     burst: MbufBurst,
     dropped: u64,
+    sent: u64,
+    sent_bytes: u64,
 }
 
 impl TxBuffer {
@@ -223,6 +232,8 @@ impl TxBuffer {
             queue,
             burst: MbufBurst::new(),
             dropped: 0,
+            sent: 0,
+            sent_bytes: 0,
         }
     }
 
@@ -250,14 +261,33 @@ impl TxBuffer {
         if self.burst.is_empty() {
             return 0;
         }
+        let (offered, bytes) = (self.burst.len(), bytes_of(&self.burst));
         self.queue.tx_burst(&mut self.burst);
         if !self.burst.is_empty() {
             self.queue.tx_burst(&mut self.burst);
         }
         let dropped = self.burst.len();
-        self.burst.clear();
+        let mut sent_bytes = bytes;
+        if dropped > 0 {
+            sent_bytes -= bytes_of(&self.burst);
+            self.burst.clear();
+        }
+        self.sent += (offered - dropped) as u64;
+        self.sent_bytes += sent_bytes;
         self.dropped += dropped as u64;
         dropped
+    }
+
+    /// Packets the device accepted since the buffer was made.
+    #[inline]
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Their bytes (frames as handed to the device, without FCS).
+    #[inline]
+    pub fn sent_bytes(&self) -> u64 {
+        self.sent_bytes
     }
 
     /// Packets queued and not yet sent.

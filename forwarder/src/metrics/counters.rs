@@ -19,8 +19,13 @@ pub fn bump(c: &AtomicU64, n: u64) {
 pub struct PortCounters {
     /// Packets received on the port.
     pub rx: AtomicU64,
-    /// Packets handed to the port's TX queue.
+    /// Their bytes.
+    pub rx_bytes: AtomicU64,
+    /// Packets the port's TX queue accepted (stored from the worker's TX buffer once a
+    /// poll round: what the device took, not what was offered).
     pub tx: AtomicU64,
+    /// Their bytes.
+    pub tx_bytes: AtomicU64,
     /// Packets received on the port and forwarded (out of any port).
     pub forwarded: AtomicU64,
     /// Packets received on the port and handed to the slow path.
@@ -44,6 +49,8 @@ pub struct WorkerStats {
     pub busy_polls: AtomicU64,
     /// Polls that returned nothing.
     pub empty_polls: AtomicU64,
+    /// Nanoseconds spent on bursts (from the RX call to the last packet handed on).
+    pub busy_ns: AtomicU64,
     /// WireGuard peers this worker holds (a gauge, set at each tick).
     pub wg_peers: AtomicU64,
     /// Of them, with a session (a gauge).
@@ -59,6 +66,7 @@ impl WorkerStats {
             ports: (0..ports).map(|_| PortCounters::default()).collect(),
             busy_polls: AtomicU64::new(0),
             empty_polls: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
             wg_peers: AtomicU64::new(0),
             wg_established: AtomicU64::new(0),
             wg_handshakes: AtomicU64::new(0),
@@ -71,8 +79,12 @@ impl WorkerStats {
 pub struct PortTotals {
     /// Received.
     pub rx: u64,
-    /// Sent.
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Sent (accepted by the device).
     pub tx: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
     /// Received here and forwarded.
     pub forwarded: u64,
     /// To the slow path.
@@ -85,21 +97,53 @@ pub struct PortTotals {
     pub drops: [u64; DropReason::COUNT],
 }
 
+impl PortTotals {
+    /// Adds one worker's counters for the port.
+    pub fn add(&mut self, c: &PortCounters) {
+        self.rx += c.rx.load(Ordering::Relaxed);
+        self.rx_bytes += c.rx_bytes.load(Ordering::Relaxed);
+        self.tx += c.tx.load(Ordering::Relaxed);
+        self.tx_bytes += c.tx_bytes.load(Ordering::Relaxed);
+        self.forwarded += c.forwarded.load(Ordering::Relaxed);
+        self.slow_path += c.slow_path.load(Ordering::Relaxed);
+        self.icmp_sent += c.icmp_sent.load(Ordering::Relaxed);
+        self.fragmented += c.fragmented.load(Ordering::Relaxed);
+        for (d, s) in self.drops.iter_mut().zip(c.drops.iter()) {
+            *d += s.load(Ordering::Relaxed);
+        }
+    }
+}
+
 /// Adds up the workers' counters per port.
 pub fn totals(workers: &[&WorkerStats], ports: usize) -> Vec<PortTotals> {
     let mut out = vec![PortTotals::default(); ports];
     for w in workers {
         for (t, c) in out.iter_mut().zip(w.ports.iter()) {
-            t.rx += c.rx.load(Ordering::Relaxed);
-            t.tx += c.tx.load(Ordering::Relaxed);
-            t.forwarded += c.forwarded.load(Ordering::Relaxed);
-            t.slow_path += c.slow_path.load(Ordering::Relaxed);
-            t.icmp_sent += c.icmp_sent.load(Ordering::Relaxed);
-            t.fragmented += c.fragmented.load(Ordering::Relaxed);
-            for (d, s) in t.drops.iter_mut().zip(c.drops.iter()) {
-                *d += s.load(Ordering::Relaxed);
-            }
+            t.add(c);
         }
     }
     out
+}
+
+/// What a device itself counts (from DPDK's port statistics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceCounters {
+    /// Packets the device received.
+    pub ipackets: u64,
+    /// Packets the device sent.
+    pub opackets: u64,
+    /// Bytes received.
+    pub ibytes: u64,
+    /// Bytes sent.
+    pub obytes: u64,
+    /// Packets the device dropped because RX queues were full.
+    pub imissed: u64,
+    /// Receive errors.
+    pub ierrors: u64,
+    /// Transmit errors.
+    pub oerrors: u64,
+    /// Allocation failures of RX mbufs.
+    pub rx_nombuf: u64,
+    /// Link up.
+    pub link_up: bool,
 }

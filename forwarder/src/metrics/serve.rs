@@ -1,82 +1,178 @@
-//! The metrics endpoint: Prometheus text at `/metrics`, read from the workers' counters,
-//! the device counters the control thread last read, and the current snapshot.
+//! The HTTP endpoint, on axum over a small tokio runtime of its own thread:
+//!
+//! * `GET /metrics`: Prometheus text, from the prometheus crate's registry, encoder and
+//!   process collector, with the forwarder's own families from a custom collector that
+//!   sums the workers' counters at scrape time;
+//! * `GET /healthz`: 200 while the control thread runs;
+//! * `GET /readyz`: 200 when ready (ports up, tables installed, every worker polling),
+//!   else 503 and one line per reason;
+//! * `GET /capture?port=P&hosts=A,B&l4port=N&count=K&seconds=T&snaplen=S&rate=R`: runs
+//!   the packet recorder ([`crate::capture`]) and answers with the pcapng file once it
+//!   has K packets or T seconds have passed (400 naming a bad parameter; 409 while
+//!   another capture runs);
+//! * anything else: 404.
+//!
+//! Clients are served concurrently: a slow one stalls nobody, and nothing here touches
+//! the workers beyond reading their counters.
 
-use std::io::{Read, Write};
+use std::future::IntoFuture;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::{render, totals, DeviceCounters, Scrape, WorkerStats};
-use crate::tables::SnapshotHandle;
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::Registry;
 
-/// What a scrape reads; shared between the control thread and the endpoint.
-pub struct MetricsSource {
-    /// The forwarder's node id.
-    pub node: String,
-    /// Port names and roles.
-    pub ports: Vec<(String, &'static str)>,
-    /// Every worker's counters.
-    pub workers: Vec<Arc<WorkerStats>>,
-    /// Device counters per port, as the control thread last read them.
-    pub devices: Mutex<Vec<DeviceCounters>>,
-    /// The published snapshot.
-    pub snapshots: Arc<SnapshotHandle>,
+use super::{registry, render, MetricsSource};
+use crate::capture::{parse_query, Capture, CaptureError};
+
+#[derive(Clone)]
+struct App {
+    source: Arc<MetricsSource>,
+    registry: Arc<Registry>,
+    capture: Arc<Capture>,
 }
 
-impl MetricsSource {
-    /// One scrape's worth of numbers.
-    pub fn scrape(&self) -> Scrape {
-        let workers: Vec<&WorkerStats> = self.workers.iter().map(|w| &**w).collect();
-        let snap = self.snapshots.load();
-        let resolved = snap.next_hops.iter().filter(|n| n.mac().is_some()).count();
-        let polls = workers.iter().fold((0, 0), |(e, b), w| {
-            (
-                e + w.empty_polls.load(Ordering::Relaxed),
-                b + w.busy_polls.load(Ordering::Relaxed),
-            )
-        });
-        let wg = workers.iter().fold((0, 0, 0), |(p, e, h), w| {
-            (
-                p + w.wg_peers.load(Ordering::Relaxed),
-                e + w.wg_established.load(Ordering::Relaxed),
-                h + w.wg_handshakes.load(Ordering::Relaxed),
-            )
-        });
-        Scrape {
-            wg,
-            node: self.node.clone(),
-            ports: self.ports.clone(),
-            totals: totals(&workers, self.ports.len()),
-            devices: self.devices.lock().map(|d| d.clone()).unwrap_or_default(),
-            generation: snap.generation(),
-            entries: snap.entries(),
-            polls,
-            neighbours: (resolved, snap.next_hops.len()),
-        }
+async fn metrics(State(app): State<App>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render(&app.registry),
+    )
+}
+
+async fn healthz(State(app): State<App>) -> impl IntoResponse {
+    if app.source.alive.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n".to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the control thread has stopped\n".to_string(),
+        )
     }
 }
 
-/// Serves `GET /metrics` (any path, in fact) in Prometheus text format until `stop`.
-pub fn serve(listener: TcpListener, source: Arc<MetricsSource>, stop: Arc<AtomicBool>) {
-    listener.set_nonblocking(true).ok();
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((mut conn, _)) => {
-                conn.set_nonblocking(false).ok();
-                conn.set_read_timeout(Some(Duration::from_secs(2))).ok();
-                let mut req = [0u8; 1024];
-                let _ = conn.read(&mut req);
-                let body = render(&source.scrape());
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = conn
-                    .write_all(head.as_bytes())
-                    .and_then(|_| conn.write_all(body.as_bytes()));
+async fn readyz(State(app): State<App>) -> impl IntoResponse {
+    let why = app.source.not_ready(Instant::now());
+    if why.is_empty() {
+        (StatusCode::OK, "ready\n".to_string())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            why.iter().map(|w| format!("{w}\n")).collect::<String>(),
+        )
+    }
+}
+
+/// Sets its flag when dropped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn capture(
+    State(app): State<App>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> axum::response::Response {
+    let ports: Vec<String> = app.source.ports.iter().map(|(n, _)| n.clone()).collect();
+    let (req, limit) = match parse_query(q.iter().map(|(k, v)| (k.as_str(), v.as_str())), &ports) {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    tracing::info!(?req.filter, req.count, ?limit, "capture started");
+    let recorder = app.capture.clone();
+    // A client that hangs up ends its capture (axum drops this future, and the guard).
+    let gone = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+    let cancelled = gone.0.clone();
+    let ran = tokio::task::spawn_blocking(move || {
+        crate::capture::run(&recorder, &req, limit, &ports, || {
+            cancelled.load(Ordering::Relaxed)
+        })
+    })
+    .await;
+    drop(gone);
+    match ran {
+        Ok(Ok((file, summary))) => {
+            tracing::info!(?summary, "capture done");
+            (
+                [
+                    (header::CONTENT_TYPE, "application/x-pcapng".to_string()),
+                    (
+                        header::HeaderName::from_static("x-tarp-captured"),
+                        format!(
+                            "packets={} records={} missed={}",
+                            summary.packets, summary.records, summary.missed
+                        ),
+                    ),
+                ],
+                file,
+            )
+                .into_response()
+        }
+        Ok(Err(e @ CaptureError::Busy)) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+        Ok(Err(e)) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("capture: {e}\n")).into_response(),
+    }
+}
+
+async fn not_found() -> impl IntoResponse {
+    (
+        StatusCode::NOT_FOUND,
+        "not found: /metrics, /healthz, /readyz, /capture\n",
+    )
+}
+
+/// The endpoint's router.
+fn router(source: Arc<MetricsSource>, registry: Arc<Registry>, capture: Arc<Capture>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/capture", get(self::capture))
+        .fallback(not_found)
+        .with_state(App {
+            source,
+            registry,
+            capture,
+        })
+}
+
+/// Serves the endpoint on `listener` until `stop` is set.
+pub fn serve(
+    listener: TcpListener,
+    source: Arc<MetricsSource>,
+    capture: Arc<Capture>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let registry = Arc::new(registry(source.clone())?);
+    listener.set_nonblocking(true)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let stopped = async move {
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        };
+        // Stopping drops the server and its connections: a scraper's keep-alive
+        // connection must not hold the forwarder's shutdown.
+        tokio::select! {
+            served = axum::serve(listener, router(source, registry, capture)).into_future() => served?,
+            () = stopped => {}
         }
-    }
+        Ok(())
+    })
 }

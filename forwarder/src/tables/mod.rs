@@ -285,6 +285,20 @@ impl<A: Key + Default, PK: Key> Maps<A, PK> {
             + self.remux_port.len()
             + self.remux_addr.len()
     }
+
+    /// Entries per table, by name.
+    fn per_table(&self) -> [(&'static str, usize); 8] {
+        [
+            ("aggregator", self.aggregator.len()),
+            ("demux_addr", self.demux_addr.len()),
+            ("demux_port", self.demux_port.len()),
+            ("remux_port", self.remux_port.len()),
+            ("remux_addr", self.remux_addr.len()),
+            ("tunnel_peers", self.peers.len()),
+            ("returns", self.returns.len()),
+            ("return_tunnels", self.return_tunnels.len()),
+        ]
+    }
 }
 
 /// A tunnel peer that may use any VNI.
@@ -1132,6 +1146,23 @@ impl Snapshot {
     /// Number of circuit-table entries (aggregator, demux and remux maps).
     pub fn entries(&self) -> usize {
         self.v4.entries() + self.v6.entries()
+    }
+
+    /// Entries per table and address family (`aggregator_v4`, ..., `tunnels`,
+    /// `next_hops`, `routes_v4`, ...), for the metrics.
+    pub fn table_entries(&self) -> Vec<(String, usize)> {
+        let mut out = Vec::with_capacity(24);
+        for (name, n) in self.v4.per_table() {
+            out.push((format!("{name}_v4"), n));
+        }
+        for (name, n) in self.v6.per_table() {
+            out.push((format!("{name}_v6"), n));
+        }
+        out.push(("tunnels".into(), self.tunnels.len()));
+        out.push(("next_hops".into(), self.next_hops.len()));
+        out.push(("routes_v4".into(), self.routes_v4.len()));
+        out.push(("routes_v6".into(), self.routes_v6.len()));
+        out
     }
 
     /// Bytes of lookup-table memory (for sizing reports).

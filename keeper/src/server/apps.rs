@@ -170,6 +170,33 @@ impl v1::circuits_server::Circuits for AppService {
         }))
     }
 
+    async fn nodes(
+        &self,
+        request: Request<v1::NodesRequest>,
+    ) -> Result<Response<v1::NodesResponse>, Status> {
+        let who = self.auth.caller(&request)?;
+        if !who.is_operator() {
+            return Err(Status::permission_denied(format!(
+                "{who} may not list the fleet's nodes: operators only"
+            )));
+        }
+        let counts = self.keeper.state_counts()?;
+        let nodes = counts
+            .forwarders
+            .into_iter()
+            .map(|f| v1::Node {
+                roles: f.roles.split('+').map(str::to_string).collect(),
+                id: f.node,
+                connected: f.connected,
+                published_generation: f.published,
+                acked_generation: f.acked,
+                silence_ms: (f.silent_s * 1000.0) as u64,
+                metrics: f.metrics.unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(v1::NodesResponse { nodes }))
+    }
+
     type WatchStream =
         Pin<Box<dyn Stream<Item = Result<v1::CircuitEvent, Status>> + Send + 'static>>;
 

@@ -134,10 +134,14 @@ impl Keeper {
             return Err(KeeperError::UnknownNode(node.to_string()));
         };
         let mut rx = handle.acks.subscribe();
+        let started = std::time::Instant::now();
         loop {
             {
                 let state = rx.borrow_and_update();
                 if state.acked >= generation {
+                    self.metrics
+                        .ack_wait_seconds
+                        .observe(started.elapsed().as_secs_f64());
                     return Ok(());
                 }
                 if let Some((rejected, detail)) = &state.nack {
@@ -163,6 +167,21 @@ impl Keeper {
         replacement: Option<Circuit>,
         reason: Option<String>,
     ) {
+        match kind {
+            EventKind::Activated => {}
+            EventKind::Bounced => {
+                let replaced = if replacement.is_some() { "yes" } else { "no" };
+                self.metrics.bounces.with_label_values(&[replaced]).inc();
+            }
+            EventKind::Released => {
+                let by = match reason.as_deref() {
+                    None => "app",
+                    Some(super::leases::LEASE_EXPIRED) => "lease_expired",
+                    Some(_) => "keeper",
+                };
+                self.metrics.releases.with_label_values(&[by]).inc();
+            }
+        }
         // No receivers is fine: nobody is watching.
         let _ = self.events.send(CircuitEvent {
             kind,

@@ -111,6 +111,9 @@ impl Keeper {
             }
         };
         let took = started.elapsed();
+        self.metrics
+            .store_commit_seconds
+            .observe(took.as_secs_f64());
         tracing::debug!(
             us = took.as_micros() as u64,
             circuits = batch.put_circuits.len() + batch.delete_circuits.len(),

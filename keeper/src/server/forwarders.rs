@@ -173,7 +173,25 @@ impl v1::forwarders_server::Forwarders for ForwarderService {
             }
         };
         who.may_be_node(&hello.node)?;
-        let (session, mut tables) = self.keeper.hello(&hello)?;
+        let (session, mut tables) = match self.keeper.hello(&hello) {
+            Ok(v) => {
+                self.keeper
+                    .metrics()
+                    .hellos
+                    .with_label_values(&["ok"])
+                    .inc();
+                v
+            }
+            Err(e) => {
+                let code = super::observe::code_label(&e);
+                self.keeper
+                    .metrics()
+                    .hellos
+                    .with_label_values(&[code.as_str()])
+                    .inc();
+                return Err(e.into());
+            }
+        };
         let node = hello.node.clone();
         let (tx, rx) = mpsc::channel::<Result<v1::KeeperMessage, Status>>(16);
         let errors = tx.clone();

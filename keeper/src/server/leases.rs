@@ -95,6 +95,7 @@ impl Keeper {
         };
         for id in expired {
             info!(circuit = id, "lease ran out: releasing");
+            self.metrics.lease_expiries.inc();
             let keeper = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = keeper.release_because(id, Some(LEASE_EXPIRED)).await {

@@ -13,6 +13,24 @@ impl Keeper {
     /// Activates a circuit: demux and remux first, then the aggregator, each step
     /// answered only once the forwarders acknowledged it. A failure rolls it back.
     pub async fn activate(&self, req: &ActivateRequest) -> Result<Circuit, KeeperError> {
+        let started = std::time::Instant::now();
+        let result = self.activate_counted(req).await;
+        let m = &self.metrics;
+        match &result {
+            Ok(_) => {
+                m.activations.with_label_values(&["ok"]).inc();
+                m.activation_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Err(e) => m
+                .activations
+                .with_label_values(&[super::observe::code_label(e).as_str()])
+                .inc(),
+        }
+        result
+    }
+
+    async fn activate_counted(&self, req: &ActivateRequest) -> Result<Circuit, KeeperError> {
         let _busy = self.busy();
         self.check_lease(req.lease_ms)?;
         let (id, targets) = {

@@ -44,12 +44,14 @@ mod error;
 mod leases;
 mod lifecycle;
 mod liveness;
+mod observe;
 mod queries;
 mod reuse;
 mod run;
 
 pub use error::KeeperError;
 pub use forwarders::CHUNK_ENTRIES;
+pub use observe::{ForwarderView, KeeperMetrics, StateCounts, BUCKETS};
 pub use run::Server;
 
 /// A node's table set as the keeper publishes it now.
@@ -159,6 +161,8 @@ pub struct Keeper {
     closing: watch::Sender<bool>,
     /// Activations and releases under way (shutdown lets them finish).
     busy: watch::Sender<usize>,
+    /// Counters and histograms for the metrics endpoint.
+    metrics: KeeperMetrics,
 }
 
 /// Counts one activation or release under way while it lives.
@@ -277,6 +281,7 @@ impl Keeper {
             events: broadcast::channel(1024).0,
             closing: watch::Sender::new(false),
             busy: watch::Sender::new(0),
+            metrics: KeeperMetrics::default(),
         };
         {
             let mut core = keeper.lock()?;

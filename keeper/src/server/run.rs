@@ -23,6 +23,8 @@ pub struct Server {
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
     monitor: JoinHandle<()>,
     socket_file: SocketFileGuard,
+    /// The metrics endpoint, if `[keeper] metrics` names one: its address and task.
+    metrics: Option<(std::net::SocketAddr, JoinHandle<()>)>,
 }
 
 impl std::fmt::Debug for Server {
@@ -119,8 +121,27 @@ impl Server {
                 }
             })
         };
+        let metrics = match keeper.settings.metrics {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| setup("keeper.metrics", format!("bind {addr}: {e}")))?;
+                let bound = l.local_addr().map_err(|e| setup("keeper.metrics", e))?;
+                let router = crate::metrics::router(keeper.clone())
+                    .map_err(|e| setup("keeper.metrics", e))?;
+                info!(metrics = %bound, "metrics endpoint");
+                let task = tokio::spawn(async move {
+                    if let Err(e) = axum::serve(l, router).await {
+                        warn!("metrics endpoint stopped: {e}");
+                    }
+                });
+                Some((bound, task))
+            }
+            None => None,
+        };
         info!(listen = %local_addr, "keeper serving");
         Ok(Server {
+            metrics,
             keeper,
             local_addr,
             stop,
@@ -140,6 +161,11 @@ impl Server {
         self.local_addr.endpoint()
     }
 
+    /// Where the metrics endpoint listens (for port 0: the port chosen).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(|(a, _)| *a)
+    }
+
     /// The keeper behind the server.
     pub fn keeper(&self) -> &Arc<Keeper> {
         &self.keeper
@@ -157,6 +183,7 @@ impl Server {
             mut serve,
             monitor,
             socket_file,
+            metrics,
         } = self;
         drop(socket_file);
         // HTTP/2 GOAWAY: calls already under way (and the forwarder streams their
@@ -171,6 +198,9 @@ impl Server {
         }
         keeper.close();
         monitor.abort();
+        if let Some((_, task)) = metrics {
+            task.abort();
+        }
         if tokio::time::timeout(Duration::from_secs(5), &mut serve)
             .await
             .is_err()

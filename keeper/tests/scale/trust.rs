@@ -199,6 +199,30 @@ async fn tls_identities_and_ownership_over_tcp() {
     assert_eq!(alice.get(v.id).await.unwrap().owner, "app/video");
     let released = alice.release(b.id).await.unwrap();
     assert_eq!(released.id, b.id);
+    // The fleet's nodes: an operator's view only. Every node of the inventory is listed;
+    // the three of the fake fleet are connected (pop-nyc-1 has no forwarder here).
+    let nodes = alice.nodes().await.unwrap();
+    let mut connected: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n.connected)
+        .map(|n| n.id.as_str())
+        .collect();
+    connected.sort();
+    let want: Vec<&str> = NODES
+        .iter()
+        .map(|n| n.trim_start_matches("node/"))
+        .collect();
+    assert_eq!(connected, want, "{nodes:?}");
+    assert!(
+        nodes.iter().any(|n| n.id == "pop-nyc-1" && !n.connected),
+        "{nodes:?}"
+    );
+    assert!(nodes.iter().all(|n| !n.roles.is_empty()), "{nodes:?}");
+    for (who, client) in [("app/video", &mut video), ("node/dc-1", &mut as_node)] {
+        let e = client.nodes().await.unwrap_err();
+        assert_eq!(e.code(), Some(Code::PermissionDenied), "{who}: {e}");
+        assert!(e.to_string().contains("operators only"), "{who}: {e}");
+    }
     // An operator may subscribe as any node (to debug one).
     ForwarderSession::connect(
         dial(&https, &certs, Some("operator/alice")),

@@ -207,9 +207,10 @@ ask_http() { # ask_http DEVICE CAPTURE LABEL
 step "Each device talks to its region's capture address"
 ask_udp deu "$CAP_EU" "eu, address mode"
 ask_http dus "$CAP_US" "us, port mode"
-lt=$(m pop-eu tarp_port_tx_packets_total 'port="line0"')
+# What left the line besides the forwarder's own ARP and ND.
+lt=$(($(m pop-eu tarp_port_tx_packets_total 'port="line0"') - $(m pop-eu tarp_port_control_tx_packets_total 'port="line0"')))
 if [ "$lt" = 0 ]; then
-  okay "no packet left a POP line: every reply came straight from the data center (pop-eu line0 tx = 0)"
+  okay "no packet left a POP line: every reply came straight from the data center (pop-eu line0 tx = its own ARP only)"
 else
   bad "pop-eu line0 forwarded $lt packets"
 fi

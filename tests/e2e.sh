@@ -240,12 +240,14 @@ up_fwd=$(metric agg tarp_port_tx_packets_total 'port="uplink"')
 rmx_out=$(metric rmx tarp_port_tx_packets_total 'port="out"')
 nocirc=$(metric rmx tarp_port_drops_total 'port="dc",role="remux",reason="no_circuit"')
 line_fwd=$(metric agg tarp_port_forwarded_packets_total 'port="uplink"')
-# What the line sends is the ICMP the aggregator itself made (too big, echo replies)
-# and the symmetric circuit's replies that came back through the tunnel.
-if [ "$line_tx" = $((line_icmp + line_fwd)) ] && [ "${up_fwd:-0}" -gt 0 ] && [ "${rmx_out:-0}" -gt 0 ]; then
-  pass "aggregator forwarded $up_fwd packets into the tunnel; out of its line only its own $line_icmp ICMP and $line_fwd symmetric replies ($line_rx received there); the remux sent $rmx_out replies out"
+line_ctl=$(metric agg tarp_port_control_tx_packets_total 'port="line0"')
+# What the line sends is the ICMP the aggregator itself made (too big, echo replies),
+# the symmetric circuit's replies that came back through the tunnel, and its own ARP and
+# ND (tx counts every frame the device took).
+if [ "$line_tx" = $((line_icmp + line_fwd + line_ctl)) ] && [ "${up_fwd:-0}" -gt 0 ] && [ "${rmx_out:-0}" -gt 0 ]; then
+  pass "aggregator forwarded $up_fwd packets into the tunnel; out of its line only its own $line_icmp ICMP, $line_ctl ARP/ND and $line_fwd symmetric replies ($line_rx received there); the remux sent $rmx_out replies out"
 else
-  fail "counters: line0 tx=$line_tx rx=$line_rx uplink tx=$up_fwd remux out=$rmx_out"
+  fail "counters: line0 tx=$line_tx (icmp $line_icmp + symmetric $line_fwd + arp/nd $line_ctl) rx=$line_rx uplink tx=$up_fwd remux out=$rmx_out"
 fi
 # The app hosts' own chatter (MLD, router solicitations) has no circuit; our traffic did.
 echo "  (remux drops for lack of a circuit, app hosts' multicast chatter: ${nocirc:-?})"

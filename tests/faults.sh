@@ -22,21 +22,8 @@ export TARP_BIN P TOPO_DIR
 source scripts/lib/fleet.sh
 APPS=$(realpath tests/apps)
 
-fails=0
-pass() { printf '  ok    %s\n' "$*"; }
-fail() { printf '  FAIL  %s\n' "$*"; fails=$((fails + 1)); }
-cleanup() {
-  local rc=$?
-  topo_down
-  if [ $fails -ne 0 ] || [ $rc -ne 0 ]; then
-    echo "--- logs (kept in $TOPO_DIR) ---"
-    for f in "$TOPO_DIR"/*.log; do echo "== $f"; tail -n 20 "$f"; done
-  else
-    rm -rf "$TOPO_DIR"
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# pass/fail bookkeeping and the cleanup trap.
+source scripts/lib/checks.sh
 
 # json_get FIELD: FIELD of the JSON object on stdin ("" if absent).
 json_get() { python3 -c 'import json,sys; print(json.load(sys.stdin).get(sys.argv[1], ""))' "$1"; }

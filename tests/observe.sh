@@ -29,21 +29,8 @@ source scripts/lib/fleet.sh
 APPS=$(realpath tests/apps)
 PROM=127.0.0.1:9090
 
-fails=0
-pass() { printf '  ok    %s\n' "$*"; }
-fail() { printf '  FAIL  %s\n' "$*"; fails=$((fails + 1)); }
-cleanup() {
-  local rc=$?
-  topo_down
-  if [ $fails -ne 0 ] || [ $rc -ne 0 ]; then
-    echo "--- logs (kept in $TOPO_DIR) ---"
-    for f in "$TOPO_DIR"/*.log; do echo "== $f"; tail -n 20 "$f"; done
-  else
-    rm -rf "$TOPO_DIR"
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# pass/fail bookkeeping and the cleanup trap.
+source scripts/lib/checks.sh
 
 for t in prometheus promtool tmux tshark; do
   command -v "$t" >/dev/null || { echo "observe: $t not installed (scripts/setup.sh installs it)" >&2; exit 1; }
@@ -140,6 +127,11 @@ done
 for r in bad_checksum malformed; do
   base[$r]=$(promq_until "$(drops "$r")" "$(direct_sum pop-eu tarp_port_drops_total "reason=\"$r\"")")
 done
+# The circuit, counted one by one (circuit_metrics): to the app at the demux, to the
+# device at the remux, labelled by its application side (address mode: the capture).
+circ() { echo "sum(tarp_circuit_packets_total{node=\"$1\",circuit=\"$CAP\",direction=\"$2\"})"; }
+base[circ-dmx]=$(promq_until "$(circ dc-dmx to_app)" "$(direct_sum dc-dmx tarp_circuit_packets_total "circuit=\"$CAP\",direction=\"to_app\"")")
+base[circ-rmx]=$(promq_until "$(circ dc-rmx to_device)" "$(direct_sum dc-rmx tarp_circuit_packets_total "circuit=\"$CAP\",direction=\"to_device\"")")
 
 echo "== traffic: a 600-datagram UDP stream through the circuit, then malformed frames on the POP line"
 out=$(nsx deu timeout 40 python3 "$APPS/udp_stream.py" "$CAP" 7000 --rate 200 --seconds 3 --tag observe)
@@ -150,25 +142,23 @@ dev=$(nsx inet ip -o route get "$CAP" | sed -n 's/.* dev \([^ ]*\).*/\1/p')
 mac=$(nsx inet ip neigh show "$CAP" dev "$dev" | awk '{ print $3 }')
 bad=$(nsx inet python3 "$APPS/inject.py" "$dev" "$mac" 198.51.100.10 "$CAP" 7000 --count 37 --kind bad_checksum)
 short=$(nsx inet python3 "$APPS/inject.py" "$dev" "$mac" 198.51.100.10 "$CAP" 7000 --count 11 --kind truncated)
+# rises QUERY BASE BY WHAT: PromQL's QUERY reaches BASE + BY (what BY is: WHAT).
+rises() {
+  local want=$(($2 + $3)) got
+  got=$(promq_until "$1" "$want")
+  if [ "$got" = "$want" ]; then
+    pass "PromQL $1: +$3, $4"
+  else
+    fail "PromQL $1 = \"$got\", want $want (baseline $2 + $3: $4)"
+  fi
+}
 for n in pop-eu dc-dmx dc-rmx; do
-  want=$((base[$n] + sent))
-  got=$(promq_until "$(fwd "$n")" "$want")
-  if [ "$got" = "$want" ]; then
-    pass "PromQL $(fwd "$n"): +$((got - base[$n])), the $sent datagrams the device sent (and $echoed echoed)"
-  else
-    fail "PromQL $(fwd "$n") = \"$got\", want $want (baseline ${base[$n]} + $sent sent)"
-  fi
+  rises "$(fwd "$n")" "${base[$n]}" "$sent" "the datagrams the device sent (and $echoed echoed)"
 done
-for r in bad_checksum:"$bad" malformed:"$short"; do
-  k=${r#*:} r=${r%%:*}
-  want=$((base[$r] + k))
-  got=$(promq_until "$(drops "$r")" "$want")
-  if [ "$got" = "$want" ]; then
-    pass "PromQL $(drops "$r"): +$k, exactly the $k frames injected"
-  else
-    fail "PromQL $(drops "$r") = \"$got\", want $want (baseline ${base[$r]} + $k injected)"
-  fi
-done
+rises "$(drops bad_checksum)" "${base[bad_checksum]}" "$bad" "exactly the frames injected"
+rises "$(drops malformed)" "${base[malformed]}" "$short" "exactly the frames injected"
+rises "$(circ dc-dmx to_app)" "${base[circ-dmx]}" "$sent" "the datagrams sent, on the circuit's own counter"
+rises "$(circ dc-rmx to_device)" "${base[circ-rmx]}" "$echoed" "the datagrams echoed, on the circuit's own counter"
 got=$(promq_until 'sum(tarp_keeper_circuits{state="active"})' 1)
 if [ "$got" = 1 ]; then pass "PromQL sum(tarp_keeper_circuits{state=\"active\"}) = 1"; else fail "active circuits by the keeper's metrics: \"$got\""; fi
 got=$(promq_until 'sum(tarp_keeper_forwarder_connected)' 4)

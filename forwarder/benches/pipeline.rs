@@ -14,11 +14,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use forwarder::metrics::{circuit_counters, CircuitCounters};
 use forwarder::packet::vxlan::{self, Outer};
 use forwarder::pipeline::{process, Context, VecBuf, Verdict, MAX_BURST};
+use forwarder::tables::counted::circuits_of;
 use forwarder::tables::{
-    AggregatorRule, DemuxRule, NeighbourCache, PortInfo, Protocol, RemuxRule, Role, Route, Rules,
-    Snapshot, Tunnel, TunnelPeer,
+    AggregatorRule, CircuitSlots, DemuxRule, NeighbourCache, PortInfo, Protocol, RemuxRule, Role,
+    Route, Rules, Snapshot, Tunnel, TunnelPeer,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -83,6 +85,8 @@ fn port_circuit(i: usize) -> (IpAddr, u16) {
 struct Case {
     snap: Snapshot,
     pool: Vec<Vec<u8>>,
+    /// Per-circuit counters (`circuit_metrics`), when the case counts circuits.
+    counters: Option<CircuitCounters>,
 }
 
 fn pick(n: usize, zipf: bool, rng: &mut StdRng) -> Vec<usize> {
@@ -148,7 +152,11 @@ fn aggregator_case(n: usize, zipf: bool) -> Case {
             )
         })
         .collect();
-    Case { snap, pool }
+    Case {
+        snap,
+        pool,
+        counters: None,
+    }
 }
 
 fn demux_case(n: usize, zipf: bool) -> Case {
@@ -199,7 +207,11 @@ fn demux_case(n: usize, zipf: bool) -> Case {
             f
         })
         .collect();
-    Case { snap, pool }
+    Case {
+        snap,
+        pool,
+        counters: None,
+    }
 }
 
 fn remux_case(n: usize, zipf: bool) -> Case {
@@ -237,7 +249,11 @@ fn remux_case(n: usize, zipf: bool) -> Case {
             )
         })
         .collect();
-    Case { snap, pool }
+    Case {
+        snap,
+        pool,
+        counters: None,
+    }
 }
 
 fn bench_role(c: &mut Criterion, name: &str, make: fn(usize, bool) -> Case) {
@@ -275,6 +291,9 @@ fn bench_case(
     let mut bufs: Vec<VecBuf> = (0..MAX_BURST).map(|k| VecBuf::new(&case.pool[k])).collect();
     let mut verdicts = [Verdict::SlowPath; MAX_BURST];
     let mut ctx = Context::new(2);
+    if let Some(c) = &case.counters {
+        ctx.set_circuit_counters(c.clone());
+    }
     // Every packet the measurement will use must be forwarded, in bench builds too
     // (a fast wrong answer must not pass): checked once, outside the timing.
     for chunk in case.pool.chunks(MAX_BURST) {
@@ -406,5 +425,45 @@ fn rare(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, aggregator, demux, remux, rare);
+/// Per-circuit counters (`circuit_metrics`) on, every circuit counted, at the demux and
+/// the remux with 10k table entries: against `demux/10000/uniform` and
+/// `remux/10000/uniform` (off).
+fn counted(c: &mut Criterion) {
+    const N: usize = 10_000;
+    let mut g = c.benchmark_group("counted");
+    g.throughput(Throughput::Elements(MAX_BURST as u64));
+    for (name, make) in [
+        ("demux", demux_case as fn(usize, bool) -> Case),
+        ("remux", remux_case),
+    ] {
+        let mut case = make(N, false);
+        let mut slots = CircuitSlots::new(N);
+        case.snap.counted = slots.assign(&circuits_of(&case.snap)).0;
+        // The remux's 10k circuits are 10k keys; the demux case sends every circuit to
+        // one app host on 16 ports, so its circuits are 16 keys (a small map).
+        assert!(!case.snap.counted.is_empty());
+        let counters = circuit_counters(N);
+        case.counters = Some(counters.clone());
+        bench_case(
+            &mut g,
+            "counted",
+            &format!("{name}/{N}/uniform"),
+            &case,
+            false,
+        );
+        let packets: u64 = counters
+            .iter()
+            .map(|k| {
+                k.packets
+                    .iter()
+                    .map(|p| p.load(std::sync::atomic::Ordering::Relaxed))
+                    .sum::<u64>()
+            })
+            .sum();
+        assert!(packets > 0, "{name}: nothing counted");
+    }
+    g.finish();
+}
+
+criterion_group!(benches, aggregator, demux, remux, rare, counted);
 criterion_main!(benches);

@@ -15,7 +15,10 @@ use crate::control::{Control, ControlHooks};
 use crate::dpdk::{Eal, MbufQueue, Mempool, Port, PortConf, TxBuffer, BURST};
 use crate::metrics::{self, MetricsSource, WorkerStats, WorkerView};
 use crate::packet::MacAddr;
-use crate::tables::{NeighbourCache, PortId, PortInfo, Role, Snapshot, SnapshotHandle};
+use crate::tables::counted::circuits_of;
+use crate::tables::{
+    CircuitSlots, NeighbourCache, PortId, PortInfo, Role, Snapshot, SnapshotHandle,
+};
 use crate::wg::WgEngine;
 use crate::worker::Worker;
 
@@ -162,7 +165,10 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
     }
 
     let neighbours = static_neighbours(cfg);
-    let snapshot = Snapshot::build(&cfg.rules, &infos, 0, &neighbours).context("rules")?;
+    let mut snapshot = Snapshot::build(&cfg.rules, &infos, 0, &neighbours).context("rules")?;
+    // Circuits counted one by one (`circuit_metrics`), in slots every worker has.
+    let mut circuit_slots = CircuitSlots::new(cfg.circuit_metrics);
+    snapshot.counted = circuit_slots.assign(&circuits_of(&snapshot)).0;
     let snapshots = Arc::new(SnapshotHandle::new(snapshot));
     let slow = Arc::new(MbufQueue::new(4096));
     let worker_stats: Vec<Arc<WorkerStats>> = (0..workers)
@@ -190,10 +196,12 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
     let capture = Arc::new(Capture::default());
     for (w, &lcore) in cfg.workers.lcores.iter().enumerate() {
         let (latency, merger) = metrics::pair();
+        let circuits = metrics::circuit_counters(circuit_slots.len());
         views.push(WorkerView {
             lcore,
             stats: worker_stats[w].clone(),
             latency: merger,
+            circuits: circuits.clone(),
         });
         let rx = ports
             .iter()
@@ -225,6 +233,7 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
             latency,
             capture: capture.clone(),
             tap: Tap::new(BURST),
+            circuits,
         };
         eal.launch_on_lcore(lcore, move || worker.run())
             .with_context(|| format!("launch worker on lcore {lcore}"))?;
@@ -241,6 +250,7 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
         snapshots.clone(),
         hooks.is_some(),
     ));
+    source.count_circuits(circuit_slots);
     let metrics_thread = match cfg.metrics {
         Some(addr) => {
             let listener =

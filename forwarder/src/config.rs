@@ -32,6 +32,10 @@ pub struct Config {
     /// Address to serve Prometheus metrics on (e.g. `127.0.0.1:9101`).
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// Count this many circuits one by one (`tarp_circuit_packets_total`, at a demux and
+    /// a remux), at most 65,536; 0 (the default): none. Bounds the metrics' cardinality.
+    #[serde(default)]
+    pub circuit_metrics: usize,
     /// The circuit keeper to dial: `https://HOST:PORT` (with `[keeper_tls]`),
     /// `unix:/run/tarp/keeper.sock` (plaintext, or TLS with `[keeper_tls]`), or
     /// `http://127.0.0.1:PORT` (plaintext, loopback only); absent: static rules only.
@@ -324,6 +328,16 @@ impl Config {
         if self.node_id.trim().is_empty() {
             return Err(ConfigError::new("node_id", "must not be empty"));
         }
+        if self.circuit_metrics > crate::tables::counted::MAX_COUNTED {
+            return Err(ConfigError::new(
+                "circuit_metrics",
+                format!(
+                    "{} circuits; at most {} are counted one by one",
+                    self.circuit_metrics,
+                    crate::tables::counted::MAX_COUNTED
+                ),
+            ));
+        }
         if let Some(i) = self
             .rules
             .tunnels
@@ -603,6 +617,13 @@ mod tests {
         assert_eq!(
             key_of(&GOOD.replace("metrics = \"127.0.0.1:9101\"", "metrics = \"nowhere\"")),
             "metrics"
+        );
+        assert_eq!(
+            key_of(&GOOD.replace(
+                "metrics = \"127.0.0.1:9101\"",
+                "metrics = \"127.0.0.1:9101\"\ncircuit_metrics = 70000"
+            )),
+            "circuit_metrics"
         );
         assert_eq!(
             key_of(&GOOD.replace("name = \"uplink\"", "name = \"uplink\"\nmtu = 9700")),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::capture::{Capture, Tap};
 use crate::config::IdlePolicy;
 use crate::dpdk::{Mbuf, MbufBurst, MbufQueue, Mempool, RxQueue, TxBuffer, BURST};
-use crate::metrics::{bump, Recorder, WorkerStats};
+use crate::metrics::{bump, CircuitCounters, Recorder, WorkerStats};
 use crate::pipeline::{process, process_inner, split, Context, DropReason, Split, Verdict, WgJob};
 use crate::prefetch::prefetch0;
 use crate::tables::{PortId, Snapshot, SnapshotHandle};
@@ -46,6 +46,8 @@ pub struct Worker {
     pub capture: Arc<Capture>,
     /// This worker's side of it.
     pub tap: Tap,
+    /// Its counters of the circuits counted one by one (`circuit_metrics`).
+    pub circuits: CircuitCounters,
 }
 
 /// Empty polls before the back-off starts sleeping.
@@ -67,6 +69,7 @@ impl Worker {
         let mut sleep = Duration::from_micros(1);
         let stats = self.stats.clone();
         let mut ctx = Context::new(self.tx.len());
+        ctx.set_circuit_counters(self.circuits.clone());
         let mut wg = self.wg.take();
         let mut next_tick_ms = 0;
         let mut next_hand_over_ms = 0;
@@ -159,6 +162,7 @@ impl Worker {
             }
             for (port, q) in self.control_tx.iter().enumerate() {
                 while let Some(m) = q.pop() {
+                    bump(&stats.ports[port].control_tx, 1);
                     let dropped = self.tx[port].push(m);
                     if dropped > 0 {
                         bump(
@@ -178,6 +182,7 @@ impl Worker {
                         &snap,
                         |len| alloc_len(&pool, len),
                         |p, f| {
+                            bump(&stats.ports[p as usize].control_tx, 1);
                             let dropped = tx[p as usize].push(f);
                             if dropped > 0 {
                                 let c = &stats.ports[p as usize];

@@ -222,7 +222,8 @@ fleet_fwconf() {
   local name=$1 k=0 p pname dev role addrs
   shift
   {
-    printf 'node_id = "%s"\nmetrics = "%s"\nkeeper = "%s"\n' \
+    # circuit_metrics: the demo's circuits are counted one by one (at the demux and remux).
+    printf 'node_id = "%s"\nmetrics = "%s"\nkeeper = "%s"\ncircuit_metrics = 64\n' \
       "$name" "${MADDR[$name]}" "${FW_KEEPER[$name]:-$KEEPER}"
     printf '[keeper_tls]\nca = "certs/ca.pem"\ncert = "certs/node-%s.pem"\nkey = "certs/node-%s.key"\n' "$name" "$name"
     printf '[eal]\nargs = ["--no-huge", "-m", "256"]\n[workers]\nlcores = [1]\nidle = "backoff"\n'

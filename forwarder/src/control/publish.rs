@@ -39,7 +39,8 @@ impl Control<'_> {
             // delta in place instead of copying the whole set.
             drop(u.rules);
             match built {
-                Ok(s) => {
+                Ok(mut s) => {
+                    self.metrics.assign_circuits(&mut s);
                     let entries = s.entries();
                     let polls = self.metrics.poll_counts();
                     let at = Instant::now();

@@ -35,6 +35,10 @@ pub struct PortCounters {
     pub icmp_sent: AtomicU64,
     /// Packets received on the port that were split into fragments to fit a tunnel.
     pub fragmented: AtomicU64,
+    /// Frames the forwarder itself sent on the port: the control thread's (ARP and ND,
+    /// echo replies from the port's addresses) and WireGuard's handshakes and keepalives.
+    /// Part of `tx`.
+    pub control_tx: AtomicU64,
     /// Packets received on the port and dropped, by reason.
     pub drops: [AtomicU64; DropReason::COUNT],
 }
@@ -74,6 +78,30 @@ impl WorkerStats {
     }
 }
 
+/// One worker's counters of one counted circuit (`circuit_metrics`): packets and IP
+/// bytes, per direction ([`TO_APP`] at a demux, [`TO_DEVICE`] at a remux).
+#[derive(Debug, Default)]
+#[repr(align(32))]
+pub struct CircuitCounter {
+    /// Packets, by direction.
+    pub packets: [AtomicU64; 2],
+    /// Their IP bytes (header and payload), by direction.
+    pub bytes: [AtomicU64; 2],
+}
+
+/// Towards the application (what a demux counts).
+pub const TO_APP: usize = 0;
+/// Towards the device (what a remux counts).
+pub const TO_DEVICE: usize = 1;
+
+/// A worker's counters of the counted circuits, indexed by slot.
+pub type CircuitCounters = std::sync::Arc<[CircuitCounter]>;
+
+/// Counters for `slots` circuits.
+pub fn circuit_counters(slots: usize) -> CircuitCounters {
+    (0..slots).map(|_| CircuitCounter::default()).collect()
+}
+
 /// Sums of every worker's counters for one port.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PortTotals {
@@ -93,6 +121,8 @@ pub struct PortTotals {
     pub icmp_sent: u64,
     /// Split into fragments.
     pub fragmented: u64,
+    /// The forwarder's own frames sent.
+    pub control_tx: u64,
     /// Dropped, by reason.
     pub drops: [u64; DropReason::COUNT],
 }
@@ -108,6 +138,7 @@ impl PortTotals {
         self.slow_path += c.slow_path.load(Ordering::Relaxed);
         self.icmp_sent += c.icmp_sent.load(Ordering::Relaxed);
         self.fragmented += c.fragmented.load(Ordering::Relaxed);
+        self.control_tx += c.control_tx.load(Ordering::Relaxed);
         for (d, s) in self.drops.iter_mut().zip(c.drops.iter()) {
             *d += s.load(Ordering::Relaxed);
         }

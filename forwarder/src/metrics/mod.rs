@@ -15,7 +15,10 @@ mod latency;
 mod serve;
 mod source;
 
-pub use counters::{bump, totals, DeviceCounters, PortCounters, PortTotals, WorkerStats};
+pub use counters::{
+    bump, circuit_counters, totals, CircuitCounter, CircuitCounters, DeviceCounters, PortCounters,
+    PortTotals, WorkerStats, TO_APP, TO_DEVICE,
+};
 pub use expo::{registry, render, Family};
 pub use latency::{
     buckets, histogram, pair, Merger, Recorder, Timing, BURST_BUCKETS, CONTROL_BUCKETS,

@@ -13,8 +13,10 @@ use prometheus::proto::MetricFamily;
 use super::expo::Family;
 use super::latency::{buckets, Merger, Timing, BURST_BUCKETS, CONTROL_BUCKETS};
 use super::{DeviceCounters, PortTotals, WorkerStats};
+use crate::metrics::{CircuitCounters, TO_APP, TO_DEVICE};
 use crate::pipeline::DropReason;
-use crate::tables::SnapshotHandle;
+use crate::tables::counted::{circuits_of, label as counted_label};
+use crate::tables::{CircuitSlots, Snapshot, SnapshotHandle};
 
 /// A worker as the metrics see it.
 pub struct WorkerView {
@@ -24,6 +26,8 @@ pub struct WorkerView {
     pub stats: Arc<WorkerStats>,
     /// What it hands over of its burst times.
     pub latency: Merger,
+    /// Its counters of the counted circuits (`circuit_metrics`; empty when off).
+    pub circuits: CircuitCounters,
 }
 
 /// The tables' history: swaps, refusals and how long each step took.
@@ -80,6 +84,9 @@ pub struct MetricsSource {
     /// The control thread is running (cleared when it stops).
     pub alive: AtomicBool,
     liveness: Mutex<Vec<Liveness>>,
+    /// The counted circuits' slots, and what each slot's counters held when its circuit
+    /// took it (packets and bytes per direction: subtracted when exported).
+    circuits: Mutex<(CircuitSlots, Vec<[u64; 4]>)>,
 }
 
 fn polls(w: &WorkerStats) -> u64 {
@@ -116,7 +123,50 @@ impl MetricsSource {
             keeper,
             alive: AtomicBool::new(true),
             liveness: Mutex::new(liveness),
+            circuits: Mutex::new((CircuitSlots::new(0), Vec::new())),
         }
+    }
+
+    /// Counts circuits one by one in `slots` (`circuit_metrics`; already assigned to the
+    /// first snapshot, while every counter is 0); the workers' counter arrays have as many
+    /// slots.
+    pub fn count_circuits(&self, slots: CircuitSlots) {
+        if let Ok(mut c) = self.circuits.lock() {
+            let n = slots.len();
+            *c = (slots, vec![[0; 4]; n]);
+        }
+    }
+
+    /// What every worker's counters hold for `slot`: packets and bytes per direction.
+    fn circuit_sums(&self, slot: usize) -> [u64; 4] {
+        let mut t = [0u64; 4];
+        for w in &self.workers {
+            if let Some(c) = w.circuits.get(slot) {
+                for d in [TO_APP, TO_DEVICE] {
+                    t[d] += c.packets[d].load(Ordering::Relaxed);
+                    t[2 + d] += c.bytes[d].load(Ordering::Relaxed);
+                }
+            }
+        }
+        t
+    }
+
+    /// Gives `snap` the slots of the circuits it counts (off: nothing). The control
+    /// thread calls it on every snapshot before publishing it.
+    pub fn assign_circuits(&self, snap: &mut Snapshot) {
+        let Ok(mut guard) = self.circuits.lock() else {
+            return;
+        };
+        let (slots, bases) = &mut *guard;
+        if slots.is_empty() {
+            return;
+        }
+        let (counted, fresh) = slots.assign(&circuits_of(snap));
+        for s in fresh {
+            // Its counters may hold a previous circuit's counts: start from them.
+            bases[s as usize] = self.circuit_sums(s as usize);
+        }
+        snap.counted = counted;
     }
 
     /// The control thread's tick: worker liveness and busy ratios, and the workers'
@@ -203,7 +253,7 @@ impl MetricsSource {
             }
         }
         type PortField = (&'static str, &'static str, fn(&PortTotals) -> u64);
-        let port_fields: [PortField; 8] = [
+        let port_fields: [PortField; 9] = [
             ("tarp_port_rx_packets_total", "Packets received on a port and run through its role's pipeline.", |t| t.rx),
             ("tarp_port_rx_bytes_total", "Bytes of the packets received on a port.", |t| t.rx_bytes),
             ("tarp_port_tx_packets_total", "Packets a port's device accepted for sending (not those dropped as tx_full).", |t| t.tx),
@@ -212,6 +262,7 @@ impl MetricsSource {
             ("tarp_port_slow_path_packets_total", "Packets received on a port and handed to the slow path (ARP, ND, ICMP to the port).", |t| t.slow_path),
             ("tarp_port_icmp_sent_total", "ICMP messages made from packets received on a port (too big, echo replies from capture addresses).", |t| t.icmp_sent),
             ("tarp_port_fragmented_packets_total", "Packets received on a port and split into fragments to fit their tunnel.", |t| t.fragmented),
+            ("tarp_port_control_tx_packets_total", "Frames the forwarder itself sent on a port (ARP and ND, echo replies from the port's addresses, WireGuard handshakes and keepalives); part of tx.", |t| t.control_tx),
         ];
         for (name, help, get) in port_fields {
             let mut f = Family::counter(name, help);
@@ -492,6 +543,14 @@ impl MetricsSource {
         f.add(&[("node", node)], wg.2 as f64);
         out.push(f.done());
 
+        // Circuits counted one by one (`circuit_metrics`).
+        if let Ok(guard) = self.circuits.lock() {
+            let (slots, bases) = &*guard;
+            if !slots.is_empty() {
+                out.extend(self.circuit_families(slots, bases));
+            }
+        }
+
         // Readiness, for dashboards (the same answer as /readyz).
         let mut f = Family::gauge("tarp_ready", "1 if the forwarder is ready (see /readyz).");
         f.add(
@@ -500,6 +559,58 @@ impl MetricsSource {
         );
         out.push(f.done());
         out
+    }
+}
+
+impl MetricsSource {
+    fn circuit_families(&self, slots: &CircuitSlots, bases: &[[u64; 4]]) -> Vec<MetricFamily> {
+        let node = self.node.as_str();
+        // A direction is shown where this node has the role that counts it.
+        let dirs: Vec<(usize, &str)> = [
+            (TO_APP, "demux", "to_app"),
+            (TO_DEVICE, "remux", "to_device"),
+        ]
+        .into_iter()
+        .filter(|(_, role, _)| self.ports.iter().any(|p| p.1 == *role))
+        .map(|(d, _, name)| (d, name))
+        .collect();
+        let mut packets = Family::counter(
+            "tarp_circuit_packets_total",
+            "Packets of a counted circuit (circuit_metrics), by direction: to_app at a demux, to_device at a remux.",
+        );
+        let mut bytes = Family::counter(
+            "tarp_circuit_bytes_total",
+            "IP bytes of a counted circuit, by direction.",
+        );
+        let mut counted = 0;
+        for slot in 0..slots.len() {
+            let Some(key) = slots.key(slot) else {
+                continue;
+            };
+            counted += 1;
+            let label = counted_label(key);
+            let now = self.circuit_sums(slot);
+            let base = bases.get(slot).copied().unwrap_or_default();
+            for (d, name) in &dirs {
+                let labels = [
+                    ("node", node),
+                    ("circuit", label.as_str()),
+                    ("direction", *name),
+                ];
+                packets.add(&labels, now[*d].saturating_sub(base[*d]) as f64);
+                bytes.add(&labels, now[2 + d].saturating_sub(base[2 + d]) as f64);
+            }
+        }
+        let mut n = Family::gauge(
+            "tarp_circuits_counted",
+            "Circuits counted one by one, by whether they have a slot (circuit_metrics bounds them).",
+        );
+        n.add(&[("node", node), ("state", "counted")], counted as f64);
+        n.add(
+            &[("node", node), ("state", "uncounted")],
+            slots.uncounted as f64,
+        );
+        vec![packets.done(), bytes.done(), n.done()]
     }
 }
 
@@ -534,6 +645,7 @@ mod tests {
                 lcore: w as u32 + 1,
                 stats: Arc::new(WorkerStats::new(2)),
                 latency: m,
+                circuits: crate::metrics::circuit_counters(0),
             });
         }
         let snaps = Arc::new(SnapshotHandle::new(Snapshot::empty(&infos)));

@@ -5,6 +5,8 @@
 //! and writes fixed-size arrays.
 
 use super::frag::FragTable;
+use crate::metrics::{bump, CircuitCounters};
+use crate::tables::{CircuitKey, Snapshot};
 
 /// ICMP errors and echo replies the pipelines generate per port, per second.
 pub const ICMP_RATE: u32 = 1000;
@@ -85,6 +87,8 @@ pub struct Context {
     now_ms: u64,
     pub(crate) limits: Box<[PortLimits]>,
     pub(crate) frags: FragTable,
+    /// This worker's counters of the counted circuits (empty: none counted).
+    circuits: CircuitCounters,
 }
 
 impl Context {
@@ -99,6 +103,7 @@ impl Context {
             now_ms: 0,
             limits: vec![PortLimits::new(); ports].into_boxed_slice(),
             frags: FragTable::new(slots),
+            circuits: crate::metrics::circuit_counters(0),
         }
     }
 
@@ -117,6 +122,34 @@ impl Context {
     /// Bytes the fragment table takes (its bound: it never grows).
     pub fn frag_table_bytes(&self) -> usize {
         self.frags.memory_bytes()
+    }
+
+    /// Where this worker counts the circuits a snapshot counts (`circuit_metrics`).
+    pub fn set_circuit_counters(&mut self, c: CircuitCounters) {
+        self.circuits = c;
+    }
+
+    /// Counts a packet for a circuit, if the snapshot counts any (one branch when it
+    /// counts none): `what` gives the circuit's key and the packet's IP bytes.
+    #[inline(always)]
+    pub(crate) fn count_circuit(
+        &self,
+        snap: &Snapshot,
+        dir: usize,
+        what: impl FnOnce() -> (CircuitKey, usize),
+    ) {
+        if snap.counted.is_empty() {
+            return;
+        }
+        let (key, bytes) = what();
+        if let Some(c) = snap
+            .counted
+            .get(&key)
+            .and_then(|&slot| self.circuits.get(slot as usize))
+        {
+            bump(&c.packets[dir], 1);
+            bump(&c.bytes[dir], bytes as u64);
+        }
     }
 
     /// One ICMP token of `port`.

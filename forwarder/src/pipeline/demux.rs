@@ -8,12 +8,14 @@
 //! quoted source both become the app host, so the app host's kernel matches it to the
 //! socket that sent the reply.
 
+use crate::metrics::TO_APP;
 use crate::packet::{be32, ethernet, vxlan, wireguard, Error};
+use crate::tables::counted::{key_v4, key_v6, proto_port};
 use crate::tables::{port_key_v4, port_key_v6, Key, PortEntry, PortId, Rewrite, Snapshot, ANY_VNI};
 
 use super::frag::{FragHit, FragKey};
 use super::icmp::{quote, rewrite_quote, Field, Quote};
-use super::parse::{addr6, classify, classify_inner, fast_inner, Ip, L3};
+use super::parse::{addr6, classify, classify_inner, fast_inner, ip_end, Ip, L3};
 use super::rewrite::{
     decrement_ttl, miss, rewrite_v4, rewrite_v6, to_next_hop, to_slow_path, ttl_and_rewrite_v4,
 };
@@ -303,6 +305,7 @@ fn one<B: PacketBuf>(snap: &Snapshot, ctx: &mut Context, pkt: &mut B, p: &Pendin
         } else {
             None
         };
+        let port_hit = hit.is_some();
         let Some(r) = hit
             .or_else(|| snap.v6.demux_addr.get_hashed(&p.dst6, p.addr_hash))
             .copied()
@@ -313,6 +316,14 @@ fn one<B: PacketBuf>(snap: &Snapshot, ctx: &mut Context, pkt: &mut B, p: &Pendin
             return Verdict::Drop(DropReason::TtlExpired);
         }
         rewrite_v6(b, ip, ip.dst_off(), r.addr, r.delta);
+        let pp = if port_hit {
+            proto_port(p.proto, p.port)
+        } else {
+            0
+        };
+        ctx.count_circuit(snap, TO_APP, || {
+            (key_v6(r.addr, pp), ip_end(b, ip) - ip.l3())
+        });
         r.next_hop
     } else {
         let hit = if p.keyed {
@@ -321,6 +332,7 @@ fn one<B: PacketBuf>(snap: &Snapshot, ctx: &mut Context, pkt: &mut B, p: &Pendin
         } else {
             None
         };
+        let port_hit = hit.is_some();
         let Some(r) = hit
             .or_else(|| snap.v4.demux_addr.get_hashed(&p.dst4, p.addr_hash))
             .copied()
@@ -330,6 +342,14 @@ fn one<B: PacketBuf>(snap: &Snapshot, ctx: &mut Context, pkt: &mut B, p: &Pendin
         if !ttl_and_rewrite_v4(b, ip, ip.dst_off(), r.addr, r.delta) {
             return Verdict::Drop(DropReason::TtlExpired);
         }
+        let pp = if port_hit {
+            proto_port(p.proto, p.port)
+        } else {
+            0
+        };
+        ctx.count_circuit(snap, TO_APP, || {
+            (key_v4(r.addr, pp), ip_end(b, ip) - ip.l3())
+        });
         r.next_hop
     };
     to_next_hop(snap, b, ip, nh)
@@ -418,6 +438,16 @@ fn rare<B: PacketBuf>(snap: &Snapshot, ctx: &mut Context, pkt: &mut B, p: &Pendi
         rewrite_v4(b, ip, ip.dst_off(), r.addr, r.delta);
         (r.next_hop, port_hit, addr)
     };
+    let pp = if port_hit {
+        proto_port(p.proto, p.port)
+    } else {
+        0
+    };
+    let key = || match ip.v6() {
+        true => key_v6(hit, pp),
+        false => key_v4(u32::from_be_bytes([hit[0], hit[1], hit[2], hit[3]]), pp),
+    };
+    ctx.count_circuit(snap, TO_APP, || (key(), ip_end(b, ip) - ip.l3()));
     // An error about a reply: the quoted reply's source becomes the app host too.
     if let (true, Some(q)) = (port_hit, &p.quote) {
         let n = if ip.v6() { 16 } else { 4 };

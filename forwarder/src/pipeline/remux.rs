@@ -7,14 +7,16 @@
 //! device's packet is steered by the quoted packet's destination port, and the quoted
 //! destination becomes the capture address the device sent to.
 
+use crate::metrics::TO_DEVICE;
 use crate::packet::be32;
+use crate::tables::counted::{key_v4, key_v6, proto_port};
 use crate::tables::{port_key_v4, port_key_v6, Key, PortEntry, PortId, Snapshot};
 
 use super::demux::frag_key;
 use super::frag::FragHit;
 use super::icmp::{quote, rewrite_quote, Field, Quote};
 use super::mss;
-use super::parse::{addr6, classify_into, Frame, Ip, L3};
+use super::parse::{addr6, classify_into, ip_end, Frame, Ip, L3};
 use super::rewrite::{
     decrement_ttl, into_tunnel, miss, rewrite_v4, rewrite_v6, to_next_hop, to_slow_path,
     ttl_and_rewrite_v4,
@@ -132,6 +134,14 @@ fn one<B: PacketBuf>(
         if let Some(r) = hit {
             rewrite_v6(b, ip, ip.src_off(), r.addr, r.delta);
         }
+        let pp = if hit.is_some() {
+            proto_port(p.proto, p.port)
+        } else {
+            0
+        };
+        ctx.count_circuit(snap, TO_DEVICE, || {
+            (key_v6(p.src6, pp), ip_end(b, ip) - ip.l3())
+        });
     } else {
         let hit = if p.keyed {
             let k = port_key_v4(p.src4, p.proto, p.port);
@@ -150,6 +160,14 @@ fn one<B: PacketBuf>(
         if port.clamp_mss {
             mss::clamp(b, ip, max_mss);
         }
+        let pp = if hit.is_some() {
+            proto_port(p.proto, p.port)
+        } else {
+            0
+        };
+        ctx.count_circuit(snap, TO_DEVICE, || {
+            (key_v4(p.src4, pp), ip_end(b, ip) - ip.l3())
+        });
     }
     leave(snap, pkt, ip, p)
 }
@@ -206,6 +224,20 @@ fn rare<B: PacketBuf>(
         if !pass {
             return miss(ip);
         }
+    }
+    // Counted by its source before the rewrite (a later fragment the fragment table
+    // rewrites is not counted).
+    if port_hit || rewrite.is_none() {
+        let pp = if port_hit {
+            proto_port(p.proto, p.port)
+        } else {
+            0
+        };
+        let key = || match ip.v6() {
+            true => key_v6(p.src6, pp),
+            false => key_v4(p.src4, pp),
+        };
+        ctx.count_circuit(snap, TO_DEVICE, || (key(), ip_end(b, ip) - ip.l3()));
     }
     if let (true, true, Some((addr, delta))) = (port_hit, ip.frag(), rewrite) {
         let hit = FragHit {

@@ -9,6 +9,7 @@
 //! each rewrite, the next hop of each app host and tunnel peer. Only the remux, whose
 //! destinations are arbitrary devices, does a route lookup per packet.
 
+pub mod counted;
 mod filter;
 mod flatmap;
 mod lpm;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
+pub use counted::{CircuitKey, CircuitSlots, Counted};
 pub use filter::KeyFilter;
 pub use flatmap::{BuildError, FlatMap, Key};
 pub use lpm::{Lpm, Prefixable};
@@ -464,6 +466,9 @@ pub struct Snapshot {
     pub inner_mtu: u16,
     /// WireGuard peers.
     pub wg: WgTable,
+    /// Circuits counted one by one (`circuit_metrics`), and their slots; empty when off.
+    /// Set by the control thread before the snapshot is published.
+    pub counted: Counted,
 }
 
 fn v4(a: IpAddr) -> Option<u32> {
@@ -1090,6 +1095,7 @@ impl Snapshot {
             own_v6,
             inner_mtu,
             wg,
+            counted: FlatMap::empty(),
         })
     }
 

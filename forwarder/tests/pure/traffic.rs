@@ -8,8 +8,10 @@ use etherparse::{
     icmpv4, Icmpv4Type, Icmpv6Type, Ipv4Header, NetHeaders, PacketBuilder, PacketHeaders,
     TcpOptionElement, TransportHeader,
 };
+use forwarder::metrics::{circuit_counters, CircuitCounters, TO_APP, TO_DEVICE};
 use forwarder::pipeline::{split, Context, DropReason, Split, VecBuf, Verdict};
-use forwarder::tables::Role;
+use forwarder::tables::counted::{circuits_of, label as counted_label};
+use forwarder::tables::{CircuitSlots, Role};
 
 const DEV: &str = "198.51.100.10";
 const DEV6: &str = "2001:db8:51::10";
@@ -899,4 +901,143 @@ fn symmetric_reply_goes_back_through_the_aggregator_and_out_of_its_line() {
     t2[at..at + 4].copy_from_slice(&[203, 0, 113, 4]);
     fix_ipv4_header_checksum(&mut t2, 50 + 14);
     assert_eq!(agg.run(1, &t2).0, Verdict::Drop(DropReason::NoCircuit));
+}
+
+/// Turns on per-circuit counting (`circuit_metrics`) for a box: slots for its circuits,
+/// and counters its worker context writes.
+fn counting(bx: &mut Box_) -> (CircuitSlots, CircuitCounters) {
+    let mut slots = CircuitSlots::new(16);
+    bx.snap.counted = slots.assign(&circuits_of(&bx.snap)).0;
+    let counters = circuit_counters(slots.len());
+    bx.ctx.borrow_mut().set_circuit_counters(counters.clone());
+    (slots, counters)
+}
+
+/// Packets and IP bytes counted for the circuit labelled `label`, in direction `dir`.
+fn counted(slots: &CircuitSlots, c: &CircuitCounters, label: &str, dir: usize) -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let slot = (0..slots.len())
+        .find(|&s| slots.key(s).is_some_and(|k| counted_label(k) == label))
+        .unwrap_or_else(|| panic!("no slot for {label}"));
+    (
+        c[slot].packets[dir].load(Relaxed),
+        c[slot].bytes[dir].load(Relaxed),
+    )
+}
+
+#[test]
+fn circuits_are_counted_one_by_one_at_the_demux_and_the_remux() {
+    let agg = aggregator();
+    let (mut dmx, mut rmx) = (demux(), remux());
+    let (dslots, dc) = counting(&mut dmx);
+    let (rslots, rc) = counting(&mut rmx);
+    // Both ends name the circuits the same way, by their application side.
+    let labels = |s: &CircuitSlots| {
+        let mut l: Vec<String> = (0..s.len())
+            .filter_map(|i| s.key(i))
+            .map(counted_label)
+            .collect();
+        l.sort();
+        l
+    };
+    assert!(labels(&dslots).contains(&"udp/198.19.0.2:4000".to_string()));
+    assert!(labels(&rslots).contains(&"udp/198.19.0.2:4000".to_string()));
+    assert!(labels(&dslots).contains(&"203.0.113.2".to_string()));
+    assert!(labels(&rslots).contains(&"tcp/[2001:db8:19::3]:5000".to_string()));
+
+    // Devices to the apps: 3 datagrams on the port-mode circuit, 2 on the address-mode
+    // one, 1 on another port-mode one, 1 over IPv6; every one through the aggregator
+    // and the demux.
+    let sends = [
+        ("203.0.113.4", 4000, 100),
+        ("203.0.113.4", 4000, 200),
+        ("203.0.113.4", 4000, 300),
+        ("203.0.113.2", 7000, 10),
+        ("203.0.113.2", 7001, 20),
+        ("203.0.113.4", 5000, 50),
+        ("2001:db8:113::4", 4000, 60),
+    ];
+    for (dst, port, len) in sends {
+        let src = if dst.contains(':') { DEV6 } else { DEV };
+        let f = frame(
+            ROUTER,
+            AGG_LINE,
+            ip(src),
+            ip(dst),
+            64,
+            L4::Udp,
+            5555,
+            port,
+            &payload(len),
+        );
+        let (v, t) = agg.run(0, &f);
+        assert_eq!(v, Verdict::Forward(1));
+        assert_eq!(dmx.run(0, &t).0, Verdict::Forward(1), "{dst}:{port}");
+    }
+    // IP bytes: 20 + 8 + payload (IPv6: 40 + 8 + payload).
+    assert_eq!(
+        counted(&dslots, &dc, "udp/198.19.0.2:4000", TO_APP),
+        (3, 600 + 3 * 28)
+    );
+    assert_eq!(
+        counted(&dslots, &dc, "203.0.113.2", TO_APP),
+        (2, 30 + 2 * 28)
+    );
+    assert_eq!(
+        counted(&dslots, &dc, "udp/198.19.0.3:5000", TO_APP),
+        (1, 78)
+    );
+    assert_eq!(
+        counted(&dslots, &dc, "udp/[2001:db8:19::2]:4000", TO_APP),
+        (1, 108)
+    );
+    assert_eq!(
+        counted(&dslots, &dc, "udp/198.19.0.2:4000", TO_DEVICE),
+        (0, 0)
+    );
+    assert_eq!(counted(&dslots, &dc, "tcp/198.19.0.2:4000", TO_APP), (0, 0));
+
+    // The apps' replies, through the remux: counted under the same circuits.
+    for (src, sport, len) in [
+        ("198.19.0.2", 4000, 40),
+        ("198.19.0.2", 4000, 41),
+        ("203.0.113.2", 7000, 5),
+    ] {
+        let f = frame(
+            ROUTER,
+            RMX_DC,
+            ip(src),
+            ip(DEV),
+            64,
+            L4::Udp,
+            sport,
+            5555,
+            &payload(len),
+        );
+        assert_eq!(rmx.run(0, &f).0, Verdict::Forward(1), "{src}:{sport}");
+    }
+    assert_eq!(
+        counted(&rslots, &rc, "udp/198.19.0.2:4000", TO_DEVICE),
+        (2, 81 + 2 * 28)
+    );
+    assert_eq!(counted(&rslots, &rc, "203.0.113.2", TO_DEVICE), (1, 33));
+    // Something no circuit holds is not counted anywhere.
+    let stray = frame(
+        ROUTER,
+        RMX_DC,
+        ip("198.19.0.7"),
+        ip(DEV),
+        64,
+        L4::Udp,
+        4000,
+        5555,
+        &payload(9),
+    );
+    assert_eq!(rmx.run(0, &stray).0, Verdict::Drop(DropReason::NoCircuit));
+    let total: u64 = (0..rslots.len()).map(|s| counted_at(&rc, s)).sum();
+    assert_eq!(total, 3);
+}
+
+fn counted_at(c: &CircuitCounters, slot: usize) -> u64 {
+    c[slot].packets[TO_DEVICE].load(std::sync::atomic::Ordering::Relaxed)
 }

@@ -314,6 +314,9 @@ EOF
   info "look around:   ip netns exec ${P}deu python3 tests/apps/udp_ask.py $NEW_EU 7000 hi"
   info "               ip netns exec ${P}app1 target/release/tarpctl --keeper $KEEPER --ca $CERTS/ca.pem --cert $CERTS/app-app1.pem --key $CERTS/app-app1.key list"
   info "               ip netns exec ${P}ctl curl -s 198.18.200.13:9100/metrics | grep tarp_port   (dc-dmx; the keeper: 127.0.0.1:9400)"
+  OPS="target/release/tarpctl --keeper $KEEPER --ca $CERTS/ca.pem --cert $CERTS/operator-ops.pem --key $CERTS/operator-ops.key"
+  info "the fleet:     ip netns exec ${P}ctl $OPS top        (q quits)"
+  info "packets:       ip netns exec ${P}ctl $OPS capture --node pop-eu --host $NEW_EU --count 10 -w /tmp/eu.pcapng   (then send; tshark -r /tmp/eu.pcapng)"
   info "tear down:     scripts/demo-down.sh"
 fi
 

@@ -96,6 +96,19 @@ done
 h=$(http "$KEEPER_METRICS" /healthz) r=$(http "$KEEPER_METRICS" /readyz)
 if [ "$h" = "200 ok" ] && [ "$r" = "200 ready" ]; then pass "keeper: /healthz \"$h\", /readyz \"$r\""; else fail "keeper: /healthz \"$h\", /readyz \"$r\""; fi
 
+echo "== the workers' core is theirs: no other thread of a forwarder may run on it"
+for f in "${FORWARDERS[@]}"; do
+  pid=$(cat "$TOPO_DIR/$f.pid")
+  # Every thread's allowed CPUs; the worker (lcore 1) is the only one allowed on CPU 1.
+  threads=$(for t in /proc/"$pid"/task/*; do printf '%s=%s ' "$(cat "$t/comm")" "$(awk '/Cpus_allowed_list/ { print $2 }' "$t/status")"; done)
+  others=$(tr ' ' '\n' <<<"$threads" | grep -v '^rte-worker' | grep -v '^$' | grep -cv '=0$' || true)
+  if [ "$others" = 0 ] && grep -q 'rte-worker-1=1' <<<"$threads"; then
+    pass "$f: only its worker runs on CPU 1 ($threads)"
+  else
+    fail "$f: threads allowed on the worker's core: $threads"
+  fi
+done
+
 echo "== Prometheus scrapes the fleet (every 1 s)"
 targets=""
 for f in "${FORWARDERS[@]}"; do targets+="\"${MADDR[$f]}\", "; done

@@ -46,6 +46,7 @@ fn ams_link(keeper: &str) -> Link {
         links: links_rx,
         stop: stop.clone(),
         wireguard_public_key: None,
+        worker_lcores: vec![1],
     };
     Link {
         stop,

@@ -46,6 +46,8 @@ pub struct KeeperLink {
     pub stop: Arc<AtomicBool>,
     /// This forwarder's WireGuard public key, announced in every hello.
     pub wireguard_public_key: Option<[u8; 32]>,
+    /// The workers' lcores: the link's thread stays off them.
+    pub worker_lcores: Vec<u32>,
 }
 
 fn keeper_role(r: Role) -> KeeperRole {
@@ -74,6 +76,7 @@ impl KeeperLink {
             updates: updates_tx,
             links: links_rx,
             stop,
+            worker_lcores: cfg.workers.lcores.clone(),
             wireguard_public_key: cfg
                 .wireguard
                 .as_ref()
@@ -97,11 +100,30 @@ impl KeeperLink {
     }
 }
 
+/// Pins this thread to the first core it may run on that no worker polls (lcore ids
+/// taken as CPU ids, DPDK's default). The link starts before the EAL pins anything, so
+/// without this its runtime would float onto the workers' cores.
+fn off_worker_cores(workers: &[u32]) {
+    let Some(cores) = core_affinity::get_core_ids() else {
+        return;
+    };
+    match cores
+        .into_iter()
+        .find(|c| !workers.iter().any(|&w| w as usize == c.id))
+    {
+        Some(c) if core_affinity::set_for_current(c) => {
+            tracing::debug!(core = c.id, "keeper link pinned off the workers' cores");
+        }
+        _ => tracing::warn!("keeper link: no core free of workers to run on"),
+    }
+}
+
 /// Longest wait between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Runs the keeper link until `stop` is set.
 pub fn run(link: KeeperLink) {
+    off_worker_cores(&link.worker_lcores);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

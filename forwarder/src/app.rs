@@ -27,17 +27,20 @@ use crate::worker::Worker;
 pub fn eal_args(cfg: &Config) -> Vec<String> {
     let mut lcores = vec![cfg.eal.main_lcore];
     lcores.extend(&cfg.workers.lcores);
-    let mut args = vec![
-        "tarp-forwarder".to_string(),
-        "-l".to_string(),
-        lcores
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(","),
-        "--main-lcore".to_string(),
-        cfg.eal.main_lcore.to_string(),
-    ];
+    let mut args = vec!["tarp-forwarder".to_string()];
+    // `--lcores` in the config's arguments maps lcores to CPUs itself (e.g. two workers
+    // and the control thread on a two-CPU machine: `--lcores=0@0,1@1,2@0`).
+    if !cfg.eal.args.iter().any(|a| a.starts_with("--lcores")) {
+        args.push("-l".to_string());
+        args.push(
+            lcores
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+    }
+    args.extend(["--main-lcore".to_string(), cfg.eal.main_lcore.to_string()]);
     if !cfg
         .eal
         .args
@@ -113,7 +116,10 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
         .iter()
         .map(|p| (p.rx_desc as u32 + p.tx_desc as u32) * (workers as u32 + 1))
         .sum::<u32>();
-    let n_mbufs = (per_port + 4096).next_power_of_two() - 1;
+    let n_mbufs = (per_port + 4096)
+        .max(cfg.mempool.buffers.unwrap_or(0))
+        .next_power_of_two()
+        - 1;
     // A frame must fit one mbuf: the largest MTU, its Ethernet header and a VLAN tag.
     let max_mtu = cfg
         .ports
@@ -144,6 +150,8 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>, hooks: Option<ControlHooks>) -> 
             // 1500 is every device's default; only other MTUs are asked for.
             mtu: (pc.mtu != PortInfo::DEFAULT_MTU).then_some(pc.mtu),
             promiscuous: true,
+            // Checksums are fixed incrementally in software; nothing marks packets.
+            tx_csum_offload: false,
         };
         let port = Port::configure(id, &conf, &pools[&socket])
             .with_context(|| format!("ports[{i}] {:?}", pc.name))?;

@@ -29,6 +29,12 @@ pub struct Config {
     /// Static rules: a forwarder runs on them with no keeper at all.
     #[serde(default)]
     pub rules: Rules,
+    /// Static rules from a file of their own instead of `[rules]`: JSON (`.json`, the
+    /// fields of `[rules]` as one object) or TOML (any other name, `[rules]`'s keys at
+    /// the top level). For large rule sets: a million circuits load in about a second as
+    /// JSON. Relative to the config file's directory.
+    #[serde(default)]
+    pub rules_file: Option<std::path::PathBuf>,
     /// Address to serve Prometheus metrics on (e.g. `127.0.0.1:9101`).
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
@@ -47,6 +53,9 @@ pub struct Config {
     /// Packet buffers.
     #[serde(default)]
     pub mempool: MempoolConfig,
+    /// Benchmarking aids (`perf/`); absent in production.
+    #[serde(default)]
+    pub bench: BenchConfig,
     /// This forwarder's WireGuard identity, for tunnels with `wireguard` set.
     #[serde(default)]
     pub wireguard: Option<WireGuardConfig>,
@@ -106,6 +115,22 @@ pub struct MempoolConfig {
     /// (`PACKET_FANOUT_FLAG_DEFRAG`), so a port on it can receive whole datagrams.
     #[serde(default)]
     pub data_room: Option<u16>,
+    /// Buffers in the pool; absent (or fewer): enough for every queue's descriptors plus
+    /// bursts in flight. Raise it for devices that keep buffers of their own, such as
+    /// `net_pcap` with `infinite_rx`, which holds every frame of its file.
+    #[serde(default)]
+    pub buffers: Option<u32>,
+}
+
+/// `[bench]`: what perf runs need and production does not.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenchConfig {
+    /// Rebuild the tables from the static rules and swap them in this many times a
+    /// second, through the same path as the keeper's table sets (build, one pointer
+    /// swap, release on the control thread), to measure swaps under load.
+    #[serde(default)]
+    pub swaps_per_second: Option<f64>,
 }
 
 /// EAL arguments.
@@ -260,6 +285,38 @@ impl ConfigError {
     }
 }
 
+/// The most buffers `mempool.buffers` may ask for (4 GiB of 2 KiB buffers).
+const MAX_BUFFERS: u32 = 1 << 21;
+
+/// Reads a `rules_file`; the error names the file and the key at fault.
+fn load_rules(path: &Path) -> Result<Rules, ConfigError> {
+    let key = |inner: String| {
+        if inner.is_empty() || inner == "." {
+            "rules_file".to_string()
+        } else {
+            format!("rules_file: {inner}")
+        }
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new("rules_file", format!("cannot read {}: {e}", path.display()))
+    })?;
+    if path.extension().is_some_and(|e| e == "json") {
+        let de = &mut serde_json::Deserializer::from_str(&text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let k = key(e.path().to_string());
+            ConfigError::new(k, e.into_inner().to_string())
+        })
+    } else {
+        let de = toml::Deserializer::new(&text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let k = key(e.path().to_string());
+            let inner = e.into_inner();
+            let m = inner.message().lines().next().unwrap_or("invalid value");
+            ConfigError::new(k, m.to_string())
+        })
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -267,6 +324,14 @@ impl Config {
             ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))
         })?;
         let mut cfg = Config::parse(&text)?;
+        if let Some(f) = &cfg.rules_file {
+            let f = match path.parent() {
+                Some(dir) if f.is_relative() => dir.join(f),
+                _ => f.clone(),
+            };
+            cfg.rules = load_rules(&f)?;
+            cfg.validate_rules()?;
+        }
         if let (Some(dir), Some(tls)) = (path.parent(), &mut cfg.keeper_tls) {
             for p in [&mut tls.ca, &mut tls.cert, &mut tls.key] {
                 if p.is_relative() {
@@ -324,20 +389,8 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.node_id.trim().is_empty() {
-            return Err(ConfigError::new("node_id", "must not be empty"));
-        }
-        if self.circuit_metrics > crate::tables::counted::MAX_COUNTED {
-            return Err(ConfigError::new(
-                "circuit_metrics",
-                format!(
-                    "{} circuits; at most {} are counted one by one",
-                    self.circuit_metrics,
-                    crate::tables::counted::MAX_COUNTED
-                ),
-            ));
-        }
+    /// The checks that involve the rules (again after a `rules_file` is read).
+    fn validate_rules(&self) -> Result<(), ConfigError> {
         if let Some(i) = self
             .rules
             .tunnels
@@ -350,6 +403,52 @@ impl Config {
                     "a WireGuard tunnel needs [wireguard] private_key_file",
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.rules_file.is_some() && self.rules != Rules::default() {
+            return Err(ConfigError::new(
+                "rules_file",
+                "rules come from [rules] or from rules_file, not both",
+            ));
+        }
+        self.validate_rules()?;
+        if let Some(b) = self.mempool.buffers {
+            if !(1..=MAX_BUFFERS).contains(&b) {
+                return Err(ConfigError::new(
+                    "mempool.buffers",
+                    format!("{b} is not in 1..={MAX_BUFFERS}"),
+                ));
+            }
+        }
+        if self.bench.swaps_per_second.is_some() && self.keeper.is_some() {
+            return Err(ConfigError::new(
+                "bench.swaps_per_second",
+                "the keeper is the table source; bench swaps are for static rules only",
+            ));
+        }
+        if let Some(r) = self.bench.swaps_per_second {
+            if !(r > 0.0 && r <= 10_000.0) {
+                return Err(ConfigError::new(
+                    "bench.swaps_per_second",
+                    format!("{r} is not in (0, 10000]"),
+                ));
+            }
+        }
+        if self.node_id.trim().is_empty() {
+            return Err(ConfigError::new("node_id", "must not be empty"));
+        }
+        if self.circuit_metrics > crate::tables::counted::MAX_COUNTED {
+            return Err(ConfigError::new(
+                "circuit_metrics",
+                format!(
+                    "{} circuits; at most {} are counted one by one",
+                    self.circuit_metrics,
+                    crate::tables::counted::MAX_COUNTED
+                ),
+            ));
         }
         if self.wireguard.is_some() && self.workers.lcores.len() > 1 {
             return Err(ConfigError::new(

@@ -83,7 +83,17 @@ fn main() -> ExitCode {
                 }
             }
         }
-        None => (None, None),
+        // Perf runs: the static rules swapped in at a steady rate instead.
+        None => match cfg.bench.swaps_per_second {
+            Some(rate) => match forwarder::control::bench_swaps::spawn(&cfg, rate, stop.clone()) {
+                Ok((t, hooks)) => (Some(hooks), Some(t)),
+                Err(e) => {
+                    eprintln!("tarp-forwarder: cannot start the bench swaps: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => (None, None),
+        },
     };
     let result = app::run(&cfg, stop.clone(), hooks);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

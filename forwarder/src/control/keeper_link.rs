@@ -103,7 +103,7 @@ impl KeeperLink {
 /// Pins this thread to the first core it may run on that no worker polls (lcore ids
 /// taken as CPU ids, DPDK's default). The link starts before the EAL pins anything, so
 /// without this its runtime would float onto the workers' cores.
-fn off_worker_cores(workers: &[u32]) {
+pub(crate) fn off_worker_cores(workers: &[u32]) {
     let Some(cores) = core_affinity::get_core_ids() else {
         return;
     };

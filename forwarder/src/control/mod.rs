@@ -13,6 +13,7 @@
 //! The loop never blocks for long: every piece does a bounded amount of work per turn,
 //! and the thread sleeps a millisecond when a turn found nothing to do.
 
+pub mod bench_swaps;
 pub mod keeper_link;
 mod links;
 mod neighbours;

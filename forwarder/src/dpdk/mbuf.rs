@@ -281,22 +281,42 @@ impl PacketBuf for Mbuf {
 
     #[inline]
     fn prepend(&mut self, len: usize) -> bool {
-        let Ok(len) = u16::try_from(len) else {
-            return false;
-        };
-        // SAFETY: self owns a valid mbuf (&mut); rte_pktmbuf_prepend returns null and
-        // changes nothing when the headroom is too small.
-        !unsafe { dpdk_sys::rte_pktmbuf_prepend(self.0.as_ptr(), len) }.is_null()
+        let m = self.0.as_ptr();
+        // SAFETY: self owns a valid mbuf (&mut: no other reference). The same field
+        // updates as rte_pktmbuf_prepend, done here instead of through its out-of-line
+        // wrapper (a call per packet): data_off, data_len and pkt_len of the first
+        // segment, and nothing when the headroom is too small.
+        unsafe {
+            let Ok(len16) = u16::try_from(len) else {
+                return false;
+            };
+            if len16 > (*m).data_off {
+                return false;
+            }
+            (*m).data_off -= len16;
+            (*m).data_len += len16;
+            (*m).pkt_len += u32::from(len16);
+        }
+        true
     }
 
     #[inline]
     fn adj(&mut self, len: usize) -> bool {
-        let Ok(len) = u16::try_from(len) else {
-            return false;
-        };
-        // SAFETY: self owns a valid mbuf (&mut); rte_pktmbuf_adj returns null and
-        // changes nothing when the packet is shorter than len.
-        !unsafe { dpdk_sys::rte_pktmbuf_adj(self.0.as_ptr(), len) }.is_null()
+        let m = self.0.as_ptr();
+        // SAFETY: self owns a valid mbuf (&mut). As rte_pktmbuf_adj: the bytes leave
+        // the first segment's front, nothing changes when that segment is shorter.
+        unsafe {
+            let Ok(len16) = u16::try_from(len) else {
+                return false;
+            };
+            if len16 > (*m).data_len {
+                return false;
+            }
+            (*m).data_off += len16;
+            (*m).data_len -= len16;
+            (*m).pkt_len -= u32::from(len16);
+        }
+        true
     }
 
     #[inline]
@@ -311,9 +331,17 @@ impl PacketBuf for Mbuf {
         if cut == 0 {
             return true;
         }
-        // SAFETY: self owns a valid mbuf (&mut); rte_pktmbuf_trim removes `cut` bytes
-        // from the end of the last segment, returning non-zero and changing nothing if
-        // that segment is shorter (multi-segment mbufs are not used).
-        unsafe { dpdk_sys::rte_pktmbuf_trim(self.0.as_ptr(), cut) == 0 }
+        let m = self.0.as_ptr();
+        // SAFETY: self owns a valid mbuf (&mut). A single-segment mbuf (the forwarder
+        // receives into one segment) loses `cut` bytes at its end, as rte_pktmbuf_trim
+        // does; a chained one goes through DPDK, which finds the last segment.
+        unsafe {
+            if (*m).nb_segs != 1 {
+                return dpdk_sys::rte_pktmbuf_trim(m, cut) == 0;
+            }
+            (*m).data_len -= cut;
+            (*m).pkt_len -= u32::from(cut);
+        }
+        true
     }
 }

@@ -15,6 +15,7 @@
 //! Nothing on the burst path allocates, locks, logs or makes a system call.
 
 mod burst;
+mod clock;
 mod eal;
 mod error;
 mod mbuf;
@@ -23,6 +24,7 @@ mod port;
 mod ring;
 
 pub use burst::{Drain, MbufBurst, TxBuffer, BURST};
+pub use clock::Clock;
 pub use eal::{current_lcore, register_thread, unregister_thread, Eal};
 pub use error::DpdkError;
 pub use mbuf::{L4Cksum, Mbuf, TxCksum};

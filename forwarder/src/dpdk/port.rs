@@ -42,6 +42,10 @@ pub struct PortConf {
     pub mtu: Option<u16>,
     /// Receive frames for any destination MAC address.
     pub promiscuous: bool,
+    /// Ask for IPv4/UDP/TCP checksum offload on TX (if the device has all three). Off
+    /// unless a caller will mark packets with [`Mbuf::set_tx_cksum`](super::Mbuf::set_tx_cksum):
+    /// an enabled offload that nothing uses can cost a driver its vector TX path.
+    pub tx_csum_offload: bool,
 }
 
 impl Default for PortConf {
@@ -53,6 +57,7 @@ impl Default for PortConf {
             tx_desc: 1024,
             mtu: None,
             promiscuous: true,
+            tx_csum_offload: false,
         }
     }
 }
@@ -192,8 +197,8 @@ impl Port {
     /// port's NUMA socket), and starts it.
     ///
     /// RSS over IP, UDP and TCP (as far as the device hashes them) when there is more
-    /// than one RX queue; IPv4/UDP/TCP checksum offload on TX when the device has all
-    /// three ([`Port::tx_csum_offload`]).
+    /// than one RX queue; IPv4/UDP/TCP checksum offload on TX when `conf` asks for it
+    /// and the device has all three ([`Port::tx_csum_offload`]).
     pub fn configure(id: PortId, conf: &PortConf, pool: &Mempool) -> Result<Port, DpdkError> {
         ensure_ready()?;
         // SAFETY: only checks the id against the port table.
@@ -255,7 +260,7 @@ impl Port {
                 | dpdk_sys::RTE_ETH_TX_OFFLOAD_UDP_CKSUM
                 | dpdk_sys::RTE_ETH_TX_OFFLOAD_TCP_CKSUM,
         );
-        if info.tx_offload_capa & csum == csum {
+        if conf.tx_csum_offload && info.tx_offload_capa & csum == csum {
             eth_conf.txmode.offloads = csum;
             state.tx_csum = true;
         }

@@ -36,6 +36,9 @@ pub struct Recorder {
 /// The scrape's end: merges what the worker handed over into a running total.
 pub struct Merger {
     total: Mutex<Histogram<u64>>,
+    /// What was recorded since the last [`Merger::restart_window`] (perf runs read
+    /// quantiles over their measuring window from it: `/latency`).
+    window: Mutex<Histogram<u64>>,
     full: Receiver<Histogram<u64>>,
     empty: Sender<Histogram<u64>>,
 }
@@ -54,6 +57,7 @@ pub fn pair() -> (Recorder, Merger) {
         },
         Merger {
             total: Mutex::new(histogram()),
+            window: Mutex::new(histogram()),
             full: full_rx,
             empty: empty_tx,
         },
@@ -87,9 +91,13 @@ impl Merger {
         let Ok(mut total) = self.total.lock() else {
             return;
         };
+        let mut window = self.window.lock().ok();
         while let Ok(mut h) = self.full.try_recv() {
             // Same bounds on both sides: adding cannot fail.
             let _ = total.add(&h);
+            if let Some(w) = window.as_mut() {
+                let _ = w.add(&h);
+            }
             h.reset();
             let _ = self.empty.try_send(h);
         }
@@ -103,6 +111,42 @@ impl Merger {
             .map(|t| t.clone())
             .unwrap_or_else(|_| histogram())
     }
+}
+
+impl Merger {
+    /// What was recorded since the window last restarted, merged first.
+    pub fn window(&self) -> Histogram<u64> {
+        self.merge();
+        self.window
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_else(|_| histogram())
+    }
+
+    /// Starts a new window: what was handed over so far no longer counts in it.
+    pub fn restart_window(&self) {
+        self.merge();
+        if let Ok(mut w) = self.window.lock() {
+            w.reset();
+        }
+    }
+}
+
+/// A histogram's summary for `/latency`: count, mean and quantiles in nanoseconds.
+pub fn summary_json(h: &Histogram<u64>) -> String {
+    if h.is_empty() {
+        return "{\"count\":0}".to_string();
+    }
+    format!(
+        "{{\"count\":{},\"mean_ns\":{:.1},\"p50_ns\":{},\"p90_ns\":{},\"p99_ns\":{},\"p999_ns\":{},\"max_ns\":{}}}",
+        h.len(),
+        h.mean(),
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.9),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max()
+    )
 }
 
 /// A control-thread timing.

@@ -125,10 +125,41 @@ async fn capture(
     }
 }
 
+/// Burst-time quantiles per worker, in JSON: since the start, and since the window last
+/// restarted (`POST /latency/reset`). For perf runs, which want p50/p99/p99.9 over their
+/// measuring window rather than Prometheus buckets.
+async fn latency(State(app): State<App>) -> impl IntoResponse {
+    let workers = app
+        .source
+        .workers
+        .iter()
+        .map(|w| {
+            format!(
+                "{{\"worker\":{},\"since_start\":{},\"window\":{}}}",
+                w.lcore,
+                super::latency::summary_json(&w.latency.total()),
+                super::latency::summary_json(&w.latency.window())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{{\"burst_duration\":[{workers}]}}\n"),
+    )
+}
+
+async fn latency_reset(State(app): State<App>) -> impl IntoResponse {
+    for w in &app.source.workers {
+        w.latency.restart_window();
+    }
+    "window restarted\n"
+}
+
 async fn not_found() -> impl IntoResponse {
     (
         StatusCode::NOT_FOUND,
-        "not found: /metrics, /healthz, /readyz, /capture\n",
+        "not found: /metrics, /healthz, /readyz, /capture, /latency\n",
     )
 }
 
@@ -139,6 +170,8 @@ fn router(source: Arc<MetricsSource>, registry: Arc<Registry>, capture: Arc<Capt
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/capture", get(self::capture))
+        .route("/latency", get(latency))
+        .route("/latency/reset", axum::routing::post(latency_reset))
         .fallback(not_found)
         .with_state(App {
             source,

@@ -1196,6 +1196,14 @@ impl SnapshotHandle {
         self.current.load()
     }
 
+    /// A worker's view: [`arc_swap::Cache`] keeps a counted reference to the snapshot
+    /// it last saw and checks one pointer per load, with none of `load`'s
+    /// thread-local bookkeeping. The worker must load at least once per poll round, so
+    /// that a retired snapshot is let go of (and freed by the control thread).
+    pub fn cache(&self) -> arc_swap::Cache<&ArcSwap<Snapshot>, Arc<Snapshot>> {
+        arc_swap::Cache::new(&self.current)
+    }
+
     /// The current snapshot as an owned `Arc` (control thread).
     pub fn load_full(&self) -> Arc<Snapshot> {
         self.current.load_full()

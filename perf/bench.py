@@ -1,0 +1,647 @@
+#!/usr/bin/env python3
+"""tarp's perf tool: Mpps per core for each role against table size, traffic spread and
+frame sizes, latency, live table swaps, memory and cores, side by side with dpdk-testpmd
+on the same virtual devices and the same traffic. Run through perf/run.sh (see
+perf/README.md); writes <out>/results.json, results.md and mpps.png.
+
+Every tarp figure comes from a real tarp-forwarder process: port 0 is net_pcap replaying
+generated frames (infinite_rx, one file per RX queue), port 1 is net_null. Before a
+configuration is measured, the same forwarder replays a sample of the same frames once
+into net_pcap files and every frame it forwarded is checked against the rules (gen.py
+verify): a fast wrong answer is not reported.
+"""
+
+import argparse
+import glob
+import json
+import os
+import platform
+import re
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import gen  # noqa: E402
+
+ROLES = list(gen.ROLES)
+PROM = re.compile(r'^([a-z_]+)(?:\{([^}]*)\})?\s+(\S+)$')
+SUITES = ("sizes", "imix", "swaps", "cores", "smoke")
+SAMPLE = 4096  # frames of each queue's file replayed once and checked
+
+
+def log(msg):
+    print(f"[perf {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---- processes: every one started here is stopped here, by PID ------------------------
+STARTED = []
+
+
+def start(cmd, logpath):
+    f = open(logpath, "w")
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                         start_new_session=True)
+    p._log = f
+    STARTED.append(p)
+    return p
+
+
+def stop(p, timeout=15):
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=10)
+    p._log.close()
+    if p in STARTED:
+        STARTED.remove(p)
+    return p.returncode
+
+
+def stop_all():
+    for p in list(STARTED):
+        stop(p)
+
+
+# ---- reading a forwarder ---------------------------------------------------------------
+def http(url, data=None, timeout=3):
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, r.read().decode()
+
+
+def scrape(base):
+    out = {}
+    _, text = http(base + "/metrics")
+    for line in text.splitlines():
+        m = PROM.match(line.strip())
+        if not m:
+            continue
+        labels = dict(re.findall(r'([a-z_]+)="([^"]*)"', m.group(2) or ""))
+        out.setdefault(m.group(1), []).append((labels, float(m.group(3))))
+    return out
+
+
+def msum(prom, name, **want):
+    return sum(v for labels, v in prom.get(name, []) if all(labels.get(k) == w for k, w in want.items()))
+
+
+def by_label(prom, name, key):
+    out = {}
+    for labels, v in prom.get(name, []):
+        out[labels.get(key, "")] = out.get(labels.get(key, ""), 0) + v
+    return out
+
+
+def worker_tids(pid, names=("rte-worker-", "lcore-worker-")):
+    tids = {}
+    for t in glob.glob(f"/proc/{pid}/task/*"):
+        try:
+            comm = open(t + "/comm").read().strip()
+        except OSError:
+            continue
+        for n in names:
+            if comm.startswith(n):
+                tids[int(comm[len(n):])] = os.path.basename(t)
+    return tids
+
+
+def run_ns(pid, tid):
+    try:
+        return int(open(f"/proc/{pid}/task/{tid}/schedstat").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def memory(pid):
+    """Resident memory (VmRSS, VmHWM) and hugepage memory mapped by the process, in MB."""
+    m = {}
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM"):
+                m[k] = round(int(v.split()[0]) / 1024, 1)
+        huge = 0
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            if line.startswith(("Private_Hugetlb:", "Shared_Hugetlb:")):
+                huge += int(line.split()[1])
+        m["hugetlb_mb"] = round(huge / 1024, 1)
+    except OSError:
+        pass
+    return {"rss_mb": m.get("VmRSS"), "peak_rss_mb": m.get("VmHWM"), "hugepages_mb": m.get("hugetlb_mb")}
+
+
+# ---- one configuration ------------------------------------------------------------------
+class Env:
+    def __init__(self, a):
+        self.a = a
+        self.work = os.path.join(a.out, "work")
+        self.bin = a.bin
+        self.testpmd = a.testpmd
+        self.port = a.metrics_port
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.eal = a.eal
+        self.rules_cache = {}
+
+    def rules(self, role, n):
+        """The rules file of (role, N), generated once per run."""
+        key = (role, n)
+        if key not in self.rules_cache:
+            path = os.path.join(self.work, f"{role}-{n}.rules.json")
+            gen.write_rules(path, role, gen.Circuits(n))
+            self.rules_cache[key] = path
+        return self.rules_cache[key]
+
+
+def flows_for(n, smoke):
+    if smoke:
+        return min(max(n, 256), 1024)
+    return min(max(n, 4096), 131072)
+
+
+def lcores_for(workers):
+    """(forwarder worker lcores, extra EAL arguments). One worker: lcore 1 (the control
+    thread on 0). Two on a two-CPU machine: lcores 1 and 2, with 2 sharing CPU 0 with
+    the control thread (it sleeps when idle)."""
+    if workers == 1:
+        return [1], []
+    cpus = os.cpu_count() or 1
+    if cpus > workers:
+        return list(range(1, workers + 1)), []
+    mapping = ",".join(["0@0"] + [f"{w}@{w % cpus}" for w in range(1, workers + 1)])
+    return list(range(1, workers + 1)), [f"--lcores={mapping}"]
+
+
+def make_traffic(env, tag, role, n, dist, mix, flows, queues, seed=1):
+    c = gen.Circuits(n)
+    frames = gen.frames_for(role, c, flows * queues, seed, dist, mix)
+    pcaps, samples = [], []
+    for q in range(queues):
+        part = frames[q::queues]
+        p = os.path.join(env.work, f"{tag}.q{q}.pcap")
+        gen.write_pcap(p, part)
+        s = os.path.join(env.work, f"{tag}.q{q}.sample.pcap")
+        gen.write_pcap(s, part[:SAMPLE])
+        pcaps.append(p)
+        samples.append(s)
+    return c, pcaps, samples, frames
+
+
+def verify(env, tag, role, c, samples, lcores, eal):
+    """Replays each queue's sample once and checks every frame forwarded (per queue)."""
+    outs = [os.path.join(env.work, f"{tag}.q{q}.out.pcap") for q in range(len(samples))]
+    for o in outs:
+        if os.path.exists(o):
+            os.remove(o)
+    out_dev = "net_pcap1," + ",".join(f"tx_pcap={o}" for o in outs)
+    cfg = os.path.join(env.work, f"{tag}.verify.toml")
+    with open(cfg, "w") as f:
+        f.write(gen.config(role, c, samples, f"127.0.0.1:{env.port}", eal, "busy", out_dev,
+                           env.rules(role, c.n), lcores, infinite=False,
+                           buffers=SAMPLE * len(samples) + 8192, mtu=9000 if role != "remux" else None))
+    p = start(["timeout", "-s", "INT", "-k", "5", "120", env.bin, "--config", cfg],
+              os.path.join(env.work, f"{tag}.verify.log"))
+    want = sum(len(gen.read_pcap(s)) for s in samples)
+    deadline = time.time() + 60
+    sent = 0
+    while time.time() < deadline and p.poll() is None:
+        try:
+            sent = msum(scrape(env.base), "tarp_port_tx_packets_total")
+        except OSError:
+            sent = 0
+        if sent >= want:
+            break
+        time.sleep(0.2)
+    time.sleep(0.3)  # the TX queue's last burst reaches the file
+    stop(p)
+    n = 0
+    for s, o in zip(samples, outs):
+        n += gen.verify(role, c, s, o)
+    return n
+
+
+def measure_tarp(env, tag, role, c, pcaps, flows, lcores, eal, swaps=None, mtu=None):
+    a = env.a
+    cfg = os.path.join(env.work, f"{tag}.toml")
+    with open(cfg, "w") as f:
+        f.write(gen.config(role, c, pcaps, f"127.0.0.1:{env.port}", eal, "busy", "net_null0,no-rx=1",
+                           env.rules(role, c.n), lcores, buffers=flows * len(pcaps) + 8192, swaps=swaps, mtu=mtu))
+    p = start(["timeout", "-s", "INT", "-k", "5", str(int(a.warmup + a.duration + 180)), env.bin, "--config", cfg],
+              os.path.join(env.work, f"{tag}.log"))
+    res = {}
+    try:
+        t_start = time.time()
+        while True:
+            if p.poll() is not None:
+                raise RuntimeError(f"tarp-forwarder exited (see {env.work}/{tag}.log)")
+            try:
+                if http(env.base + "/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.time() - t_start > 120:
+                raise RuntimeError("tarp-forwarder not ready after 120 s")
+            time.sleep(0.1)
+        res["startup_s"] = round(time.time() - t_start, 2)
+        pid = int(subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()[0])
+        time.sleep(a.warmup)
+        tids = worker_tids(pid)
+        http(env.base + "/latency/reset", data=b"")
+        t0, p0 = time.time(), scrape(env.base)
+        r0 = {w: run_ns(pid, t) for w, t in tids.items()}
+        samples = [(t0, p0)]
+        while time.time() < t0 + a.duration:
+            time.sleep(max(0.0, min(1.0, t0 + a.duration - time.time())))
+            samples.append((time.time(), scrape(env.base)))
+        t1, p1 = samples[-1]
+        r1 = {w: run_ns(pid, t) for w, t in tids.items()}
+        lat = json.loads(http(env.base + "/latency")[1])
+        res["memory"] = memory(pid)
+    finally:
+        stop(p)
+    dt = t1 - t0
+    out_port = max(by_label(p1, "tarp_port_tx_packets_total", "port").items(), key=lambda kv: kv[1])[0]
+    in_port = max(by_label(p1, "tarp_port_rx_packets_total", "port").items(), key=lambda kv: kv[1])[0]
+
+    def delta(name, **kw):
+        return msum(p1, name, **kw) - msum(p0, name, **kw)
+
+    tx = delta("tarp_port_tx_packets_total", port=out_port)
+    rx = delta("tarp_port_rx_packets_total", port=in_port)
+    d1, d0 = by_label(p1, "tarp_port_drops_total", "reason"), by_label(p0, "tarp_port_drops_total", "reason")
+    drops = {r: int(d1[r] - d0.get(r, 0)) for r in d1 if d1[r] - d0.get(r, 0) > 0}
+    per_worker = {}
+    w1 = by_label(p1, "tarp_worker_forwarded_packets_total", "worker")
+    w0 = by_label(p0, "tarp_worker_forwarded_packets_total", "worker")
+    for w in w1:
+        per_worker[w] = int(w1[w] - w0.get(w, 0))
+    intervals = []
+    for (ta, pa), (tb, pb) in zip(samples, samples[1:]):
+        k = msum(pb, "tarp_port_tx_packets_total", port=out_port) - msum(pa, "tarp_port_tx_packets_total", port=out_port)
+        if tb > ta:
+            intervals.append(round(k / (tb - ta) / 1e6, 3))
+    shares = {}
+    for w in r0:
+        if r0[w] is not None and r1.get(w) is not None:
+            shares[str(w)] = round((r1[w] - r0[w]) / (dt * 1e9), 3)
+    mpps = tx / dt / 1e6
+    res.update({
+        "mpps": round(mpps, 3),
+        "gbps": round(delta("tarp_port_tx_bytes_total", port=out_port) * 8 / dt / 1e9, 3),
+        "gbps_in": round(delta("tarp_port_rx_bytes_total", port=in_port) * 8 / dt / 1e9, 3),
+        "ns_per_pkt": round(1e3 / mpps, 2) if mpps > 0 else None,
+        "window_s": round(dt, 3),
+        "rx_packets": int(rx),
+        "tx_packets": int(tx),
+        "drops": drops,
+        "forwarded_by_worker": per_worker,
+        "interval_mpps": intervals,
+        "worker_cpu_share": shares,
+        "burst_latency": {str(w["worker"]): w["window"] for w in lat["burst_duration"]},
+        "swaps": int(delta("tarp_snapshot_swaps_total")),
+        "tables_bytes": int(msum(p1, "tarp_table_memory_bytes")),
+    })
+    return res
+
+
+# ---- testpmd ---------------------------------------------------------------------------
+NO_TESTPMD = [False]
+
+
+def measure_testpmd(env, tag, mode, pcaps, flows, workers):
+    """testpmd on the same vdevs, lcores, EAL memory mode and traffic; port 1's TX growth
+    over the window (its statistics are printed every --stats-period, ~2 s on a VM)."""
+    a = env.a
+    if NO_TESTPMD[0]:
+        return {"error": "--no-testpmd"}
+    lcores, extra = lcores_for(workers)
+    lc = ["-l", ",".join(str(x) for x in [0] + lcores)] if not extra else extra
+    eal = [x for x in env.eal if not x.startswith("--file-prefix")]
+    if "--in-memory" not in eal:
+        eal.append("--file-prefix=tarp-perf-testpmd")
+    mbufs = flows * len(pcaps) + 8192
+    cmd = ["stdbuf", "-oL", env.testpmd, *lc, "--main-lcore", "0", *eal, "--no-pci",
+           "--vdev", "net_pcap0," + ",".join(f"rx_pcap={p}" for p in pcaps) + ",infinite_rx=1",
+           "--vdev", "net_null0,no-rx=1", "--", f"--forward-mode={mode}", "--stats-period=1",
+           f"--nb-cores={workers}", f"--rxq={workers}", f"--txq={workers}", "--burst=32", "--rxd=1024",
+           "--txd=1024", f"--total-num-mbufs={mbufs}", "--mbcache=256", "--no-flush-rx"]
+    logf = open(os.path.join(env.work, f"{tag}.testpmd-{mode}.log"), "w")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.time() + a.warmup + a.duration + 60
+    port, first, t_start, t_end, buf = None, None, None, None, b""
+    cur = {}
+    try:
+        while time.time() < deadline and t_end is None:
+            r, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if not r:
+                if proc.poll() is not None:
+                    break
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buf += chunk
+            now = time.time()
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                line = raw.decode(errors="replace")
+                logf.write(f"{now:.3f} {line}\n")
+                m = re.search(r"NIC statistics for port (\d+)", line)
+                if m:
+                    port = int(m.group(1))
+                    continue
+                m = re.search(r"TX-packets:\s+(\d+)\s+TX-errors:\s+\d+\s+TX-bytes:\s+(\d+)", line)
+                if m and port == 1:
+                    tx, txb = int(m.group(1)), int(m.group(2))
+                    port = None
+                    if first is None and tx > 0:
+                        first = now
+                    if first is not None and t_start is None and now >= first + a.warmup:
+                        t_start = (now, tx, txb)
+                    elif t_start is not None and now >= t_start[0] + a.duration:
+                        t_end = (now, tx, txb)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        logf.close()
+    if not (t_start and t_end):
+        return {"error": f"no measurement window (see {tag}.testpmd-{mode}.log)"}
+    dt = t_end[0] - t_start[0]
+    mpps = (t_end[1] - t_start[1]) / dt / 1e6
+    return {"mpps": round(mpps, 3), "gbps": round((t_end[2] - t_start[2]) * 8 / dt / 1e9, 3),
+            "ns_per_pkt": round(1e3 / mpps, 2) if mpps else None, "window_s": round(dt, 3)}
+
+
+# ---- suites ------------------------------------------------------------------------------
+def one(env, results, *, role, n, dist="uniform", mix="64", workers=1, swaps=None, testpmd=(), label=None):
+    a = env.a
+    flows = flows_for(n, a.suite == "smoke")
+    queues = workers
+    tag = f"{role}-{n}-{dist}-{mix}-w{workers}" + (f"-s{swaps}" if swaps else "")
+    log(f"{tag}: traffic ({flows * queues} frames) and rules")
+    c, pcaps, samples, frames = make_traffic(env, tag, role, n, dist, mix, flows, queues)
+    lcores, extra = lcores_for(workers)
+    eal = env.eal + extra
+    mtu = 9000 if (mix == "imix" and role != "remux") else None
+    rec = {"role": role, "circuits": n, "dist": dist, "mix": mix, "workers": workers, "swaps_per_second": swaps,
+           "flows": flows * queues, "family": "ipv6" if (role == "aggregator" and c.v6) else "ipv4",
+           "frame_bytes": sorted({len(f) + 4 for f in frames}), "label": label}
+    try:
+        rec["verified_frames"] = verify(env, tag, role, c, samples, lcores, eal)
+        log(f"{tag}: {rec['verified_frames']} forwarded frames checked against the rules")
+        rec["tarp"] = measure_tarp(env, tag, role, c, pcaps, flows, lcores, eal, swaps, mtu)
+        t = rec["tarp"]
+        log(f"{tag}: tarp {t['mpps']:.2f} Mpps ({t['gbps']:.2f} Gbit/s), drops {t['drops'] or 0}")
+        for mode in testpmd:
+            rec[f"testpmd_{mode}"] = measure_testpmd(env, tag, mode, pcaps, flows, workers)
+            log(f"{tag}: testpmd {mode} {rec[f'testpmd_{mode}'].get('mpps')} Mpps")
+    except (RuntimeError, ValueError, KeyError, OSError, IndexError) as e:
+        rec["error"] = repr(e)
+        log(f"{tag}: FAILED: {e!r}")
+    finally:
+        for f in glob.glob(os.path.join(env.work, f"{tag}.q*.pcap")):
+            if not f.endswith((".sample.pcap", ".out.pcap")):
+                os.remove(f)  # the big replay files; samples and outputs stay
+    results.append(rec)
+    return rec
+
+
+def suite_sizes(env, res, sizes):
+    for role in ROLES:
+        for n in sizes:
+            for dist in ("uniform", "zipf"):
+                tp = ("io", "5tswap") if (n == sizes[0] and dist == "uniform") else ()
+                one(env, res, role=role, n=n, dist=dist, testpmd=tp, label="sizes")
+
+
+def suite_imix(env, res, n):
+    for role in ROLES:
+        one(env, res, role=role, n=n, mix="imix", testpmd=("io",), label="imix")
+
+
+def suite_swaps(env, res, small, big):
+    for role in ROLES:
+        base = next((r for r in res if r["role"] == role and r["circuits"] == small and r["mix"] == "64"
+                     and r["dist"] == "uniform" and r["workers"] == 1 and not r["swaps_per_second"]
+                     and "tarp" in r), None)
+        if base is None:
+            one(env, res, role=role, n=small)
+        one(env, res, role=role, n=small, swaps=100, label="swaps")
+        if big:
+            if not any(r["role"] == role and r["circuits"] == big and not r["swaps_per_second"] and "tarp" in r
+                       and r["dist"] == "uniform" and r["mix"] == "64" for r in res):
+                one(env, res, role=role, n=big)
+            one(env, res, role=role, n=big, swaps=1, label="swaps")
+
+
+def suite_cores(env, res, n):
+    for role in ROLES:
+        for w in (1, 2):
+            one(env, res, role=role, n=n, workers=w, testpmd=("io",), label="cores")
+
+
+def blocked(res):
+    """For each swap run, the run without swaps of the same configuration: throughput
+    change, and CSIT's effective blocked time per swap (packets not forwarded / rate)."""
+    for r in res:
+        s = r.get("swaps_per_second")
+        if not s or "tarp" not in r:
+            continue
+        base = next((b for b in res if "tarp" in b and not b.get("swaps_per_second") and
+                     all(b[k] == r[k] for k in ("role", "circuits", "dist", "mix", "workers"))), None)
+        if not base:
+            continue
+        t, bt = r["tarp"], base["tarp"]
+        lost = max(0.0, (bt["mpps"] - t["mpps"]) * 1e6 * t["window_s"])
+        n = max(t["swaps"], 1)
+        r["swap_effect"] = {
+            "baseline_mpps": bt["mpps"],
+            "change_pct": round((t["mpps"] / bt["mpps"] - 1) * 100, 2) if bt["mpps"] else None,
+            "swaps_in_window": t["swaps"],
+            "packets_not_forwarded": int(lost),
+            "blocked_us_per_swap": round(lost / (bt["mpps"] * 1e6) / n * 1e6, 2) if bt["mpps"] else None,
+            "drops": t["drops"],
+        }
+
+
+# ---- report ------------------------------------------------------------------------------
+def fmt(x, nd=2):
+    return "-" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
+
+
+def report(meta, res):
+    L = []
+    L.append(f"# tarp perf: {meta['suite']}\n")
+    L.append(f"{meta['when']} on {meta['host']['cpu']} ({meta['host']['cpus']} CPUs), {meta['host']['kernel']}, "
+             f"DPDK {meta['dpdk']}, tarp {meta['git']}, memory {meta['memory']}, "
+             f"{meta['warmup']} s warm-up + {meta['duration']} s per run. Command: `{meta['command']}`\n")
+    io = {r["role"]: r["testpmd_io"]["mpps"] for r in res if r.get("testpmd_io", {}).get("mpps")
+          and r["workers"] == 1 and r["mix"] == "64"}
+    sz = [r for r in res if r.get("label") in ("sizes", "smoke") and r["mix"] == "64" and r["workers"] == 1
+          and not r["swaps_per_second"]]
+    if sz:
+        L.append("## Mpps per core against table size (64-byte frames, 1 worker)\n")
+        L.append("| role | circuits | traffic | frame B | tarp Mpps | ns/pkt | testpmd io | tarp / io | burst p50 / p99 / p99.9 us | RSS MB | hugepages MB | tables MB | drops |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in sz:
+            t = r.get("tarp")
+            if not t:
+                L.append(f"| {r['role']} | {r['circuits']:,} | {r['dist']} | | failed: {r.get('error')} |||||||||")
+                continue
+            lat = next(iter(t["burst_latency"].values()), {})
+            lat_s = "/".join(fmt(lat.get(k, 0) / 1e3, 2) for k in ("p50_ns", "p99_ns", "p999_ns")) if lat.get("count") else "-"
+            ratio = t["mpps"] / io[r["role"]] if io.get(r["role"]) else None
+            m = t["memory"]
+            L.append(f"| {r['role']} | {r['circuits']:,} | {r['dist']}{' (IPv6)' if r['family'] == 'ipv6' else ''} | "
+                     f"{'/'.join(map(str, r['frame_bytes']))} | {t['mpps']:.2f} | {fmt(t['ns_per_pkt'], 1)} | "
+                     f"{fmt(io.get(r['role']))} | {fmt(ratio)} | {lat_s} | {fmt(m.get('rss_mb'), 0)} | "
+                     f"{fmt(m.get('hugepages_mb'), 0)} | {t['tables_bytes'] / 1e6:.2f} | {sum(t['drops'].values())} |")
+        L.append("")
+        tp5 = [r for r in sz if r.get("testpmd_5tswap", {}).get("mpps")]
+        if tp5:
+            L.append("testpmd on the same traffic: " + "; ".join(
+                f"{r['role']}: io {r['testpmd_io']['mpps']:.2f}, 5tswap {r['testpmd_5tswap']['mpps']:.2f} Mpps"
+                for r in tp5) + ".\n")
+    mix = [r for r in res if r["mix"] == "imix"]
+    if mix:
+        L.append("## IMIX (64/576/1500 bytes on the wire, 7:4:1)\n")
+        L.append("| role | circuits | tarp Mpps | tarp Gbit/s out | testpmd io Mpps | io Gbit/s | tarp / io |")
+        L.append("|---|---|---|---|---|---|---|")
+        for r in mix:
+            t, i = r.get("tarp", {}), r.get("testpmd_io", {})
+            ratio = t.get("mpps", 0) / i["mpps"] if i.get("mpps") and t.get("mpps") else None
+            L.append(f"| {r['role']} | {r['circuits']:,} | {fmt(t.get('mpps'))} | {fmt(t.get('gbps'))} | "
+                     f"{fmt(i.get('mpps'))} | {fmt(i.get('gbps'))} | {fmt(ratio)} |")
+        L.append("")
+    sw = [r for r in res if r.get("swaps_per_second")]
+    if sw:
+        L.append("## Live table swaps while forwarding (64 B, uniform)\n")
+        L.append("| role | circuits | swaps/s asked | swaps in window | Mpps without | Mpps with | change | packets not forwarded | blocked time per swap | drops |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|")
+        for r in sw:
+            e = r.get("swap_effect", {})
+            t = r.get("tarp", {})
+            L.append(f"| {r['role']} | {r['circuits']:,} | {r['swaps_per_second']} | {t.get('swaps', '-')} | "
+                     f"{fmt(e.get('baseline_mpps'))} | {fmt(t.get('mpps'))} | {fmt(e.get('change_pct'), 1)} % | "
+                     f"{e.get('packets_not_forwarded', '-'):,} | {fmt(e.get('blocked_us_per_swap'), 1)} us | "
+                     f"{sum(t.get('drops', {}).values()) if t else '-'} |")
+        L.append("")
+    co = [r for r in res if r.get("label") == "cores"]
+    if co:
+        L.append("## Cores (64 B, uniform; one RX queue per worker)\n")
+        L.append("| role | circuits | workers | tarp Mpps | per worker (forwarded Mpps) | testpmd io Mpps | tarp / io |")
+        L.append("|---|---|---|---|---|---|---|")
+        for r in co:
+            t, i = r.get("tarp", {}), r.get("testpmd_io", {})
+            per = ", ".join(f"{v / t['window_s'] / 1e6:.2f}" for v in t.get("forwarded_by_worker", {}).values()) if t else "-"
+            ratio = t.get("mpps", 0) / i["mpps"] if i.get("mpps") and t.get("mpps") else None
+            L.append(f"| {r['role']} | {r['circuits']:,} | {r['workers']} | {fmt(t.get('mpps'))} | {per} | "
+                     f"{fmt(i.get('mpps'))} | {fmt(ratio)} |")
+        L.append("")
+    bad = [r for r in res if r.get("error")]
+    if bad:
+        L.append("## Failed\n")
+        for r in bad:
+            L.append(f"- {r['role']} {r['circuits']} {r['dist']} {r['mix']} w{r['workers']}: {r['error']}")
+        L.append("")
+    return "\n".join(L)
+
+
+def host_facts():
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(),
+            "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", choices=("all",) + SUITES, default="all")
+    ap.add_argument("--sizes", default="1,1000,10000,100000,1000000", help="circuits for the sizes suite")
+    ap.add_argument("--roles", default=",".join(ROLES))
+    ap.add_argument("--duration", type=float, default=4)
+    ap.add_argument("--warmup", type=float, default=1.5)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--testpmd", default="/usr/bin/dpdk-testpmd")
+    ap.add_argument("--no-testpmd", action="store_true")
+    ap.add_argument("--eal", default="--in-memory", help="EAL memory arguments, space-separated")
+    ap.add_argument("--memory", default="huge")
+    ap.add_argument("--metrics-port", type=int, default=19471)
+    ap.add_argument("--command", default="")
+    a = ap.parse_args()
+    roles = tuple(r for r in a.roles.split(",") if r)
+    if any(r not in ROLES for r in roles):
+        sys.exit(f"bench.py: --roles: each of {', '.join(ROLES)}")
+    ROLES[:] = roles
+    a.eal = a.eal.split()
+    env = Env(a)
+    if os.path.isdir(env.work):
+        shutil.rmtree(env.work)
+    os.makedirs(env.work)
+    sizes = [int(x) for x in a.sizes.split(",")]
+    if a.no_testpmd:
+        NO_TESTPMD[0] = True
+    res = []
+    t0 = time.time()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        if a.suite == "smoke":
+            a.duration, a.warmup = min(a.duration, 1.0), min(a.warmup, 0.5)
+            for role in ROLES:
+                one(env, res, role=role, n=1000, testpmd=("io",), label="smoke")
+            one(env, res, role="demux", n=1000, swaps=100, label="swaps")
+            one(env, res, role="remux", n=1000, workers=2, label="cores")
+        if a.suite in ("all", "sizes"):
+            suite_sizes(env, res, sizes)
+        if a.suite in ("all", "imix"):
+            suite_imix(env, res, 10000)
+        if a.suite in ("all", "swaps"):
+            suite_swaps(env, res, 10000, 1000000 if a.suite == "all" or 1000000 in sizes else None)
+        if a.suite in ("all", "cores"):
+            suite_cores(env, res, 10000)
+    finally:
+        stop_all()
+    blocked(res)
+    dpdk = subprocess.run(["pkg-config", "--modversion", "libdpdk"], capture_output=True, text=True).stdout.strip()
+    git = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True,
+                         text=True).stdout.strip()
+    meta = {"suite": a.suite, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "host": host_facts(),
+            "dpdk": dpdk, "git": git, "memory": a.memory, "eal": a.eal, "warmup": a.warmup,
+            "duration": a.duration, "elapsed_s": round(time.time() - t0), "command": a.command,
+            "loadavg": open("/proc/loadavg").read().split()[:3]}
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump({"meta": meta, "runs": res}, f, indent=1)
+    md = report(meta, res)
+    with open(os.path.join(a.out, "results.md"), "w") as f:
+        f.write(md + "\n")
+    print(md)
+    failed = [r for r in res if r.get("error")]
+    log(f"{len(res)} configurations, {len(failed)} failed, {meta['elapsed_s']} s; results in {a.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,7 +2,8 @@
 # The whole test suite (as root: DPDK and network namespaces need it):
 # style (rustfmt, clippy, shellcheck; clippy also on the pure-Rust forwarder), unit, golden,
 # property and no-panic tests, DPDK tests on virtual devices, the keeper's gRPC tests,
-# then the end-to-end run in network namespaces, WireGuard (with Debian's wireguard-go),
+# two workers under table swaps, a smoke run of the perf tool, then the end-to-end run
+# in network namespaces, WireGuard (with Debian's wireguard-go),
 # the fault tests with traffic flowing, observability (a real Prometheus scraping the
 # fleet, promtool), and the demo in --check mode.
 set -euo pipefail
@@ -21,6 +22,12 @@ echo "== build"
 cargo build --release --workspace --bins
 echo "== cargo test"
 cargo test --release --workspace
+echo "== two workers on two RX queues, snapshots swapped under traffic: each packet exactly once"
+bash tests/multicore.sh target/release
+echo "== perf tool smoke run (a few seconds, small tables; figures printed, not asserted)"
+SMOKE=$(mktemp -d /tmp/tarp-perf-smoke.XXXXXX)
+bash perf/run.sh --suite smoke --out "$SMOKE"
+rm -rf "$SMOKE"
 echo "== end to end (network namespaces, DPDK af_packet)"
 bash tests/e2e.sh target/release
 echo "== WireGuard: tarp to tarp, interop with wireguard-go both ways, tampering dropped and counted"

@@ -75,8 +75,8 @@ pub enum BuildError<K> {
 }
 
 /// Load factor bound, as a fraction: at most 7 entries per 10 slots.
-const LOAD_NUM: usize = 7;
-const LOAD_DEN: usize = 10;
+const LOAD_NUM: usize = 1;
+const LOAD_DEN: usize = 2;
 
 #[derive(Clone, Copy)]
 struct Slot<K, V> {

@@ -267,6 +267,8 @@ def measure_tarp(env, tag, role, c, pcaps, flows, lcores, eal, swaps=None, mtu=N
         r1 = {w: run_ns(pid, t) for w, t in tids.items()}
         lat = json.loads(http(env.base + "/latency")[1])
         res["memory"] = memory(pid)
+        if a.profile and tids:
+            res["profile"] = profile(env, tag, pid, tids[min(tids)])
     finally:
         stop(p)
     dt = t1 - t0
@@ -312,6 +314,49 @@ def measure_tarp(env, tag, role, c, pcaps, flows, lcores, eal, swaps=None, mtu=N
         "tables_bytes": int(msum(p1, "tarp_table_memory_bytes")),
     })
     return res
+
+
+def profile(env, tag, pid, tid, seconds=3):
+    """`perf record -e cpu-clock` of one worker thread: the share of its time by stage.
+    Stages by symbol: RX and TX are the PMDs' code (net_pcap, net_null), the pipeline is
+    `pipeline::process` (parse, lookup, rewrite, encapsulation), the worker loop is the
+    rest of `Worker::run` (bursts, dispatch to TX buffers, counters)."""
+    data = os.path.join(env.work, f"{tag}.perf.data")
+    try:
+        subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "4999", "-t", str(tid), "-o", data,
+                        "--", "sleep", str(seconds)], capture_output=True, timeout=seconds + 30)
+        out = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,symbol",
+                              "-g", "none", "--percent-limit", "0"], capture_output=True, text=True,
+                             timeout=120).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"error": repr(e)}
+    stages = {"rx (net_pcap)": 0.0, "tx (net_null)": 0.0, "pipeline": 0.0, "worker loop": 0.0,
+              "mbuf free/alloc (C)": 0.0, "clock": 0.0, "other": 0.0}
+    top = []
+    for line in out.splitlines():
+        m = re.match(r"\s*([0-9.]+)%\s+(\S+)\s+\[.\]\s+(.*)$", line)
+        if not m:
+            continue
+        pct, dso, sym = float(m.group(1)), m.group(2), m.group(3).strip()
+        if len(top) < 12:
+            top.append(f"{pct:5.1f}% {dso} {sym}")
+        if "net_pcap" in dso:
+            stages["rx (net_pcap)"] += pct
+        elif "net_null" in dso:
+            stages["tx (net_null)"] += pct
+        elif "pipeline::" in sym:
+            stages["pipeline"] += pct
+        elif "Worker::run" in sym or "worker::" in sym:
+            stages["worker loop"] += pct
+        elif "mbuf" in sym or "mempool" in sym:
+            stages["mbuf free/alloc (C)"] += pct
+        elif "vdso" in dso or "clock" in sym:
+            stages["clock"] += pct
+        else:
+            stages["other"] += pct
+    with open(os.path.join(env.work, f"{tag}.profile.txt"), "w") as f:
+        f.write(out)
+    return {"stages_pct": {k: round(v, 1) for k, v in stages.items()}, "top": top}
 
 
 # ---- testpmd ---------------------------------------------------------------------------
@@ -554,6 +599,18 @@ def report(meta, res):
             L.append(f"| {r['role']} | {r['circuits']:,} | {r['workers']} | {fmt(t.get('mpps'))} | {per} | "
                      f"{fmt(i.get('mpps'))} | {fmt(ratio)} |")
         L.append("")
+    pr = [r for r in res if r.get("tarp", {}).get("profile", {}).get("stages_pct")]
+    if pr:
+        names = list(pr[0]["tarp"]["profile"]["stages_pct"])
+        L.append("## Where a worker's time goes (perf record -e cpu-clock, % of the worker thread)\n")
+        L.append("| role | circuits | traffic | ns/pkt | " + " | ".join(names) + " |")
+        L.append("|---|---|---|---|" + "---|" * len(names))
+        for r in pr:
+            st = r["tarp"]["profile"]["stages_pct"]
+            ns = r["tarp"]["ns_per_pkt"] or 0
+            L.append(f"| {r['role']} | {r['circuits']:,} | {r['dist']} {r['mix']} | {fmt(ns, 1)} | "
+                     + " | ".join(f"{st[k]:.1f} % ({st[k] * ns / 100:.1f} ns)" for k in names) + " |")
+        L.append("")
     bad = [r for r in res if r.get("error")]
     if bad:
         L.append("## Failed\n")
@@ -587,6 +644,7 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--testpmd", default="/usr/bin/dpdk-testpmd")
     ap.add_argument("--no-testpmd", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="perf record each tarp worker (stages by symbol)")
     ap.add_argument("--eal", default="--in-memory", help="EAL memory arguments, space-separated")
     ap.add_argument("--memory", default="huge")
     ap.add_argument("--metrics-port", type=int, default=19471)

@@ -5,7 +5,8 @@
 #
 #   sudo perf/run.sh [--suite all|sizes|imix|swaps|cores|smoke] [--sizes 1,1000,...]
 #                    [--roles aggregator,demux,remux] [--duration S] [--warmup S]
-#                    [--out DIR] [--memory auto|huge|nohuge] [--no-testpmd] [--build]
+#                    [--out DIR] [--memory auto|huge|nohuge] [--no-testpmd] [--profile]
+#                    [--build]
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -22,7 +23,7 @@ TESTPMD_BIN=${TESTPMD_BIN:-/usr/bin/dpdk-testpmd}
 METRICS_PORT=${TARP_PERF_METRICS_PORT:-19471}
 COMMAND="perf/run.sh $*"
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "run.sh: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
@@ -32,7 +33,7 @@ while [ $# -gt 0 ]; do
   --memory) MEMORY=$2; shift 2 ;;
   --build) BUILD=1; shift ;;
   --sizes | --roles | --duration | --warmup) PASS+=("$1" "$2"); shift 2 ;;
-  --no-testpmd) PASS+=("$1"); shift ;;
+  --no-testpmd | --profile) PASS+=("$1"); shift ;;
   -h | --help) usage 0 ;;
   *) echo "run.sh: unknown argument $1" >&2; usage 2 ;;
   esac

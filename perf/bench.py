@@ -20,7 +20,7 @@ import re
 import select
 import shutil
 import signal
-import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -158,7 +158,7 @@ class Env:
         key = (role, n)
         if key not in self.rules_cache:
             path = os.path.join(self.work, f"{role}-{n}.rules.json")
-            gen.write_rules(path, role, gen.Circuits(n))
+            gen.write_rules(path, role, gen.Circuits(n, role))
             self.rules_cache[key] = path
         return self.rules_cache[key]
 
@@ -183,7 +183,7 @@ def lcores_for(workers):
 
 
 def make_traffic(env, tag, role, n, dist, mix, flows, queues, seed=1):
-    c = gen.Circuits(n)
+    c = gen.Circuits(n, role)
     frames = gen.frames_for(role, c, flows * queues, seed, dist, mix)
     pcaps, samples = [], []
     for q in range(queues):
@@ -385,7 +385,6 @@ def measure_testpmd(env, tag, mode, pcaps, flows, workers):
                             start_new_session=True)
     deadline = time.time() + a.warmup + a.duration + 60
     port, first, t_start, t_end, buf = None, None, None, None, b""
-    cur = {}
     try:
         while time.time() < deadline and t_end is None:
             r, _, _ = select.select([proc.stdout], [], [], 0.5)
@@ -440,14 +439,16 @@ def one(env, results, *, role, n, dist="uniform", mix="64", workers=1, swaps=Non
     queues = workers
     tag = f"{role}-{n}-{dist}-{mix}-w{workers}" + (f"-s{swaps}" if swaps else "")
     log(f"{tag}: traffic ({flows * queues} frames) and rules")
-    c, pcaps, samples, frames = make_traffic(env, tag, role, n, dist, mix, flows, queues)
     lcores, extra = lcores_for(workers)
     eal = env.eal + extra
     mtu = 9000 if (mix == "imix" and role != "remux") else None
     rec = {"role": role, "circuits": n, "dist": dist, "mix": mix, "workers": workers, "swaps_per_second": swaps,
-           "flows": flows * queues, "family": "ipv6" if (role == "aggregator" and c.v6) else "ipv4",
-           "frame_bytes": sorted({len(f) + 4 for f in frames}), "label": label}
+           "flows": flows * queues, "label": label}
     try:
+        c, pcaps, samples, frames = make_traffic(env, tag, role, n, dist, mix, flows, queues)
+        rec["family"] = "ipv6" if c.v6 else "ipv4"
+        rec["frame_bytes"] = sorted({len(f) + 4 for f in frames})
+        del frames
         rec["verified_frames"] = verify(env, tag, role, c, samples, lcores, eal)
         log(f"{tag}: {rec['verified_frames']} forwarded frames checked against the rules")
         rec["tarp"] = measure_tarp(env, tag, role, c, pcaps, flows, lcores, eal, swaps, mtu)
@@ -456,7 +457,7 @@ def one(env, results, *, role, n, dist="uniform", mix="64", workers=1, swaps=Non
         for mode in testpmd:
             rec[f"testpmd_{mode}"] = measure_testpmd(env, tag, mode, pcaps, flows, workers)
             log(f"{tag}: testpmd {mode} {rec[f'testpmd_{mode}'].get('mpps')} Mpps")
-    except (RuntimeError, ValueError, KeyError, OSError, IndexError) as e:
+    except (RuntimeError, ValueError, KeyError, OSError, IndexError, struct.error) as e:
         rec["error"] = repr(e)
         log(f"{tag}: FAILED: {e!r}")
     finally:
@@ -680,6 +681,10 @@ def main():
             suite_swaps(env, res, 10000, 1000000 if a.suite == "all" or 1000000 in sizes else None)
         if a.suite in ("all", "cores"):
             suite_cores(env, res, 10000)
+    except Exception as e:  # noqa: BLE001 (what was measured is still written)
+        log(f"stopped by {e!r}")
+        res.append({"role": "-", "circuits": 0, "dist": "-", "mix": "-", "workers": 0, "swaps_per_second": None,
+                    "error": f"the run stopped: {e!r}"})
     finally:
         stop_all()
     blocked(res)

@@ -134,14 +134,20 @@ def write_pcap(path, frames):
 
 
 class Circuits:
-    def __init__(self, n):
+    """N circuits as `role` sees them: the aggregator's key is the capture address, so
+    above V4_CIRCUITS its captures are IPv6; the demux and remux key port-mode circuits
+    by (alias or app host, port), and share capture addresses round robin (port-mode
+    circuits on one capture address differ by port)."""
+
+    def __init__(self, n, role="aggregator"):
         self.n = n
         self.hosts = min(n, 64)
-        self.v6 = n > V4_CIRCUITS
+        self.v6 = role == "aggregator" and n > V4_CIRCUITS
 
     def capture(self, i):
         if self.v6:
             return str(ipaddress.IPv6Address("2001:db8:c::") + i + 1)
+        i %= V4_CIRCUITS
         return str(ipaddress.IPv4Address("198.18.0.0") + (i + 1 if i < 65535 else i + 257))
 
     def alias(self, i):
@@ -430,7 +436,7 @@ def main():
         sys.exit(f"gen.py: --circuits must be 1..{MAX_CIRCUITS}")
     if not 1 <= a.flows <= MAX_FLOWS:
         sys.exit(f"gen.py: --flows must be 1..{MAX_FLOWS}")
-    c = Circuits(a.circuits)
+    c = Circuits(a.circuits, a.role)
     pcap = f"{a.out}/{a.role}.pcap"
     if a.verify:
         try:

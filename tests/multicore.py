@@ -43,7 +43,7 @@ def check(ok, what):
 
 
 def run_role(binary, work, role):
-    c = gen.Circuits(1000)
+    c = gen.Circuits(1000, role)
     frames = gen.frames_for(role, c, 2 * BLOCK, seed=7)
     ins, outs, blocks = [], [], []
     for q in range(2):

@@ -174,7 +174,14 @@ impl<K: Key, V: Copy + Default> FlatMap<K, V> {
     #[inline(always)]
     pub fn prefetch(&self, hash: u64) {
         if self.len != 0 {
-            crate::prefetch::prefetch0(&self.slots[self.index(hash)]);
+            let i = self.index(hash);
+            crate::prefetch::prefetch0(&self.slots[i]);
+            // A probe goes on to the next slots: when the home slot ends in the next
+            // cache line (or the slots are small enough that a probe of two crosses
+            // one), that line is loaded too.
+            if let Some(next) = self.slots.get(i + 1) {
+                crate::prefetch::prefetch0(next);
+            }
         }
     }
 

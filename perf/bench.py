@@ -311,6 +311,8 @@ def measure_tarp(env, tag, role, c, pcaps, flows, lcores, eal, swaps=None, mtu=N
         "worker_cpu_share": shares,
         "burst_latency": {str(w["worker"]): w["window"] for w in lat["burst_duration"]},
         "swaps": int(delta("tarp_snapshot_swaps_total")),
+        "build_ms_mean": round(delta("tarp_snapshot_build_duration_seconds_sum") * 1e3
+                               / max(1, delta("tarp_snapshot_build_duration_seconds_count")), 2),
         "tables_bytes": int(msum(p1, "tarp_table_memory_bytes")),
     })
     return res
@@ -385,6 +387,7 @@ def measure_testpmd(env, tag, mode, pcaps, flows, workers):
                             start_new_session=True)
     deadline = time.time() + a.warmup + a.duration + 60
     port, first, t_start, t_end, buf = None, None, None, None, b""
+    rx_bytes = 0  # port 0's, the latest (net_null counts no TX bytes; io forwards all)
     try:
         while time.time() < deadline and t_end is None:
             r, _, _ = select.select([proc.stdout], [], [], 0.5)
@@ -405,9 +408,12 @@ def measure_testpmd(env, tag, mode, pcaps, flows, workers):
                 if m:
                     port = int(m.group(1))
                     continue
+                m = re.search(r"RX-packets:\s+\d+\s+RX-missed:\s+\d+\s+RX-bytes:\s+(\d+)", line)
+                if m and port == 0:
+                    rx_bytes = int(m.group(1))
                 m = re.search(r"TX-packets:\s+(\d+)\s+TX-errors:\s+\d+\s+TX-bytes:\s+(\d+)", line)
                 if m and port == 1:
-                    tx, txb = int(m.group(1)), int(m.group(2))
+                    tx, txb = int(m.group(1)), rx_bytes
                     port = None
                     if first is None and tx > 0:
                         first = now
@@ -472,7 +478,9 @@ def suite_sizes(env, res, sizes):
     for role in ROLES:
         for n in sizes:
             for dist in ("uniform", "zipf"):
-                tp = ("io", "5tswap") if (n == sizes[0] and dist == "uniform") else ()
+                # testpmd on each size's own traffic: its replay cost grows with the
+                # frames it caches (4,096 to 131,072).
+                tp = () if dist != "uniform" else ("io", "5tswap") if n == sizes[0] else ("io",)
                 one(env, res, role=role, n=n, dist=dist, testpmd=tp, label="sizes")
 
 
@@ -537,13 +545,11 @@ def report(meta, res):
     L.append(f"{meta['when']} on {meta['host']['cpu']} ({meta['host']['cpus']} CPUs), {meta['host']['kernel']}, "
              f"DPDK {meta['dpdk']}, tarp {meta['git']}, memory {meta['memory']}, "
              f"{meta['warmup']} s warm-up + {meta['duration']} s per run. Command: `{meta['command']}`\n")
-    io = {r["role"]: r["testpmd_io"]["mpps"] for r in res if r.get("testpmd_io", {}).get("mpps")
-          and r["workers"] == 1 and r["mix"] == "64"}
     sz = [r for r in res if r.get("label") in ("sizes", "smoke") and r["mix"] == "64" and r["workers"] == 1
           and not r["swaps_per_second"]]
     if sz:
         L.append("## Mpps per core against table size (64-byte frames, 1 worker)\n")
-        L.append("| role | circuits | traffic | frame B | tarp Mpps | ns/pkt | testpmd io | tarp / io | burst p50 / p99 / p99.9 us | RSS MB | hugepages MB | tables MB | drops |")
+        L.append("| role | circuits | traffic | frame B | tarp Mpps | ns/pkt | testpmd io (same size) | tarp / io | burst p50 / p99 / p99.9 us | RSS MB | hugepages MB | tables MB | drops |")
         L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in sz:
             t = r.get("tarp")
@@ -552,11 +558,13 @@ def report(meta, res):
                 continue
             lat = next(iter(t["burst_latency"].values()), {})
             lat_s = "/".join(fmt(lat.get(k, 0) / 1e3, 2) for k in ("p50_ns", "p99_ns", "p999_ns")) if lat.get("count") else "-"
-            ratio = t["mpps"] / io[r["role"]] if io.get(r["role"]) else None
+            own = next((x["testpmd_io"]["mpps"] for x in sz if x["role"] == r["role"] and x["circuits"] == r["circuits"]
+                        and x.get("testpmd_io", {}).get("mpps")), None)
+            ratio = t["mpps"] / own if own else None
             m = t["memory"]
             L.append(f"| {r['role']} | {r['circuits']:,} | {r['dist']}{' (IPv6)' if r['family'] == 'ipv6' else ''} | "
                      f"{'/'.join(map(str, r['frame_bytes']))} | {t['mpps']:.2f} | {fmt(t['ns_per_pkt'], 1)} | "
-                     f"{fmt(io.get(r['role']))} | {fmt(ratio)} | {lat_s} | {fmt(m.get('rss_mb'), 0)} | "
+                     f"{fmt(own)} | {fmt(ratio)} | {lat_s} | {fmt(m.get('rss_mb'), 0)} | "
                      f"{fmt(m.get('hugepages_mb'), 0)} | {t['tables_bytes'] / 1e6:.2f} | {sum(t['drops'].values())} |")
         L.append("")
         tp5 = [r for r in sz if r.get("testpmd_5tswap", {}).get("mpps")]
@@ -578,12 +586,13 @@ def report(meta, res):
     sw = [r for r in res if r.get("swaps_per_second")]
     if sw:
         L.append("## Live table swaps while forwarding (64 B, uniform)\n")
-        L.append("| role | circuits | swaps/s asked | swaps in window | Mpps without | Mpps with | change | packets not forwarded | blocked time per swap | drops |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|")
+        L.append("| role | circuits | swaps/s asked | swaps in window | build (mean) | Mpps without | Mpps with | change | packets not forwarded | blocked time per swap | drops |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in sw:
             e = r.get("swap_effect", {})
             t = r.get("tarp", {})
             L.append(f"| {r['role']} | {r['circuits']:,} | {r['swaps_per_second']} | {t.get('swaps', '-')} | "
+                     f"{fmt(t.get('build_ms_mean'), 1)} ms | "
                      f"{fmt(e.get('baseline_mpps'))} | {fmt(t.get('mpps'))} | {fmt(e.get('change_pct'), 1)} % | "
                      f"{e.get('packets_not_forwarded', '-'):,} | {fmt(e.get('blocked_us_per_swap'), 1)} us | "
                      f"{sum(t.get('drops', {}).values()) if t else '-'} |")

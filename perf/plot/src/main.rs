@@ -1,6 +1,6 @@
 //! `tarp-perf-plot RESULTS.json OUT.png`: Mpps per core against circuits (log scale),
 //! one colour per role, solid for uniform traffic and dashed for Zipf, with testpmd io
-//! on the same traffic as a dotted line per role: the picture of `perf/run.sh`'s
+//! on each size's traffic as a dotted line per role: the picture of `perf/run.sh`'s
 //! sizes suite.
 //!
 //! Text needs a TrueType font: `TARP_PLOT_FONT`, else DejaVu Sans (Debian's
@@ -39,6 +39,7 @@ struct Run {
     mix: String,
     workers: u32,
     swaps_per_second: Option<f64>,
+    label: Option<String>,
     tarp: Option<Measured>,
     testpmd_io: Option<Measured>,
 }
@@ -90,9 +91,10 @@ fn main() -> Result<()> {
         serde_json::from_str(&text).with_context(|| format!("parsing {}", args[1]))?;
     // (role, dist) -> [(circuits, Mpps)]: one worker, 64-byte frames, no swaps.
     let mut lines: BTreeMap<(String, String), Vec<(u64, f64)>> = BTreeMap::new();
-    let mut io: BTreeMap<String, f64> = BTreeMap::new();
+    let mut io: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
     for r in &res.runs {
-        if r.workers != 1 || r.mix != "64" || r.swaps_per_second.is_some() {
+        let sizes = matches!(r.label.as_deref(), Some("sizes" | "smoke"));
+        if !sizes || r.workers != 1 || r.mix != "64" || r.swaps_per_second.is_some() {
             continue;
         }
         if let Some(m) = r.tarp.as_ref().and_then(|t| t.mpps) {
@@ -102,13 +104,13 @@ fn main() -> Result<()> {
                 .push((r.circuits, m));
         }
         if let Some(m) = r.testpmd_io.as_ref().and_then(|t| t.mpps) {
-            io.insert(r.role.clone(), m);
+            io.entry(r.role.clone()).or_default().push((r.circuits, m));
         }
     }
     if lines.is_empty() {
         bail!("{}: no 64-byte single-worker runs to plot", args[1]);
     }
-    for v in lines.values_mut() {
+    for v in lines.values_mut().chain(io.values_mut()) {
         v.sort_by_key(|p| p.0);
     }
     font()?;
@@ -123,7 +125,7 @@ fn main() -> Result<()> {
         .values()
         .flatten()
         .map(|p| p.1)
-        .chain(io.values().copied())
+        .chain(io.values().flatten().map(|p| p.1))
         .fold(1.0, f64::max)
         * 1.1;
 
@@ -175,16 +177,12 @@ fn main() -> Result<()> {
         }
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))?;
     }
-    for (role, m) in &io {
+    for (role, pts) in &io {
         let c = colour(role);
+        let pts: Vec<(f64, f64)> = pts.iter().map(|&(n, m)| (n as f64, m)).collect();
         chart
-            .draw_series(DashedLineSeries::new(
-                vec![(1.0, *m), (xmax * 1.5, *m)],
-                2,
-                4,
-                c.stroke_width(1),
-            ))?
-            .label(format!("testpmd io, {role}'s traffic"))
+            .draw_series(DashedLineSeries::new(pts, 2, 4, c.stroke_width(1)))?
+            .label(format!("testpmd io on the {role}'s traffic"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(1)));
     }
     chart

@@ -20,6 +20,7 @@ import re
 import select
 import shutil
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -236,7 +237,7 @@ def measure_tarp(env, tag, role, c, pcaps, flows, lcores, eal, swaps=None, mtu=N
     with open(cfg, "w") as f:
         f.write(gen.config(role, c, pcaps, f"127.0.0.1:{env.port}", eal, "busy", "net_null0,no-rx=1",
                            env.rules(role, c.n), lcores, buffers=flows * len(pcaps) + 8192, swaps=swaps, mtu=mtu))
-    p = start(["timeout", "-s", "INT", "-k", "5", str(int(a.warmup + a.duration + 180)), env.bin, "--config", cfg],
+    p = start(["timeout", "-s", "INT", "-k", "5", str(int(a.warmup + a.duration + 300)), env.bin, "--config", cfg],
               os.path.join(env.work, f"{tag}.log"))
     res = {}
     try:
@@ -253,6 +254,9 @@ def measure_tarp(env, tag, role, c, pcaps, flows, lcores, eal, swaps=None, mtu=N
                 raise RuntimeError("tarp-forwarder not ready after 120 s")
             time.sleep(0.1)
         res["startup_s"] = round(time.time() - t_start, 2)
+        if swaps:
+            # The main window runs with swaps; the paired phases come after it.
+            http(env.base + f"/bench/swaps?per_second={swaps}", data=b"")
         pid = int(subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()[0])
         time.sleep(a.warmup)
         tids = worker_tids(pid)
@@ -267,6 +271,8 @@ def measure_tarp(env, tag, role, c, pcaps, flows, lcores, eal, swaps=None, mtu=N
         r1 = {w: run_ns(pid, t) for w, t in tids.items()}
         lat = json.loads(http(env.base + "/latency")[1])
         res["memory"] = memory(pid)
+        if swaps:
+            res["phases"] = swap_phases(env, swaps, out_port_of(p0))
         if a.profile and tids:
             res["profile"] = profile(env, tag, pid, tids[min(tids)])
     finally:
@@ -316,6 +322,38 @@ def measure_tarp(env, tag, role, c, pcaps, flows, lcores, eal, swaps=None, mtu=N
         "tables_bytes": int(msum(p1, "tarp_table_memory_bytes")),
     })
     return res
+
+
+def out_port_of(prom):
+    return max(by_label(prom, "tarp_port_tx_packets_total", "port").items(), key=lambda kv: kv[1])[0]
+
+
+SWAP = {"pairs": 4, "phase_s": 2.0, "settle_s": 0.5}  # the smoke suite shortens them
+
+
+def swap_phases(env, rate, out_port):
+    """Alternates phases without and with swaps in the running forwarder (POST
+    /bench/swaps), phase_s seconds each after settle_s of settling, and compares them
+    pairwise: the same process, traffic and memory, so that noise that drifts over
+    seconds cancels out."""
+    pairs = []
+    for _ in range(SWAP["pairs"]):
+        pair = {}
+        for name, r in (("without", 0), ("with", rate)):
+            http(env.base + f"/bench/swaps?per_second={r}", data=b"")
+            time.sleep(SWAP["settle_s"])
+            t0, p0 = time.time(), scrape(env.base)
+            time.sleep(SWAP["phase_s"])
+            t1, p1 = time.time(), scrape(env.base)
+            tx = msum(p1, "tarp_port_tx_packets_total", port=out_port) - msum(p0, "tarp_port_tx_packets_total",
+                                                                               port=out_port)
+            d1, d0 = by_label(p1, "tarp_port_drops_total", "reason"), by_label(p0, "tarp_port_drops_total", "reason")
+            pair[name] = {"mpps": tx / (t1 - t0) / 1e6, "seconds": t1 - t0,
+                          "swaps": int(msum(p1, "tarp_snapshot_swaps_total") - msum(p0, "tarp_snapshot_swaps_total")),
+                          "drops": int(sum(d1.values()) - sum(d0.values()))}
+        pairs.append(pair)
+    http(env.base + "/bench/swaps?per_second=0", data=b"")
+    return pairs
 
 
 def profile(env, tag, pid, tid, seconds=3):
@@ -491,16 +529,8 @@ def suite_imix(env, res, n):
 
 def suite_swaps(env, res, small, big):
     for role in ROLES:
-        base = next((r for r in res if r["role"] == role and r["circuits"] == small and r["mix"] == "64"
-                     and r["dist"] == "uniform" and r["workers"] == 1 and not r["swaps_per_second"]
-                     and "tarp" in r), None)
-        if base is None:
-            one(env, res, role=role, n=small)
         one(env, res, role=role, n=small, swaps=100, label="swaps")
         if big:
-            if not any(r["role"] == role and r["circuits"] == big and not r["swaps_per_second"] and "tarp" in r
-                       and r["dist"] == "uniform" and r["mix"] == "64" for r in res):
-                one(env, res, role=role, n=big)
             one(env, res, role=role, n=big, swaps=1, label="swaps")
 
 
@@ -511,26 +541,31 @@ def suite_cores(env, res, n):
 
 
 def blocked(res):
-    """For each swap run, the run without swaps of the same configuration: throughput
-    change, and CSIT's effective blocked time per swap (packets not forwarded / rate)."""
+    """For each swap run, its paired phases (without, with swaps, alternating in the same
+    process): throughput change, packets not forwarded per swap, and CSIT's effective
+    blocked time per swap (those packets / the rate without swaps)."""
     for r in res:
-        s = r.get("swaps_per_second")
-        if not s or "tarp" not in r:
+        t = r.get("tarp", {})
+        pairs = t.get("phases")
+        if not pairs:
             continue
-        base = next((b for b in res if "tarp" in b and not b.get("swaps_per_second") and
-                     all(b[k] == r[k] for k in ("role", "circuits", "dist", "mix", "workers"))), None)
-        if not base:
-            continue
-        t, bt = r["tarp"], base["tarp"]
-        lost = max(0.0, (bt["mpps"] - t["mpps"]) * 1e6 * t["window_s"])
-        n = max(t["swaps"], 1)
+        off = statistics.median(p["without"]["mpps"] for p in pairs)
+        on = statistics.median(p["with"]["mpps"] for p in pairs)
+        lost, swaps = 0.0, 0
+        for p in pairs:
+            lost += (p["without"]["mpps"] - p["with"]["mpps"]) * 1e6 * p["with"]["seconds"]
+            swaps += p["with"]["swaps"]
+        changes = [(p["with"]["mpps"] / p["without"]["mpps"] - 1) * 100 for p in pairs if p["without"]["mpps"]]
+        per_swap = lost / swaps if swaps else None
         r["swap_effect"] = {
-            "baseline_mpps": bt["mpps"],
-            "change_pct": round((t["mpps"] / bt["mpps"] - 1) * 100, 2) if bt["mpps"] else None,
-            "swaps_in_window": t["swaps"],
-            "packets_not_forwarded": int(lost),
-            "blocked_us_per_swap": round(lost / (bt["mpps"] * 1e6) / n * 1e6, 2) if bt["mpps"] else None,
-            "drops": t["drops"],
+            "mpps_without": round(off, 3),
+            "mpps_with": round(on, 3),
+            "change_pct": round((on / off - 1) * 100, 2) if off else None,
+            "change_pct_by_pair": [round(c, 2) for c in changes],
+            "swaps": swaps,
+            "packets_not_forwarded_per_swap": round(per_swap) if per_swap is not None else None,
+            "blocked_us_per_swap": round(per_swap / (off * 1e6) * 1e6, 2) if per_swap is not None and off else None,
+            "drops_with_swaps": sum(p["with"]["drops"] for p in pairs),
         }
 
 
@@ -586,16 +621,18 @@ def report(meta, res):
     sw = [r for r in res if r.get("swaps_per_second")]
     if sw:
         L.append("## Live table swaps while forwarding (64 B, uniform)\n")
-        L.append("| role | circuits | swaps/s asked | swaps in window | build (mean) | Mpps without | Mpps with | change | packets not forwarded | blocked time per swap | drops |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        L.append(f"{SWAP['pairs']} pairs of {SWAP['phase_s']:g}-second phases without and with swaps, alternating in one forwarder "
+                 "(`POST /bench/swaps`); medians, and the change of each pair.\n")
+        L.append("| role | circuits | swaps/s | build (mean) | Mpps without | Mpps with | change (pairs) | not forwarded per swap | blocked time per swap | drops |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|")
         for r in sw:
             e = r.get("swap_effect", {})
             t = r.get("tarp", {})
-            L.append(f"| {r['role']} | {r['circuits']:,} | {r['swaps_per_second']} | {t.get('swaps', '-')} | "
-                     f"{fmt(t.get('build_ms_mean'), 1)} ms | "
-                     f"{fmt(e.get('baseline_mpps'))} | {fmt(t.get('mpps'))} | {fmt(e.get('change_pct'), 1)} % | "
-                     f"{e.get('packets_not_forwarded', '-'):,} | {fmt(e.get('blocked_us_per_swap'), 1)} us | "
-                     f"{sum(t.get('drops', {}).values()) if t else '-'} |")
+            pairs = ", ".join(f"{c:+.1f}" for c in e.get("change_pct_by_pair", []))
+            L.append(f"| {r['role']} | {r['circuits']:,} | {r['swaps_per_second']} | {fmt(t.get('build_ms_mean'), 1)} ms | "
+                     f"{fmt(e.get('mpps_without'))} | {fmt(e.get('mpps_with'))} | {fmt(e.get('change_pct'), 1)} % "
+                     f"({pairs}) | {fmt(e.get('packets_not_forwarded_per_swap'))} | "
+                     f"{fmt(e.get('blocked_us_per_swap'), 1)} us | {e.get('drops_with_swaps', '-')} |")
         L.append("")
     co = [r for r in res if r.get("label") == "cores"]
     if co:
@@ -665,6 +702,7 @@ def main():
         sys.exit(f"bench.py: --roles: each of {', '.join(ROLES)}")
     ROLES[:] = roles
     a.eal = a.eal.split()
+    a.out = os.path.abspath(a.out)
     env = Env(a)
     if os.path.isdir(env.work):
         shutil.rmtree(env.work)
@@ -678,6 +716,7 @@ def main():
     try:
         if a.suite == "smoke":
             a.duration, a.warmup = min(a.duration, 1.0), min(a.warmup, 0.5)
+            SWAP.update(pairs=1, phase_s=0.5, settle_s=0.2)
             for role in ROLES:
                 one(env, res, role=role, n=1000, testpmd=("io",), label="smoke")
             one(env, res, role="demux", n=1000, swaps=100, label="swaps")

@@ -39,7 +39,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 case $SUITE in all | sizes | imix | swaps | cores | smoke) ;; *) die "unknown suite $SUITE" ;; esac
-OUT=${OUT:-$HERE/results/$SUITE}
+OUT=$(realpath -m "${OUT:-$HERE/results/$SUITE}")
 
 [ "$(id -u)" = 0 ] || die "needs root (DPDK): sudo $0"
 [ -x "$TESTPMD_BIN" ] || printf '%s\n' "${PASS[@]}" | grep -qx -- --no-testpmd ||

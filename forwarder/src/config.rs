@@ -635,6 +635,62 @@ mod tests {
         Config::parse(text).unwrap_err().key
     }
 
+    /// `rules_file`: JSON read relative to the config, the same rules as `[rules]`;
+    /// errors name the key; not beside `[rules]`; perf keys checked.
+    #[test]
+    fn rules_file_and_bench_keys() {
+        let dir = std::env::temp_dir().join(format!("tarp-rules-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (head, rules) = GOOD.split_once("[rules]").unwrap();
+        let inline = Config::parse(GOOD).unwrap().rules;
+        std::fs::write(dir.join("r.json"), serde_json::to_string(&inline).unwrap()).unwrap();
+        let with_file = format!("rules_file = \"r.json\"\n{head}");
+        std::fs::write(dir.join("a.toml"), &with_file).unwrap();
+        assert_eq!(Config::load(&dir.join("a.toml")).unwrap().rules, inline);
+        // TOML rules files: [rules]'s keys at the top level.
+        std::fs::write(dir.join("r.toml"), rules).unwrap();
+        std::fs::write(dir.join("b.toml"), with_file.replace("r.json", "r.toml")).unwrap();
+        assert_eq!(Config::load(&dir.join("b.toml")).unwrap().rules, inline);
+        // A bad value names the file's key.
+        std::fs::write(
+            dir.join("r.json"),
+            r#"{"aggregator":[{"capture":"203.0.113.2","alias":"nope","tunnel":1}]}"#,
+        )
+        .unwrap();
+        let e = Config::load(&dir.join("a.toml")).unwrap_err();
+        assert_eq!(e.key, "rules_file: aggregator[0].alias", "{e}");
+        std::fs::remove_file(dir.join("r.json")).unwrap();
+        let e = Config::load(&dir.join("a.toml")).unwrap_err();
+        assert_eq!(e.key, "rules_file");
+        assert!(e.message.contains("cannot read"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Both [rules] and rules_file: refused.
+        assert_eq!(
+            key_of(&format!("rules_file = \"r.json\"\n{GOOD}")),
+            "rules_file"
+        );
+        let with = |extra: &str| {
+            let (head, rules) = GOOD.split_once("[rules]").unwrap();
+            format!("{head}{extra}\n[rules]{rules}")
+        };
+        assert!(Config::parse(&with("[mempool]\nbuffers = 262143")).is_ok());
+        assert_eq!(key_of(&with("[mempool]\nbuffers = 0")), "mempool.buffers");
+        assert_eq!(
+            key_of(&with("[mempool]\nbuffers = 4000000")),
+            "mempool.buffers"
+        );
+        assert!(Config::parse(&with("[bench]\nswaps_per_second = 100")).is_ok());
+        assert_eq!(
+            key_of(&with("[bench]\nswaps_per_second = 0")),
+            "bench.swaps_per_second"
+        );
+        let keeper = with("[bench]\nswaps_per_second = 1").replace(
+            "metrics = \"127.0.0.1:9101\"",
+            "metrics = \"127.0.0.1:9101\"\nkeeper = \"http://127.0.0.1:50551\"",
+        );
+        assert_eq!(key_of(&keeper), "bench.swaps_per_second");
+    }
+
     #[test]
     fn wireguard_needs_its_key_file_and_one_worker() {
         const WG_TUNNEL: &str = r#"tunnels = [{ id = 1, local = "192.0.2.1", remote = "192.0.2.2", wireguard = { public_key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=" } }]"#;

@@ -133,6 +133,7 @@ impl Merger {
 }
 
 /// A histogram's summary for `/latency`: count, mean and quantiles in nanoseconds.
+#[cfg(feature = "dpdk")]
 pub fn summary_json(h: &Histogram<u64>) -> String {
     if h.is_empty() {
         return "{\"count\":0}".to_string();

@@ -156,6 +156,22 @@ async fn latency_reset(State(app): State<App>) -> impl IntoResponse {
     "window restarted\n"
 }
 
+/// `POST /bench/swaps?per_second=R`: the bench swap driver's rate (0 pauses it); 409
+/// where the config has no `[bench] swaps_per_second`.
+async fn bench_swaps(Query(q): Query<Vec<(String, String)>>) -> axum::response::Response {
+    use crate::control::bench_swaps::{set_rate, RateError};
+    let rate = q
+        .iter()
+        .find(|(k, _)| k == "per_second")
+        .and_then(|(_, v)| v.parse::<f64>().ok())
+        .unwrap_or(-1.0);
+    match set_rate(rate) {
+        Ok(()) => (StatusCode::OK, format!("bench swaps: {rate} per second\n")).into_response(),
+        Err(e @ RateError::NotRunning) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
 async fn not_found() -> impl IntoResponse {
     (
         StatusCode::NOT_FOUND,
@@ -172,6 +188,7 @@ fn router(source: Arc<MetricsSource>, registry: Arc<Registry>, capture: Arc<Capt
         .route("/capture", get(self::capture))
         .route("/latency", get(latency))
         .route("/latency/reset", axum::routing::post(latency_reset))
+        .route("/bench/swaps", axum::routing::post(bench_swaps))
         .fallback(not_found)
         .with_state(App {
             source,

@@ -570,6 +570,11 @@ def blocked(res):
 
 
 # ---- report ------------------------------------------------------------------------------
+def io_ratio(t, i):
+    """tarp's Mpps over testpmd io's (None when either is missing)."""
+    return t["mpps"] / i["mpps"] if i.get("mpps") and t.get("mpps") else None
+
+
 def fmt(x, nd=2):
     return "-" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
 
@@ -614,7 +619,7 @@ def report(meta, res):
         L.append("|---|---|---|---|---|---|---|")
         for r in mix:
             t, i = r.get("tarp", {}), r.get("testpmd_io", {})
-            ratio = t.get("mpps", 0) / i["mpps"] if i.get("mpps") and t.get("mpps") else None
+            ratio = io_ratio(t, i)
             L.append(f"| {r['role']} | {r['circuits']:,} | {fmt(t.get('mpps'))} | {fmt(t.get('gbps'))} | "
                      f"{fmt(i.get('mpps'))} | {fmt(i.get('gbps'))} | {fmt(ratio)} |")
         L.append("")
@@ -642,7 +647,7 @@ def report(meta, res):
         for r in co:
             t, i = r.get("tarp", {}), r.get("testpmd_io", {})
             per = ", ".join(f"{v / t['window_s'] / 1e6:.2f}" for v in t.get("forwarded_by_worker", {}).values()) if t else "-"
-            ratio = t.get("mpps", 0) / i["mpps"] if i.get("mpps") and t.get("mpps") else None
+            ratio = io_ratio(t, i)
             L.append(f"| {r['role']} | {r['circuits']:,} | {r['workers']} | {fmt(t.get('mpps'))} | {per} | "
                      f"{fmt(i.get('mpps'))} | {fmt(ratio)} |")
         L.append("")

@@ -2,8 +2,9 @@
 //!
 //! A [`Snapshot`] is built off the fast path from a [`Rules`] value (static config or the
 //! keeper) and the forwarder's ports, validated as a whole, and published through a
-//! [`SnapshotHandle`]. A worker loads the current snapshot once per burst; a swap never
-//! blocks it, and it never sees half of one snapshot and half of another.
+//! [`SnapshotHandle`]. A worker loads the current snapshot once per poll round (through an
+//! `arc_swap::Cache`: one pointer compared); a swap never blocks it, and it never sees
+//! half of one snapshot and half of another.
 //!
 //! Everything known when the snapshot is built is resolved then: checksum differences of
 //! each rewrite, the next hop of each app host and tunnel peer. Only the remux, whose

@@ -39,3 +39,6 @@ pub mod worker;
 #[path = "dpdk/prefetch.rs"]
 #[allow(unsafe_code)]
 pub mod prefetch;
+#[path = "dpdk/tsc.rs"]
+#[allow(unsafe_code)]
+pub mod tsc;

@@ -4,6 +4,9 @@
 
 use std::time::Instant;
 
+#[cfg(target_arch = "x86_64")]
+use crate::tsc::rdtsc;
+
 /// Nanoseconds since creation, from the TSC (x86_64) or `Instant` elsewhere.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
@@ -58,11 +61,4 @@ impl Default for Clock {
     fn default() -> Clock {
         Clock::new()
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn rdtsc() -> u64 {
-    // SAFETY: RDTSC exists on every x86_64 CPU, reads a counter and touches no memory.
-    unsafe { core::arch::x86_64::_rdtsc() }
 }

@@ -17,7 +17,7 @@ use super::rewrite::{
     decrement_ttl, into_tunnel, martian_v4, martian_v6, rewrite_v6, to_next_hop, to_slow_path,
     ttl_and_rewrite_v4,
 };
-use super::{Context, DropReason, PacketBuf, Verdict, MAX_BURST};
+use super::{stage, stopped, Context, DropReason, PacketBuf, Verdict, MAX_BURST};
 
 #[derive(Clone, Copy, Default)]
 struct Pending {
@@ -29,7 +29,7 @@ struct Pending {
 }
 
 /// Runs the aggregator over at most [`MAX_BURST`] packets received on `port`.
-pub(super) fn run<B: PacketBuf>(
+pub(super) fn run<B: PacketBuf, const UNTIL: u8>(
     snap: &Snapshot,
     ctx: &mut Context,
     in_port: PortId,
@@ -71,16 +71,19 @@ pub(super) fn run<B: PacketBuf>(
             }
         };
     }
+    if UNTIL == stage::PARSE {
+        return;
+    }
     // Pass 2: look up, rewrite, encapsulate.
     for (i, pkt) in pkts.iter_mut().enumerate() {
         if todo[i] {
-            out[i] = one(snap, ctx, in_port, port, pkt, &pending[i]);
+            out[i] = one::<B, UNTIL>(snap, ctx, in_port, port, pkt, &pending[i]);
         }
     }
 }
 
 #[inline]
-fn one<B: PacketBuf>(
+fn one<B: PacketBuf, const UNTIL: u8>(
     snap: &Snapshot,
     ctx: &mut Context,
     in_port: PortId,
@@ -119,6 +122,9 @@ fn one<B: PacketBuf>(
         alias4 = e.alias;
         (e.tunnel, e.answer_ping, e.delta)
     };
+    if UNTIL == stage::LOOKUP {
+        return stopped((entry_tunnel, alias4, alias6));
+    }
     if answer_ping && is_echo_request(b, ip) {
         return answer_echo(ctx, in_port, pkt, ip);
     }
@@ -139,6 +145,9 @@ fn one<B: PacketBuf>(
     }
     if port.clamp_mss {
         mss::clamp(b, ip, mss::mss_for(t.inner_mtu, ip.v6()));
+    }
+    if UNTIL == stage::REWRITE {
+        return stopped(());
     }
     into_tunnel(snap, pkt, ip, entry_tunnel)
 }

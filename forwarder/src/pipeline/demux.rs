@@ -19,7 +19,7 @@ use super::parse::{addr6, classify, classify_inner, fast_inner, ip_end, Ip, L3};
 use super::rewrite::{
     decrement_ttl, miss, rewrite_v4, rewrite_v6, to_next_hop, to_slow_path, ttl_and_rewrite_v4,
 };
-use super::{Context, DropReason, PacketBuf, Verdict, MAX_BURST};
+use super::{stage, stopped, Context, DropReason, PacketBuf, Verdict, MAX_BURST};
 
 #[derive(Clone, Copy, Default)]
 struct Pending {
@@ -38,7 +38,7 @@ struct Pending {
 
 /// Runs the demux over at most [`MAX_BURST`] packets received on `port`: tunnel packets,
 /// or (`INNER`) inner frames the worker opened from a WireGuard tunnel.
-pub(super) fn run<B: PacketBuf, const INNER: bool>(
+pub(super) fn run<B: PacketBuf, const INNER: bool, const UNTIL: u8>(
     snap: &Snapshot,
     ctx: &mut Context,
     in_port: PortId,
@@ -93,10 +93,13 @@ pub(super) fn run<B: PacketBuf, const INNER: bool>(
         }
         todo[i] = true;
     }
+    if UNTIL == stage::PARSE {
+        return;
+    }
     // Pass 2: look up and rewrite.
     for (i, pkt) in pkts.iter_mut().enumerate() {
         if todo[i] {
-            out[i] = one(snap, ctx, pkt, &pending[i]);
+            out[i] = one::<B, UNTIL>(snap, ctx, pkt, &pending[i]);
         }
     }
 }
@@ -292,7 +295,12 @@ pub(super) fn frag_key(b: &[u8], ip: &Ip) -> FragKey {
 
 /// The common case (no fragment, no quote) straight through; the rest beside it.
 #[inline(always)]
-fn one<B: PacketBuf>(snap: &Snapshot, ctx: &mut Context, pkt: &mut B, p: &Pending) -> Verdict {
+fn one<B: PacketBuf, const UNTIL: u8>(
+    snap: &Snapshot,
+    ctx: &mut Context,
+    pkt: &mut B,
+    p: &Pending,
+) -> Verdict {
     let ip = &p.ip;
     if ip.frag() || p.quote.is_some() {
         return rare(snap, ctx, pkt, p);
@@ -312,6 +320,9 @@ fn one<B: PacketBuf>(snap: &Snapshot, ctx: &mut Context, pkt: &mut B, p: &Pendin
         else {
             return miss(ip);
         };
+        if UNTIL == stage::LOOKUP {
+            return stopped(r);
+        }
         if !decrement_ttl(b, ip) {
             return Verdict::Drop(DropReason::TtlExpired);
         }
@@ -339,6 +350,9 @@ fn one<B: PacketBuf>(snap: &Snapshot, ctx: &mut Context, pkt: &mut B, p: &Pendin
         else {
             return miss(ip);
         };
+        if UNTIL == stage::LOOKUP {
+            return stopped(r);
+        }
         if !ttl_and_rewrite_v4(b, ip, ip.dst_off(), r.addr, r.delta) {
             return Verdict::Drop(DropReason::TtlExpired);
         }
@@ -352,6 +366,9 @@ fn one<B: PacketBuf>(snap: &Snapshot, ctx: &mut Context, pkt: &mut B, p: &Pendin
         });
         r.next_hop
     };
+    if UNTIL == stage::REWRITE {
+        return stopped(nh);
+    }
     to_next_hop(snap, b, ip, nh)
 }
 

@@ -36,11 +36,52 @@ use crate::tables::{PortId, Role, Snapshot};
 /// Packets handled per pass (DPDK's usual burst size); longer slices are chunked.
 pub const MAX_BURST: usize = 32;
 
+/// How far [`process_until`] takes each packet. The stage bench (`benches/stages.rs`)
+/// stops the real pipeline after each stage in turn and counts the cycles each one adds;
+/// everything else runs it whole ([`ALL`](stage::ALL)), where the cut points compile away.
+#[doc(hidden)]
+pub mod stage {
+    /// Pass 1: parse (the demux: check and strip the tunnel, then parse the inner
+    /// packet), take the key, hash it and prefetch its slot.
+    pub const PARSE: u8 = 1;
+    /// Then look the key up (the aggregator: and check the source is no capture address).
+    pub const LOOKUP: u8 = 2;
+    /// Then rewrite: TTL, addresses, checksums, MSS, circuit counters.
+    pub const REWRITE: u8 = 3;
+    /// Then send it on: next hop, MACs and MTU, or the tunnel's encapsulation. The whole
+    /// pipeline.
+    pub const ALL: u8 = 4;
+    /// The stages' names, by number.
+    pub const NAMES: [&str; 4] = ["parse", "lookup", "rewrite", "out"];
+}
+
+/// What a packet stopped early for the stage bench gets: its stage's result kept alive
+/// (so the compiler cannot drop the work), and a verdict the bench ignores.
+#[inline(always)]
+fn stopped<T>(result: T) -> Verdict {
+    std::hint::black_box(result);
+    Verdict::SlowPath
+}
+
 /// Runs the pipeline of `in_port`'s role over `pkts`, writing `verdicts[i]` for `pkts[i]`.
 ///
 /// `ctx` is the calling worker's own state (clock, rate limits, fragment table).
 /// `verdicts` must be at least as long as `pkts`. An unknown `in_port` drops everything.
+#[inline]
 pub fn process<B: PacketBuf>(
+    snap: &Snapshot,
+    ctx: &mut Context,
+    in_port: PortId,
+    pkts: &mut [B],
+    verdicts: &mut [Verdict],
+) {
+    process_until::<B, { stage::ALL }>(snap, ctx, in_port, pkts, verdicts)
+}
+
+/// [`process`] stopped after stage `UNTIL` (see [`stage`]): for the stage bench only. A
+/// packet stopped early is left half done and its verdict means nothing.
+#[doc(hidden)]
+pub fn process_until<B: PacketBuf, const UNTIL: u8>(
     snap: &Snapshot,
     ctx: &mut Context,
     in_port: PortId,
@@ -60,9 +101,9 @@ pub fn process<B: PacketBuf>(
     {
         let out = &mut out[..pkts.len()];
         match port.role {
-            Role::Aggregator => aggregator::run(snap, ctx, in_port, port, pkts, out),
-            Role::Demux => demux::run::<_, false>(snap, ctx, in_port, port, pkts, out),
-            Role::Remux => remux::run(snap, ctx, in_port, port, pkts, out),
+            Role::Aggregator => aggregator::run::<_, UNTIL>(snap, ctx, in_port, port, pkts, out),
+            Role::Demux => demux::run::<_, false, UNTIL>(snap, ctx, in_port, port, pkts, out),
+            Role::Remux => remux::run::<_, UNTIL>(snap, ctx, in_port, port, pkts, out),
         }
     }
 }
@@ -92,7 +133,9 @@ pub fn process_inner<B: PacketBuf>(
     {
         let out = &mut out[..pkts.len()];
         match port.role {
-            Role::Demux => demux::run::<_, true>(snap, ctx, in_port, port, pkts, out),
+            Role::Demux => {
+                demux::run::<_, true, { stage::ALL }>(snap, ctx, in_port, port, pkts, out)
+            }
             Role::Aggregator => aggregator::run_inner(snap, pkts, out),
             Role::Remux => out.fill(Verdict::Drop(DropReason::Unsupported)),
         }

@@ -21,7 +21,7 @@ use super::rewrite::{
     decrement_ttl, into_tunnel, miss, rewrite_v4, rewrite_v6, to_next_hop, to_slow_path,
     ttl_and_rewrite_v4,
 };
-use super::{Context, DropReason, PacketBuf, Verdict, MAX_BURST};
+use super::{stage, stopped, Context, DropReason, PacketBuf, Verdict, MAX_BURST};
 
 #[derive(Clone, Copy, Default)]
 struct Pending {
@@ -40,7 +40,7 @@ struct Pending {
 }
 
 /// Runs the remux over at most [`MAX_BURST`] packets received on `port`.
-pub(super) fn run<B: PacketBuf>(
+pub(super) fn run<B: PacketBuf, const UNTIL: u8>(
     snap: &Snapshot,
     ctx: &mut Context,
     in_port: PortId,
@@ -93,16 +93,19 @@ pub(super) fn run<B: PacketBuf>(
             }
         };
     }
+    if UNTIL == stage::PARSE {
+        return;
+    }
     for (i, pkt) in pkts.iter_mut().enumerate() {
         if todo[i] {
-            out[i] = one(snap, ctx, port, pkt, &pending[i]);
+            out[i] = one::<B, UNTIL>(snap, ctx, port, pkt, &pending[i]);
         }
     }
 }
 
 /// The common case (no fragment, no quote) straight through; the rest beside it.
 #[inline(always)]
-fn one<B: PacketBuf>(
+fn one<B: PacketBuf, const UNTIL: u8>(
     snap: &Snapshot,
     ctx: &mut Context,
     port: &PortEntry,
@@ -124,6 +127,9 @@ fn one<B: PacketBuf>(
         };
         if hit.is_none() && snap.v6.remux_addr.get(&p.src6).is_none() {
             return miss(ip);
+        }
+        if UNTIL == stage::LOOKUP {
+            return stopped(hit);
         }
         if !decrement_ttl(b, ip) {
             return Verdict::Drop(DropReason::TtlExpired);
@@ -149,9 +155,14 @@ fn one<B: PacketBuf>(
         } else {
             None
         };
+        if hit.is_none() && snap.v4.remux_addr.get(&p.src4).is_none() {
+            return miss(ip);
+        }
+        if UNTIL == stage::LOOKUP {
+            return stopped(hit);
+        }
         let forwarded = match hit {
             Some(r) => ttl_and_rewrite_v4(b, ip, ip.src_off(), r.addr, r.delta),
-            None if snap.v4.remux_addr.get(&p.src4).is_none() => return miss(ip),
             None => decrement_ttl(b, ip),
         };
         if !forwarded {
@@ -168,6 +179,9 @@ fn one<B: PacketBuf>(
         ctx.count_circuit(snap, TO_DEVICE, || {
             (key_v4(p.src4, pp), ip_end(b, ip) - ip.l3())
         });
+    }
+    if UNTIL == stage::REWRITE {
+        return stopped(());
     }
     leave(snap, pkt, ip, p)
 }

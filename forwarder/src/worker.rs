@@ -118,44 +118,60 @@ impl Worker {
                     e.sync(snap);
                 }
                 process(snap, &mut ctx, *port, &mut burst, &mut verdicts[..n]);
-                let mut out = Sink {
-                    tx: &mut self.tx,
-                    pool: self.pool,
-                    slow_path: &self.slow_path,
-                    stats: &stats,
-                    dead: &mut dead,
-                };
-                let mut forwarded = 0;
-                for (i, (m, v)) in burst.drain().zip(verdicts.iter()).enumerate() {
-                    if self.tap.on() {
-                        self.tap.verdict(i, *v, m.data());
+                // The common case, a whole burst forwarded to one port with no capture
+                // running, goes to that port's TX queue as it is, without a verdict
+                // dispatched packet by packet.
+                let whole = one_port(&verdicts[..n], self.tx.len()).filter(|_| !self.tap.on());
+                let forwarded = if let Some(out) = whole {
+                    let dropped = self.tx[out as usize].send_burst(&mut burst);
+                    if dropped > 0 {
+                        let c = &stats.ports[out as usize];
+                        bump(&c.drops[DropReason::TxFull as usize], dropped as u64);
                     }
-                    forwarded += out.dispatch(snap, &mut wg, &mut opened, *port, m, *v);
-                }
-                self.tap.end();
-                // What WireGuard opened: through the port's pipeline as inner frames.
-                if !opened.is_empty() {
-                    let k = opened.len();
-                    // A capture sees the opened frame as its before copy.
-                    self.tap.before(
-                        &self.capture,
-                        *port,
-                        start + Duration::from_nanos(t),
-                        opened.iter().map(|m| m.data()),
-                    );
-                    process_inner(snap, &mut ctx, *port, &mut opened, &mut inner_verdicts[..k]);
-                    for (i, (m, v)) in opened.drain().zip(inner_verdicts.iter()).enumerate() {
+                    n as u64
+                } else {
+                    let mut out = Sink {
+                        tx: &mut self.tx,
+                        pool: self.pool,
+                        slow_path: &self.slow_path,
+                        stats: &stats,
+                        dead: &mut dead,
+                    };
+                    let mut forwarded = 0;
+                    for (i, (m, v)) in burst.drain().zip(verdicts.iter()).enumerate() {
                         if self.tap.on() {
                             self.tap.verdict(i, *v, m.data());
                         }
-                        forwarded += out.dispatch(snap, &mut wg, &mut unexpected, *port, m, *v);
+                        forwarded += out.dispatch(snap, &mut wg, &mut opened, *port, m, *v);
                     }
                     self.tap.end();
-                    // An inner frame is never opened again.
-                    unexpected.clear();
-                }
-                // One bulk free for the burst's drops (rte_pktmbuf_free_bulk).
-                dead.clear();
+                    // What WireGuard opened: through the port's pipeline as inner frames.
+                    if !opened.is_empty() {
+                        let k = opened.len();
+                        // A capture sees the opened frame as its before copy.
+                        self.tap.before(
+                            &self.capture,
+                            *port,
+                            start + Duration::from_nanos(t),
+                            opened.iter().map(|m| m.data()),
+                        );
+                        let inner = &mut inner_verdicts[..k];
+                        process_inner(snap, &mut ctx, *port, &mut opened, inner);
+                        for (i, (m, v)) in opened.drain().zip(inner.iter()).enumerate() {
+                            if self.tap.on() {
+                                self.tap.verdict(i, *v, m.data());
+                            }
+                            let un = &mut unexpected;
+                            forwarded += out.dispatch(snap, &mut wg, un, *port, m, *v);
+                        }
+                        self.tap.end();
+                        // An inner frame is never opened again.
+                        unexpected.clear();
+                    }
+                    // One bulk free for the burst's drops (rte_pktmbuf_free_bulk).
+                    dead.clear();
+                    forwarded
+                };
                 bump(&counters.forwarded, forwarded);
                 let t1 = now_ns();
                 self.latency.record(t1 - t);
@@ -230,6 +246,19 @@ impl Worker {
             drop(tx.into_queue());
         }
     }
+}
+
+/// The port every packet of a burst is forwarded to, if they all go to the same one
+/// (and it is one of the worker's `ports`).
+#[inline(always)]
+fn one_port(verdicts: &[Verdict], ports: usize) -> Option<PortId> {
+    let Some(&Verdict::Forward(out)) = verdicts.first() else {
+        return None;
+    };
+    let all = verdicts
+        .iter()
+        .fold(true, |all, v| all & (*v == Verdict::Forward(out)));
+    (all && (out as usize) < ports).then_some(out)
 }
 
 /// Where a worker's verdicts send packets: its TX buffers, the slow path, its counters.

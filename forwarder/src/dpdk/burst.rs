@@ -220,9 +220,41 @@ impl Drop for Drain<'_> {
 pub struct TxBuffer {
     queue: TxQueue,
     burst: MbufBurst,
+    counts: TxCounts,
+}
+
+/// What a [`TxBuffer`] sent and dropped.
+#[derive(Debug, Default)]
+struct TxCounts {
     dropped: u64,
     sent: u64,
     sent_bytes: u64,
+}
+
+impl TxCounts {
+    /// Offers `burst` to `queue` twice at most, frees what it did not take, counts;
+    /// returns how many packets were freed unsent.
+    #[inline(always)]
+    fn send(&mut self, queue: &mut TxQueue, burst: &mut MbufBurst) -> usize {
+        if burst.is_empty() {
+            return 0;
+        }
+        let (offered, bytes) = (burst.len(), bytes_of(burst));
+        queue.tx_burst(burst);
+        if !burst.is_empty() {
+            queue.tx_burst(burst);
+        }
+        let dropped = burst.len();
+        let mut sent_bytes = bytes;
+        if dropped > 0 {
+            sent_bytes -= bytes_of(burst);
+            burst.clear();
+        }
+        self.sent += (offered - dropped) as u64;
+        self.sent_bytes += sent_bytes;
+        self.dropped += dropped as u64;
+        dropped
+    }
 }
 
 impl TxBuffer {
@@ -231,9 +263,7 @@ impl TxBuffer {
         TxBuffer {
             queue,
             burst: MbufBurst::new(),
-            dropped: 0,
-            sent: 0,
-            sent_bytes: 0,
+            counts: TxCounts::default(),
         }
     }
 
@@ -244,7 +274,7 @@ impl TxBuffer {
         // Never full here: a full burst is flushed before push returns.
         if let Err(mbuf) = self.burst.push(mbuf) {
             drop(mbuf);
-            self.dropped += 1;
+            self.counts.dropped += 1;
             return 1;
         }
         if self.burst.is_full() {
@@ -258,36 +288,32 @@ impl TxBuffer {
     /// more, then freed. Returns how many packets were freed unsent.
     #[inline]
     pub fn flush(&mut self) -> usize {
-        if self.burst.is_empty() {
-            return 0;
-        }
-        let (offered, bytes) = (self.burst.len(), bytes_of(&self.burst));
-        self.queue.tx_burst(&mut self.burst);
-        if !self.burst.is_empty() {
-            self.queue.tx_burst(&mut self.burst);
-        }
-        let dropped = self.burst.len();
-        let mut sent_bytes = bytes;
-        if dropped > 0 {
-            sent_bytes -= bytes_of(&self.burst);
-            self.burst.clear();
-        }
-        self.sent += (offered - dropped) as u64;
-        self.sent_bytes += sent_bytes;
-        self.dropped += dropped as u64;
-        dropped
+        let TxBuffer {
+            queue,
+            burst,
+            counts,
+        } = self;
+        counts.send(queue, burst)
+    }
+
+    /// Sends a whole burst, every packet of which goes to this queue, without copying
+    /// it into the buffer (what is already queued goes first, to keep the order).
+    /// Returns how many packets were freed unsent; `burst` is left empty.
+    #[inline]
+    pub fn send_burst(&mut self, burst: &mut MbufBurst) -> usize {
+        self.flush() + self.counts.send(&mut self.queue, burst)
     }
 
     /// Packets the device accepted since the buffer was made.
     #[inline]
     pub fn sent(&self) -> u64 {
-        self.sent
+        self.counts.sent
     }
 
     /// Their bytes (frames as handed to the device, without FCS).
     #[inline]
     pub fn sent_bytes(&self) -> u64 {
-        self.sent_bytes
+        self.counts.sent_bytes
     }
 
     /// Packets queued and not yet sent.
@@ -304,7 +330,7 @@ impl TxBuffer {
 
     /// Packets dropped unsent since the buffer was made.
     pub fn dropped(&self) -> u64 {
-        self.dropped
+        self.counts.dropped
     }
 
     /// The queue the buffer sends on.

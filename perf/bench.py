@@ -20,6 +20,7 @@ import re
 import select
 import shutil
 import signal
+import socket
 import statistics
 import struct
 import subprocess
@@ -149,6 +150,7 @@ class Env:
         self.work = os.path.join(a.out, "work")
         self.bin = a.bin
         self.testpmd = a.testpmd
+        self.l3fwd = a.l3fwd
         self.port = a.metrics_port
         self.base = f"http://127.0.0.1:{self.port}"
         self.eal = a.eal
@@ -476,6 +478,110 @@ def measure_testpmd(env, tag, mode, pcaps, flows, workers):
             "ns_per_pkt": round(1e3 / mpps, 2) if mpps else None, "window_s": round(dt, 3)}
 
 
+# ---- DPDK l3fwd ----------------------------------------------------------------------------
+# l3fwd's hash table holds 1,048,576 keys (L3FWD_HASH_ENTRIES); a cuckoo hash that full
+# refuses some, and l3fwd exits on the first it cannot add.
+L3FWD_MAX_RULES = 900_000
+
+
+def l3fwd_rules(frames, path4, path6, n):
+    """l3fwd's exact-match rules: every 5-tuple of the traffic to port 1 (the outer
+    headers of the demux's VXLAN frames: l3fwd does not decapsulate), plus TCP rules no
+    frame matches until the table holds as many entries as tarp has circuits (n, at most
+    L3FWD_MAX_RULES). A family with no traffic gets one rule (l3fwd wants both files)."""
+    v4, v6 = set(), set()
+    for f in frames:
+        et = f[12:14]
+        if et == b"\x08\x00":
+            l4 = 14 + (f[14] & 15) * 4
+            sport, dport = struct.unpack("!HH", f[l4:l4 + 4])
+            v4.add((socket.inet_ntop(socket.AF_INET, f[30:34]), socket.inet_ntop(socket.AF_INET, f[26:30]),
+                    dport, sport, f[23]))
+        elif et == b"\x86\xdd":
+            sport, dport = struct.unpack("!HH", f[54:58])
+            v6.add((socket.inet_ntop(socket.AF_INET6, f[38:54]), socket.inet_ntop(socket.AF_INET6, f[22:38]),
+                    dport, sport, f[20]))
+    main = v6 if len(v6) > len(v4) else v4
+    for i in range(max(0, min(n, L3FWD_MAX_RULES) - len(main))):
+        if main is v4:
+            main.add((f"198.19.{i >> 8 & 255}.{i & 255}", f"198.18.{i >> 16 & 255}.0", 9, 9, 6))
+        else:
+            main.add((f"2001:db8:ffff::{i >> 16 & 0xffff:x}:{i & 0xffff:x}", "2001:db8:fffe::1", 9, 9, 6))
+    for path, rules, dummy in ((path4, v4, ("198.18.255.1", "198.18.255.2", 9, 9, 17)),
+                               (path6, v6, ("2001:db8::1", "2001:db8::2", 9, 9, 17))):
+        with open(path, "w") as o:
+            for dst, src, dport, sport, proto in sorted(rules) or [dummy]:
+                o.write(f"R{dst} {src} {dport} {sport} 0x{proto:02x} 1\n")
+    return len(main)
+
+
+def telemetry(sock, cmd):
+    """One DPDK telemetry query (the v2 socket: a greeting, then JSON per command)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.settimeout(2)
+        s.connect(sock)
+        s.recv(4096)
+        s.send(cmd.encode())
+        return next(iter(json.loads(s.recv(1 << 20).decode()).values()))
+
+
+def measure_l3fwd(env, tag, pcaps, flows, rules):
+    """DPDK's l3fwd (exact match, one lcore) on the same vdevs, EAL memory mode and
+    traffic: port 1's TX growth over the window, read through DPDK telemetry."""
+    a = env.a
+    if not env.l3fwd or not os.access(env.l3fwd, os.X_OK):
+        return {"error": "l3fwd not built (perf/l3fwd/build.sh)"}
+    if len(pcaps) != 1:
+        return {"error": "one queue only"}
+    prefix = "tarp-perf-l3fwd"
+    sock = f"/var/run/dpdk/{prefix}/dpdk_telemetry.v2"
+    eal = [x for x in env.eal if not x.startswith("--file-prefix")] + [f"--file-prefix={prefix}"]
+    cmd = [env.l3fwd, "-l", "1", *eal, "--no-pci",
+           "--vdev", f"net_pcap0,rx_pcap={pcaps[0]},infinite_rx=1", "--vdev", "net_null0,no-rx=1", "--",
+           "-p", "0x3", "--config=(0,0,1),(1,0,1)", "--lookup=em", f"--rule_ipv4={rules[0]}",
+           f"--rule_ipv6={rules[1]}", "--parse-ptype"]
+    logf = open(os.path.join(env.work, f"{tag}.l3fwd.log"), "w")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=dict(os.environ, L3FWD_EXTRA_MBUFS=str(flows + 8192)))
+
+    def stats():
+        t0 = time.time()
+        tx = telemetry(sock, "/ethdev/stats,1")["opackets"]
+        rx_bytes = telemetry(sock, "/ethdev/stats,0")["ibytes"]
+        return (t0 + time.time()) / 2, tx, rx_bytes
+
+    try:
+        deadline = time.time() + 120  # a million rules take a while to load
+        while True:
+            if proc.poll() is not None or time.time() > deadline:
+                return {"error": f"l3fwd did not forward (see {tag}.l3fwd.log)"}
+            try:
+                if stats()[1] > 0:
+                    break
+            except (OSError, ValueError, KeyError, StopIteration):
+                pass
+            time.sleep(0.2)
+        time.sleep(a.warmup)
+        t0, tx0, b0 = stats()
+        time.sleep(a.duration)
+        t1, tx1, b1 = stats()
+    except (OSError, ValueError, KeyError, StopIteration) as e:
+        return {"error": f"telemetry: {e!r}"}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        logf.close()
+    dt = t1 - t0
+    mpps = (tx1 - tx0) / dt / 1e6
+    return {"mpps": round(mpps, 3), "gbps": round((b1 - b0) * 8 / dt / 1e9, 3),
+            "ns_per_pkt": round(1e3 / mpps, 2) if mpps else None, "window_s": round(dt, 3)}
+
+
 # ---- suites ------------------------------------------------------------------------------
 def one(env, results, *, role, n, dist="uniform", mix="64", workers=1, swaps=None, testpmd=(), label=None):
     a = env.a
@@ -492,6 +598,10 @@ def one(env, results, *, role, n, dist="uniform", mix="64", workers=1, swaps=Non
         c, pcaps, samples, frames = make_traffic(env, tag, role, n, dist, mix, flows, queues)
         rec["family"] = "ipv6" if c.v6 else "ipv4"
         rec["frame_bytes"] = sorted({len(f) + 4 for f in frames})
+        l3rules = None
+        if "l3fwd" in testpmd and not NO_TESTPMD[0]:
+            l3rules = (os.path.join(env.work, f"{tag}.l3fwd-v4.cfg"), os.path.join(env.work, f"{tag}.l3fwd-v6.cfg"))
+            rec["l3fwd_rules"] = l3fwd_rules(frames, *l3rules, n)
         del frames
         rec["verified_frames"] = verify(env, tag, role, c, samples, lcores, eal)
         log(f"{tag}: {rec['verified_frames']} forwarded frames checked against the rules")
@@ -499,6 +609,11 @@ def one(env, results, *, role, n, dist="uniform", mix="64", workers=1, swaps=Non
         t = rec["tarp"]
         log(f"{tag}: tarp {t['mpps']:.2f} Mpps ({t['gbps']:.2f} Gbit/s), drops {t['drops'] or 0}")
         for mode in testpmd:
+            if mode == "l3fwd":
+                if l3rules:
+                    rec["l3fwd_em"] = measure_l3fwd(env, tag, pcaps, flows, l3rules)
+                    log(f"{tag}: l3fwd (exact match) {rec['l3fwd_em'].get('mpps', rec['l3fwd_em'].get('error'))} Mpps")
+                continue
             rec[f"testpmd_{mode}"] = measure_testpmd(env, tag, mode, pcaps, flows, workers)
             log(f"{tag}: testpmd {mode} {rec[f'testpmd_{mode}'].get('mpps')} Mpps")
     except (RuntimeError, ValueError, KeyError, OSError, IndexError, struct.error) as e:
@@ -518,7 +633,9 @@ def suite_sizes(env, res, sizes):
             for dist in ("uniform", "zipf"):
                 # testpmd on each size's own traffic: its replay cost grows with the
                 # frames it caches (4,096 to 131,072).
-                tp = () if dist != "uniform" else ("io", "5tswap") if n == sizes[0] else ("io",)
+                # DPDK's l3fwd (exact match) on the same traffic: a lookup-and-rewrite
+                # forwarder's reference beside the io loop.
+                tp = () if dist != "uniform" else ("io", "5tswap", "l3fwd") if n == sizes[0] else ("io", "l3fwd")
                 one(env, res, role=role, n=n, dist=dist, testpmd=tp, label="sizes")
 
 
@@ -589,22 +706,25 @@ def report(meta, res):
           and not r["swaps_per_second"]]
     if sz:
         L.append("## Mpps per core against table size (64-byte frames, 1 worker)\n")
-        L.append("| role | circuits | traffic | frame B | tarp Mpps | ns/pkt | testpmd io (same size) | tarp / io | burst p50 / p99 / p99.9 us | RSS MB | hugepages MB | tables MB | drops |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        L.append("| role | circuits | traffic | frame B | tarp Mpps | ns/pkt | testpmd io (same size) | tarp / io | l3fwd-em Mpps | tarp / l3fwd | burst p50 / p99 / p99.9 us | RSS MB | hugepages MB | tables MB | drops |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in sz:
             t = r.get("tarp")
             if not t:
-                L.append(f"| {r['role']} | {r['circuits']:,} | {r['dist']} | | failed: {r.get('error')} |||||||||")
+                L.append(f"| {r['role']} | {r['circuits']:,} | {r['dist']} | | failed: {r.get('error')} |||||||||||")
                 continue
             lat = next(iter(t["burst_latency"].values()), {})
             lat_s = "/".join(fmt(lat.get(k, 0) / 1e3, 2) for k in ("p50_ns", "p99_ns", "p999_ns")) if lat.get("count") else "-"
             own = next((x["testpmd_io"]["mpps"] for x in sz if x["role"] == r["role"] and x["circuits"] == r["circuits"]
                         and x.get("testpmd_io", {}).get("mpps")), None)
             ratio = t["mpps"] / own if own else None
+            l3 = next((x["l3fwd_em"]["mpps"] for x in sz if x["role"] == r["role"] and x["circuits"] == r["circuits"]
+                       and x.get("l3fwd_em", {}).get("mpps")), None)
             m = t["memory"]
             L.append(f"| {r['role']} | {r['circuits']:,} | {r['dist']}{' (IPv6)' if r['family'] == 'ipv6' else ''} | "
                      f"{'/'.join(map(str, r['frame_bytes']))} | {t['mpps']:.2f} | {fmt(t['ns_per_pkt'], 1)} | "
-                     f"{fmt(own)} | {fmt(ratio)} | {lat_s} | {fmt(m.get('rss_mb'), 0)} | "
+                     f"{fmt(own)} | {fmt(ratio)} | {fmt(l3)} | {fmt(t['mpps'] / l3 if l3 else None)} | "
+                     f"{lat_s} | {fmt(m.get('rss_mb'), 0)} | "
                      f"{fmt(m.get('hugepages_mb'), 0)} | {t['tables_bytes'] / 1e6:.2f} | {sum(t['drops'].values())} |")
         L.append("")
         tp5 = [r for r in sz if r.get("testpmd_5tswap", {}).get("mpps")]
@@ -695,7 +815,8 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--bin", required=True)
     ap.add_argument("--testpmd", default="/usr/bin/dpdk-testpmd")
-    ap.add_argument("--no-testpmd", action="store_true")
+    ap.add_argument("--no-testpmd", action="store_true", help="no testpmd and no l3fwd")
+    ap.add_argument("--l3fwd", default="", help="DPDK's l3fwd binary (perf/l3fwd/build.sh)")
     ap.add_argument("--profile", action="store_true", help="perf record each tarp worker (stages by symbol)")
     ap.add_argument("--eal", default="--in-memory", help="EAL memory arguments, space-separated")
     ap.add_argument("--memory", default="huge")
@@ -723,7 +844,8 @@ def main():
             a.duration, a.warmup = min(a.duration, 1.0), min(a.warmup, 0.5)
             SWAP.update(pairs=1, phase_s=0.5, settle_s=0.2)
             for role in ROLES:
-                one(env, res, role=role, n=1000, testpmd=("io",), label="smoke")
+                one(env, res, role=role, n=1000, testpmd=("io",) + (("l3fwd",) if role == "remux" else ()),
+                    label="smoke")
             one(env, res, role="demux", n=1000, swaps=100, label="swaps")
             one(env, res, role="remux", n=1000, workers=2, label="cores")
         if a.suite in ("all", "sizes"):

@@ -20,6 +20,8 @@ PASS=()
 BIN=${TARP_BIN:-$ROOT/target/release/tarp-forwarder}
 PLOT=${TARP_PLOT_BIN:-$ROOT/target/release/tarp-perf-plot}
 TESTPMD_BIN=${TESTPMD_BIN:-/usr/bin/dpdk-testpmd}
+L3FWD_DIR=$ROOT/target/l3fwd
+L3FWD_BIN=${L3FWD_BIN:-$L3FWD_DIR/l3fwd/build/l3fwd}
 METRICS_PORT=${TARP_PERF_METRICS_PORT:-19471}
 COMMAND="perf/run.sh $*"
 
@@ -54,6 +56,12 @@ if [ "$BUILD" = 1 ] || [ ! -x "$BIN" ] || [ ! -x "$PLOT" ]; then
   (cd "$ROOT" && cargo build --release -p tarp-forwarder -p tarp-perf-plot)
 fi
 [ -x "$BIN" ] || die "$BIN not found"
+# DPDK's l3fwd, the reference beside testpmd (built from Debian's dpdk-doc sources).
+if [ ! -x "$L3FWD_BIN" ] && ! printf '%s\n' "${PASS[@]}" | grep -qx -- --no-testpmd; then
+  echo "[perf] building DPDK's l3fwd (perf/l3fwd/build.sh)" >&2
+  "$HERE/l3fwd/build.sh" "$L3FWD_DIR" >/dev/null ||
+    echo "[perf] no l3fwd reference: its build failed" >&2
+fi
 if curl -s --max-time 1 "http://127.0.0.1:$METRICS_PORT/metrics" >/dev/null 2>&1; then
   die "127.0.0.1:$METRICS_PORT is already serving; set TARP_PERF_METRICS_PORT"
 fi
@@ -83,7 +91,7 @@ echo "[perf] memory: $MEMORY ($EAL), $(huge_free_mb) MB of hugepages free" >&2
 
 mkdir -p "$OUT"
 rc=0
-python3 "$HERE/bench.py" --suite "$SUITE" --out "$OUT" --bin "$BIN" --testpmd "$TESTPMD_BIN" \
+python3 "$HERE/bench.py" --suite "$SUITE" --out "$OUT" --bin "$BIN" --testpmd "$TESTPMD_BIN" --l3fwd "$L3FWD_BIN" \
   --eal="$EAL" --memory "$MEMORY" --metrics-port "$METRICS_PORT" --command="$COMMAND" "${PASS[@]}" || rc=$?
 if [ -x "$PLOT" ] && [ -s "$OUT/results.json" ]; then
   "$PLOT" "$OUT/results.json" "$OUT/mpps.png" || echo "[perf] no plot" >&2

@@ -2,12 +2,12 @@
 # Installs what tarp needs on Debian 12 / Ubuntu (as root): DPDK 22.11 and its headers,
 # clang for bindgen, protoc for the gRPC contract, and the tools the tests and demo use
 # (Prometheus and promtool for the metrics tests, tmux for `tarpctl top`, DejaVu for the
-# perf tool's plots).
+# perf tool's plots, DPDK's example sources and a C toolchain for its l3fwd reference).
 # Idempotent: installs only what is missing.
 set -euo pipefail
 pkgs=(dpdk dpdk-dev libdpdk-dev clang libclang-dev pkg-config protobuf-compiler
   iproute2 iputils-ping ethtool tcpdump tshark curl socat iperf3 python3 procps shellcheck
-  wireguard-go openssl prometheus tmux fonts-dejavu-core)
+  wireguard-go openssl prometheus tmux fonts-dejavu-core dpdk-doc gcc make patch)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

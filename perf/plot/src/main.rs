@@ -1,7 +1,7 @@
 //! `tarp-perf-plot RESULTS.json OUT.png`: Mpps per core against circuits (log scale),
 //! one colour per role, solid for uniform traffic and dashed for Zipf, with testpmd io
-//! on each size's traffic as a dotted line per role: the picture of `perf/run.sh`'s
-//! sizes suite.
+//! (dotted) and DPDK's l3fwd (long dashes, crosses) on each size's traffic as thin lines
+//! per role: the picture of `perf/run.sh`'s sizes suite.
 //!
 //! Text needs a TrueType font: `TARP_PLOT_FONT`, else DejaVu Sans (Debian's
 //! `fonts-dejavu-core`).
@@ -42,11 +42,44 @@ struct Run {
     label: Option<String>,
     tarp: Option<Measured>,
     testpmd_io: Option<Measured>,
+    l3fwd_em: Option<Measured>,
 }
 
 #[derive(Deserialize)]
 struct Measured {
     mpps: Option<f64>,
+}
+
+type Chart<'a> = ChartContext<
+    'a,
+    BitMapBackend<'a>,
+    Cartesian2d<
+        plotters::coord::combinators::LogCoord<f64>,
+        plotters::coord::types::RangedCoordf64,
+    >,
+>;
+
+/// Draws one line (dashed when `dash` gives dash and gap lengths) with its legend entry
+/// drawn the same way; returns its points.
+fn series(
+    chart: &mut Chart<'_>,
+    pts: &[(u64, f64)],
+    style: ShapeStyle,
+    dash: Option<(u32, u32)>,
+    label: String,
+) -> Result<Vec<(f64, f64)>> {
+    let pts: Vec<(f64, f64)> = pts.iter().map(|&(n, m)| (n as f64, m)).collect();
+    let anno = match dash {
+        Some((size, gap)) => {
+            chart.draw_series(DashedLineSeries::new(pts.clone(), size, gap, style))?
+        }
+        None => chart.draw_series(LineSeries::new(pts.clone(), style))?,
+    };
+    anno.label(label).legend(move |(x, y)| {
+        let (size, gap) = dash.unwrap_or((20, 0));
+        plotters::element::DashedPathElement::new(vec![(x, y), (x + 20, y)], size, gap, style)
+    });
+    Ok(pts)
 }
 
 const FONTS: &[&str] = &[
@@ -92,6 +125,7 @@ fn main() -> Result<()> {
     // (role, dist) -> [(circuits, Mpps)]: one worker, 64-byte frames, no swaps.
     let mut lines: BTreeMap<(String, String), Vec<(u64, f64)>> = BTreeMap::new();
     let mut io: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
+    let mut l3fwd: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
     for r in &res.runs {
         let sizes = matches!(r.label.as_deref(), Some("sizes" | "smoke"));
         if !sizes || r.workers != 1 || r.mix != "64" || r.swaps_per_second.is_some() {
@@ -106,11 +140,21 @@ fn main() -> Result<()> {
         if let Some(m) = r.testpmd_io.as_ref().and_then(|t| t.mpps) {
             io.entry(r.role.clone()).or_default().push((r.circuits, m));
         }
+        if let Some(m) = r.l3fwd_em.as_ref().and_then(|t| t.mpps) {
+            l3fwd
+                .entry(r.role.clone())
+                .or_default()
+                .push((r.circuits, m));
+        }
     }
     if lines.is_empty() {
         bail!("{}: no 64-byte single-worker runs to plot", args[1]);
     }
-    for v in lines.values_mut().chain(io.values_mut()) {
+    for v in lines
+        .values_mut()
+        .chain(io.values_mut())
+        .chain(l3fwd.values_mut())
+    {
         v.sort_by_key(|p| p.0);
     }
     font()?;
@@ -125,7 +169,7 @@ fn main() -> Result<()> {
         .values()
         .flatten()
         .map(|p| p.1)
-        .chain(io.values().flatten().map(|p| p.1))
+        .chain(io.values().chain(l3fwd.values()).flatten().map(|p| p.1))
         .fold(1.0, f64::max)
         * 1.1;
 
@@ -158,32 +202,26 @@ fn main() -> Result<()> {
         .draw()?;
     for ((role, dist), pts) in &lines {
         let c = colour(role);
-        let pts: Vec<(f64, f64)> = pts.iter().map(|&(n, m)| (n as f64, m)).collect();
+        let dash = (dist == "zipf").then_some((8, 5));
         let label = format!("tarp {role}, {dist}");
-        if dist == "zipf" {
-            chart
-                .draw_series(DashedLineSeries::new(pts.clone(), 8, 5, c.stroke_width(2)))?
-                .label(label)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                });
-        } else {
-            chart
-                .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
-                .label(label)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                });
-        }
+        let pts = series(&mut chart, pts, c.stroke_width(2), dash, label)?;
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))?;
     }
     for (role, pts) in &io {
-        let c = colour(role);
-        let pts: Vec<(f64, f64)> = pts.iter().map(|&(n, m)| (n as f64, m)).collect();
-        chart
-            .draw_series(DashedLineSeries::new(pts, 2, 4, c.stroke_width(1)))?
-            .label(format!("testpmd io on the {role}'s traffic"))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(1)));
+        let c = colour(role).stroke_width(1);
+        series(
+            &mut chart,
+            pts,
+            c,
+            Some((2, 4)),
+            format!("testpmd io on the {role}'s traffic"),
+        )?;
+    }
+    for (role, pts) in &l3fwd {
+        let c = colour(role).stroke_width(1);
+        let label = format!("DPDK l3fwd (exact match) on the {role}'s traffic");
+        let pts = series(&mut chart, pts, c, Some((12, 4)), label)?;
+        chart.draw_series(pts.iter().map(|&p| Cross::new(p, 4, c)))?;
     }
     chart
         .configure_series_labels()

@@ -210,7 +210,12 @@ impl OuterTemplate {
         if b.len() < hl || b.len() > u16::MAX as usize {
             return false;
         }
-        b[..hl].copy_from_slice(&self.bytes[..hl]);
+        // Copies of a constant length (inlined moves, where `..hl` calls memcpy).
+        if hl == OUTER_LEN_V4 {
+            b[..OUTER_LEN_V4].copy_from_slice(&self.bytes[..OUTER_LEN_V4]);
+        } else {
+            b[..OUTER_LEN_V6].copy_from_slice(&self.bytes[..OUTER_LEN_V6]);
+        }
         b[ethernet::field::DST].copy_from_slice(&dst_mac.0);
         let l3 = ethernet::HEADER_LEN;
         if hl == OUTER_LEN_V4 {

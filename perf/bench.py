@@ -488,7 +488,9 @@ def l3fwd_rules(frames, path4, path6, n):
     """l3fwd's exact-match rules: every 5-tuple of the traffic to port 1 (the outer
     headers of the demux's VXLAN frames: l3fwd does not decapsulate), plus TCP rules no
     frame matches until the table holds as many entries as tarp has circuits (n, at most
-    L3FWD_MAX_RULES). A family with no traffic gets one rule (l3fwd wants both files)."""
+    L3FWD_MAX_RULES). A family with no traffic gets one rule (l3fwd wants both files).
+    Returns the rules of the traffic's family and whether it is IPv6 (l3fwd loads the
+    IPv6 rules only with --ipv6)."""
     v4, v6 = set(), set()
     for f in frames:
         et = f[12:14]
@@ -512,7 +514,7 @@ def l3fwd_rules(frames, path4, path6, n):
         with open(path, "w") as o:
             for dst, src, dport, sport, proto in sorted(rules) or [dummy]:
                 o.write(f"R{dst} {src} {dport} {sport} 0x{proto:02x} 1\n")
-    return len(main)
+    return len(main), main is v6
 
 
 def telemetry(sock, cmd):
@@ -539,7 +541,7 @@ def measure_l3fwd(env, tag, pcaps, flows, rules):
     cmd = [env.l3fwd, "-l", "1", *eal, "--no-pci",
            "--vdev", f"net_pcap0,rx_pcap={pcaps[0]},infinite_rx=1", "--vdev", "net_null0,no-rx=1", "--",
            "-p", "0x3", "--config=(0,0,1),(1,0,1)", "--lookup=em", f"--rule_ipv4={rules[0]}",
-           f"--rule_ipv6={rules[1]}", "--parse-ptype"]
+           f"--rule_ipv6={rules[1]}", "--parse-ptype"] + (["--ipv6"] if rules[2] else [])
     logf = open(os.path.join(env.work, f"{tag}.l3fwd.log"), "w")
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                             start_new_session=True, env=dict(os.environ, L3FWD_EXTRA_MBUFS=str(flows + 8192)))
@@ -601,7 +603,8 @@ def one(env, results, *, role, n, dist="uniform", mix="64", workers=1, swaps=Non
         l3rules = None
         if "l3fwd" in testpmd and not NO_TESTPMD[0]:
             l3rules = (os.path.join(env.work, f"{tag}.l3fwd-v4.cfg"), os.path.join(env.work, f"{tag}.l3fwd-v6.cfg"))
-            rec["l3fwd_rules"] = l3fwd_rules(frames, *l3rules, n)
+            rec["l3fwd_rules"], v6 = l3fwd_rules(frames, *l3rules, n)
+            l3rules += (v6,)
         del frames
         rec["verified_frames"] = verify(env, tag, role, c, samples, lcores, eal)
         log(f"{tag}: {rec['verified_frames']} forwarded frames checked against the rules")

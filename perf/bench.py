@@ -47,10 +47,10 @@ def log(msg):
 STARTED = []
 
 
-def start(cmd, logpath):
+def start(cmd, logpath, env=None):
     f = open(logpath, "w")
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                         start_new_session=True)
+                         start_new_session=True, env=env)
     p._log = f
     STARTED.append(p)
     return p
@@ -542,9 +542,8 @@ def measure_l3fwd(env, tag, pcaps, flows, rules):
            "--vdev", f"net_pcap0,rx_pcap={pcaps[0]},infinite_rx=1", "--vdev", "net_null0,no-rx=1", "--",
            "-p", "0x3", "--config=(0,0,1),(1,0,1)", "--lookup=em", f"--rule_ipv4={rules[0]}",
            f"--rule_ipv6={rules[1]}", "--parse-ptype"] + (["--ipv6"] if rules[2] else [])
-    logf = open(os.path.join(env.work, f"{tag}.l3fwd.log"), "w")
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=dict(os.environ, L3FWD_EXTRA_MBUFS=str(flows + 8192)))
+    proc = start(cmd, os.path.join(env.work, f"{tag}.l3fwd.log"),
+                 env=dict(os.environ, L3FWD_EXTRA_MBUFS=str(flows + 8192)))
 
     def stats():
         t0 = time.time()
@@ -570,14 +569,7 @@ def measure_l3fwd(env, tag, pcaps, flows, rules):
     except (OSError, ValueError, KeyError, StopIteration) as e:
         return {"error": f"telemetry: {e!r}"}
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        logf.close()
+        stop(proc)
     dt = t1 - t0
     mpps = (tx1 - tx0) / dt / 1e6
     return {"mpps": round(mpps, 3), "gbps": round((b1 - b0) * 8 / dt / 1e9, 3),

@@ -51,7 +51,9 @@ OUT=$(realpath -m "${OUT:-$HERE/results/$SUITE}")
 exec 9>/tmp/tarp-perf.lock
 flock -n 9 || die "another perf run holds /tmp/tarp-perf.lock"
 
-if [ "$BUILD" = 1 ] || [ ! -x "$BIN" ] || [ ! -x "$PLOT" ]; then
+# Built every run unless TARP_BIN names a binary (a no-op when it is up to date): a run
+# must measure the tree it reports.
+if [ "$BUILD" = 1 ] || [ -z "${TARP_BIN:-}" ] || [ ! -x "$BIN" ] || [ ! -x "$PLOT" ]; then
   echo "[perf] building tarp-forwarder and tarp-perf-plot (release)" >&2
   (cd "$ROOT" && cargo build --release -p tarp-forwarder -p tarp-perf-plot)
 fi

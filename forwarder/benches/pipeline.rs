@@ -9,7 +9,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use cases::{
-    aggregator_case, capture, demux_case, pick, port_circuit, remux_case, Case, POOL, SIZES,
+    aggregator_case, assert_all_forwarded, capture, demux_case, in_vxlan, pick, port_circuit,
+    remux_case, Case, POOL, SIZES,
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use forwarder::metrics::circuit_counters;
@@ -58,22 +59,8 @@ fn bench_case(
     if let Some(c) = &case.counters {
         ctx.set_circuit_counters(c.clone());
     }
-    // Every packet the measurement will use must be forwarded, in bench builds too
-    // (a fast wrong answer must not pass): checked once, outside the timing.
-    for chunk in case.pool.chunks(MAX_BURST) {
-        let n = chunk.len();
-        for (buf, frame) in bufs.iter_mut().zip(chunk) {
-            buf.reset(frame);
-        }
-        process(&case.snap, &mut ctx, 0, &mut bufs[..n], &mut verdicts[..n]);
-        assert!(
-            verdicts[..n]
-                .iter()
-                .all(|v| matches!(v, Verdict::Forward(1))),
-            "{name} {id}: not every packet forwarded: {:?}",
-            &verdicts[..n]
-        );
-    }
+    // Every packet the measurement will use must be forwarded, in bench builds too.
+    assert_all_forwarded(case, &format!("{name} {id}"));
     let mut pos = 0usize;
     g.bench_function(id, |b| {
         b.iter_custom(|iters| {
@@ -167,20 +154,7 @@ fn rare(c: &mut Criterion) {
             support::fix_ipv4_header_checksum(&mut inner, 14);
             support::fragment_v4(&inner, 800)
                 .into_iter()
-                .map(|f| {
-                    let mut t = vec![0u8; vxlan::OUTER_LEN_V4];
-                    t.extend_from_slice(&f);
-                    let outer = Outer {
-                        dst_mac: mac(support::AGG_LINE),
-                        src_mac: mac(support::ROUTER),
-                        src: ip("192.0.2.1"),
-                        dst: ip("192.0.2.2"),
-                        vni: 7,
-                        src_port: vxlan::flow_port(i as u32),
-                    };
-                    assert!(vxlan::write_outer(&mut t, &outer));
-                    t
-                })
+                .map(|f| in_vxlan(&f, i))
                 .collect::<Vec<_>>()
         })
         .collect();

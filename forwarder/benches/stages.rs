@@ -17,7 +17,7 @@ mod support;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use cases::{aggregator_case, demux_case, remux_case, Case, POOL, SIZES};
+use cases::{aggregator_case, assert_all_forwarded, demux_case, remux_case, Case, POOL, SIZES};
 use forwarder::pipeline::{process_until, stage, Context, VecBuf, Verdict, MAX_BURST};
 use forwarder::tables::{PortId, Snapshot};
 use forwarder::tsc::rdtsc;
@@ -104,22 +104,8 @@ fn main() {
                 (0..MAX_BURST).map(|k| VecBuf::new(&case.pool[k])).collect();
             let mut ctx = Context::new(2);
             // Every packet of the pool is forwarded whole (a fast wrong answer must not
-            // count): checked once, outside the measurement.
-            let mut verdicts = [Verdict::SlowPath; MAX_BURST];
-            for chunk in case.pool.chunks(MAX_BURST) {
-                for (buf, frame) in bufs.iter_mut().zip(chunk) {
-                    buf.reset(frame);
-                }
-                let k = chunk.len();
-                CUTS[4](&case.snap, &mut ctx, 0, &mut bufs[..k], &mut verdicts[..k]);
-                assert!(
-                    verdicts[..k]
-                        .iter()
-                        .all(|v| matches!(v, Verdict::Forward(1))),
-                    "{name} {n}: not every packet forwarded: {:?}",
-                    &verdicts[..k]
-                );
-            }
+            // count).
+            assert_all_forwarded(&case, &format!("{name} {n}"));
             let mut pos = 0;
             // Warm up, then the cuts in turn, REPS times (drift spreads over all).
             for cut in CUTS {

@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use forwarder::metrics::CircuitCounters;
 use forwarder::packet::vxlan::{self, Outer};
+use forwarder::pipeline::{process, Context, VecBuf, Verdict, MAX_BURST};
 use forwarder::tables::{
     AggregatorRule, DemuxRule, NeighbourCache, PortInfo, Protocol, RemuxRule, Role, Route, Rules,
     Snapshot, Tunnel, TunnelPeer,
@@ -188,18 +189,7 @@ pub fn demux_case(n: usize, zipf: bool) -> Case {
                 port,
                 &PAYLOAD,
             );
-            let mut f = vec![0u8; vxlan::OUTER_LEN_V4];
-            f.extend_from_slice(&inner);
-            let outer = Outer {
-                dst_mac: mac(support::AGG_LINE),
-                src_mac: mac(support::ROUTER),
-                src: ip("192.0.2.1"),
-                dst: ip("192.0.2.2"),
-                vni: 7,
-                src_port: vxlan::flow_port(i as u32),
-            };
-            assert!(vxlan::write_outer(&mut f, &outer));
-            f
+            in_vxlan(&inner, i)
         })
         .collect();
     Case {
@@ -248,5 +238,48 @@ pub fn remux_case(n: usize, zipf: bool) -> Case {
         snap,
         pool,
         counters: None,
+    }
+}
+
+/// `inner` in the VXLAN tunnel from the aggregator (192.0.2.1) to the demux, its UDP
+/// source port from flow `i`.
+pub fn in_vxlan(inner: &[u8], i: usize) -> Vec<u8> {
+    let mut f = vec![0u8; vxlan::OUTER_LEN_V4];
+    f.extend_from_slice(inner);
+    let outer = Outer {
+        dst_mac: mac(support::AGG_LINE),
+        src_mac: mac(support::ROUTER),
+        src: ip("192.0.2.1"),
+        dst: ip("192.0.2.2"),
+        vni: 7,
+        src_port: vxlan::flow_port(i as u32),
+    };
+    assert!(vxlan::write_outer(&mut f, &outer));
+    f
+}
+
+/// Asserts that the role forwards every packet of `case`'s pool to port 1 (a fast wrong
+/// answer must not count), once, outside any measurement, in order (a fragment table
+/// fills as the measurement's will).
+pub fn assert_all_forwarded(case: &Case, what: &str) {
+    let mut bufs: Vec<VecBuf> = (0..MAX_BURST).map(|k| VecBuf::new(&case.pool[k])).collect();
+    let mut verdicts = [Verdict::SlowPath; MAX_BURST];
+    let mut ctx = Context::new(2);
+    if let Some(c) = &case.counters {
+        ctx.set_circuit_counters(c.clone());
+    }
+    for chunk in case.pool.chunks(MAX_BURST) {
+        let n = chunk.len();
+        for (buf, frame) in bufs.iter_mut().zip(chunk) {
+            buf.reset(frame);
+        }
+        process(&case.snap, &mut ctx, 0, &mut bufs[..n], &mut verdicts[..n]);
+        assert!(
+            verdicts[..n]
+                .iter()
+                .all(|v| matches!(v, Verdict::Forward(1))),
+            "{what}: not every packet forwarded: {:?}",
+            &verdicts[..n]
+        );
     }
 }

@@ -14,12 +14,11 @@ use cases::{
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use forwarder::metrics::circuit_counters;
-use forwarder::packet::vxlan::{self, Outer};
 use forwarder::pipeline::{process, Context, VecBuf, Verdict, MAX_BURST};
 use forwarder::tables::counted::circuits_of;
 use forwarder::tables::CircuitSlots;
 use rand::{rngs::StdRng, SeedableRng};
-use support::{frame, ip, mac, L4};
+use support::{frame, ip, L4};
 
 fn bench_role(c: &mut Criterion, name: &str, make: fn(usize, bool) -> Case) {
     let mut g = c.benchmark_group(name);

@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use cases::{
-    aggregator_case, assert_all_forwarded, capture, demux_case, in_vxlan, pick, port_circuit,
+    aggregator_case, assert_all_forwarded, capture, demux_case, demux_inner, in_vxlan, pick,
     remux_case, Case, POOL, SIZES,
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -18,7 +18,6 @@ use forwarder::pipeline::{process, Context, VecBuf, Verdict, MAX_BURST};
 use forwarder::tables::counted::circuits_of;
 use forwarder::tables::CircuitSlots;
 use rand::{rngs::StdRng, SeedableRng};
-use support::{frame, ip, L4};
 
 fn bench_role(c: &mut Criterion, name: &str, make: fn(usize, bool) -> Case) {
     let mut g = c.benchmark_group(name);
@@ -137,18 +136,7 @@ fn rare(c: &mut Criterion) {
         .iter()
         .enumerate()
         .flat_map(|(k, &i)| {
-            let (alias, port) = port_circuit(i);
-            let mut inner = frame(
-                support::AGG_UPLINK,
-                support::INNER,
-                ip("198.51.100.10"),
-                alias,
-                63,
-                L4::Udp,
-                40000,
-                port,
-                &[0x5a; 1400],
-            );
+            let mut inner = demux_inner(i, &[0x5a; 1400]);
             inner[18..20].copy_from_slice(&(k as u16).to_be_bytes()); // IPv4 identification
             support::fix_ipv4_header_checksum(&mut inner, 14);
             support::fragment_v4(&inner, 800)

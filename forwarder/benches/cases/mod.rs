@@ -176,21 +176,7 @@ pub fn demux_case(n: usize, zipf: bool) -> Case {
     let mut rng = StdRng::seed_from_u64(2);
     let pool = pick(n, zipf, &mut rng)
         .into_iter()
-        .map(|i| {
-            let (alias, port) = port_circuit(i);
-            let inner = frame(
-                support::AGG_UPLINK,
-                support::INNER,
-                ip("198.51.100.10"),
-                alias,
-                63,
-                L4::Udp,
-                40000,
-                port,
-                &PAYLOAD,
-            );
-            in_vxlan(&inner, i)
-        })
+        .map(|i| in_vxlan(&demux_inner(i, &PAYLOAD), i))
         .collect();
     Case {
         snap,
@@ -239,6 +225,23 @@ pub fn remux_case(n: usize, zipf: bool) -> Case {
         pool,
         counters: None,
     }
+}
+
+/// The inner frame the demux receives for port-mode circuit `i` (its alias and port,
+/// TTL already decremented by the aggregator), carrying `payload`.
+pub fn demux_inner(i: usize, payload: &[u8]) -> Vec<u8> {
+    let (alias, port) = port_circuit(i);
+    frame(
+        support::AGG_UPLINK,
+        support::INNER,
+        ip("198.51.100.10"),
+        alias,
+        63,
+        L4::Udp,
+        40000,
+        port,
+        payload,
+    )
 }
 
 /// `inner` in the VXLAN tunnel from the aggregator (192.0.2.1) to the demux, its UDP
